@@ -1,0 +1,5 @@
+import sys
+
+from mslddm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,73 @@
+"""The ``mslddm`` command line: one sub-command per job, each in its own module under ``mslddm.commands``.
+
+A sub-command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only when their command runs, so ``mslddm --help`` stays fast and a command whose
+optional dependencies are missing does not break the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> module; the order is the order shown by --help.
+COMMANDS = {
+    "generate": "mslddm.commands.generate",
+    "make-dataset": "mslddm.commands.make_dataset",
+    "encode-latents": "mslddm.commands.encode_latents",
+    "evaluate": "mslddm.commands.evaluate",
+    "export": "mslddm.commands.export",
+    "convert-original": "mslddm.commands.convert_original",
+}
+
+
+def _available_commands():
+    for name, module_name in COMMANDS.items():
+        try:
+            spec = importlib.util.find_spec(module_name)
+        except ModuleNotFoundError:
+            spec = None
+        if spec is not None:
+            yield name, module_name
+
+
+def build_parser(argv_command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mslddm",
+        description="Multi-source music generation with latent diffusion.",
+    )
+    from mslddm import __version__
+
+    parser.add_argument("--version", action="version", version=f"mslddm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in _available_commands():
+        if argv_command is not None and name != argv_command:
+            # Only the chosen command's module is imported; the others are listed by name.
+            sub.add_parser(name, add_help=False)
+            continue
+        module = importlib.import_module(module_name)
+        cmd = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=(module.__doc__ or module.HELP).strip(),
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 0 if not argv else 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

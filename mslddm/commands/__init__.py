@@ -1,0 +1,1 @@
+"""Sub-commands of the ``mslddm`` command line (see ``mslddm.cli``)."""
