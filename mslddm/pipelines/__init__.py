@@ -1,0 +1,1 @@
+"""Pipelines (imported lazily through ``mslddm``)."""

@@ -1,0 +1,44 @@
+# Two entry points do all the set-up on a fresh machine:
+#   make demo   - the Gradio demo on the bundled pipeline (http://127.0.0.1:7860)
+#   make test   - the test suite
+# Everything lives in .venv; torch is pinned to the CPU build 2.13.0 only when the venv has no torch yet
+# (an unpinned install would pull a multi-GB CUDA build).
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH  ?= torch==2.13.0
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test sysdeps venv lint bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# One stamp per set of extras, redone when pyproject.toml changes.
+$(VENV)/.stamp-%: pyproject.toml | $(PY)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[$*]"
+	touch $@
+
+venv: $(VENV)/.stamp-dev
+
+# System packages (MMA, FluidSynth, SoundFonts, Chromium); idempotent.
+sysdeps:
+	$(SUDO) bash scripts/install_system_deps.sh
+
+demo: $(VENV)/.stamp-space
+	$(PY) app.py
+
+test: sysdeps $(VENV)/.stamp-dev
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.stamp-dev
+	$(PY) benchmarks/benchmark_generation.py
+
+lint: $(VENV)/.stamp-dev
+	$(VENV)/bin/ruff check mslddm tests
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -1,0 +1,124 @@
+"""Hugging Face Hub plumbing: resolving a folder or repo id, writing model cards, uploading pipeline folders."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "force_download", "proxies")
+
+
+def resolve_pretrained_path(name_or_path: str | os.PathLike, **hub_kwargs) -> str:
+    """Returns a local folder for ``name_or_path``: the folder itself, or a snapshot of the Hub repo id.
+
+    diffusers' own Hub download checks that every component class comes from diffusers or transformers and
+    refuses mslddm's, so the snapshot is fetched here first and diffusers only ever sees a local folder.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"{str(path)!r} is a folder but holds no model_index.json: not a pipeline folder.")
+        return str(path)
+    name = str(name_or_path)
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise ValueError(
+            f"{name!r} is neither an existing pipeline folder nor a Hub repo id of the form 'owner/name'."
+        )
+    from huggingface_hub import snapshot_download
+
+    kwargs = {k: v for k, v in hub_kwargs.items() if k in HUB_KWARGS and v is not None}
+    return snapshot_download(name, **kwargs)
+
+
+def model_card(
+    *,
+    repo_id: Optional[str],
+    stem_names: list[str],
+    sample_rate: int,
+    parameters: Mapping[str, int],
+    extra_sections: Optional[Mapping[str, str]] = None,
+    base_model: Optional[str] = None,
+) -> str:
+    """Markdown model card (with Hub front matter) showing how to use the pipeline through mslddm."""
+    repo = repo_id or "path/to/this/folder"
+    front = {
+        "library_name": "mslddm",
+        "license": "mit",
+        "pipeline_tag": "text-to-audio",
+        "tags": ["music", "stems", "multi-source", "latent-diffusion", "mslddm"],
+    }
+    if base_model:
+        front["base_model"] = base_model
+    front_matter = "\n".join(f"{k}: {json.dumps(v)}" for k, v in front.items())
+    params = "\n".join(f"| {name} | {count:,} |" for name, count in parameters.items())
+    stems = ", ".join(stem_names)
+    sections = "".join(f"\n## {title}\n\n{body.strip()}\n" for title, body in (extra_sections or {}).items())
+    return f"""---
+{front_matter}
+---
+
+# Multi-source latent diffusion pipeline ({stems})
+
+A [mslddm](https://github.com/mslddm/mslddm) pipeline: a SourceVAE encodes each stem to a latent, one UNet
+models the stems' latents jointly with EDM diffusion (Multi-Source Music Generation with Latent Diffusion,
+MSLDM). It generates all stems at once (total generation) or the missing stems around given ones
+(partial generation). Stems: **{stems}**, {sample_rate} Hz mono.
+
+## Usage
+
+```bash
+pip install mslddm
+mslddm generate --pipeline {repo} --duration 12 --out outputs/
+```
+
+```python
+from mslddm import MultiSourceLatentPipeline
+
+pipe = MultiSourceLatentPipeline.from_pretrained("{repo}")
+out = pipe(audio_length_in_s=12.0, num_inference_steps=150)        # total generation
+out = pipe(stems={{"{stem_names[0]}": "my_{stem_names[0]}.wav"}})   # partial generation
+out.stems  # (batch, {len(stem_names)}, samples); out.mixture: (batch, samples)
+```
+
+## Components
+
+| component | parameters |
+|---|---|
+{params}
+{sections}"""
+
+
+def push_folder_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: Optional[bool] = None,
+    token: Optional[str] = None,
+    commit_message: str = "Upload mslddm pipeline",
+    api: Any = None,
+) -> str:
+    """Creates ``repo_id`` if needed and uploads ``folder`` as it is (its model card included)."""
+    from huggingface_hub import HfApi
+
+    api = api or HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
+    return repo_id
+
+
+DEFAULT_HUB_PIPELINE = "mslddm/mslddm-synth-small"
+BUNDLED_PIPELINE_NAME = "mslddm-synth-small"
+
+
+def default_pipeline() -> str:
+    """The pipeline used when none is named: ``$MSLDDM_PIPELINE``, else the one bundled in this repository's
+    ``pipelines/`` folder (next to the package in a source checkout), else the Hub repo of the same pipeline."""
+    env = os.environ.get("MSLDDM_PIPELINE")
+    if env:
+        return env
+    bundled = Path(__file__).resolve().parent.parent / "pipelines" / BUNDLED_PIPELINE_NAME
+    if (bundled / "model_index.json").is_file():
+        return str(bundled)
+    return DEFAULT_HUB_PIPELINE

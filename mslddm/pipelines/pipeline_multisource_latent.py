@@ -1,0 +1,378 @@
+"""MultiSourceLatentPipeline: total and partial multi-stem music generation (MSLDM)."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..audio import AudioLike, load_audio
+from ..hub import model_card, push_folder_to_hub, resolve_pretrained_path
+from ..models.autoencoder_source import SourceVAE
+from ..models.unet_1d_multisource import MultiSourceUNet1DModel
+from ..schedulers.scheduling_edm import SAMPLERS, EDMScheduler
+
+DEFAULT_STEMS = ("bass", "drums", "guitar", "piano")
+Generator = Optional[Union[torch.Generator, List[torch.Generator]]]
+
+
+@dataclass
+class MultiSourceAudioPipelineOutput(BaseOutput):
+    """Output of :class:`MultiSourceLatentPipeline`.
+
+    Args:
+        stems: ``(batch, num_stems, samples)`` audio in ``stem_names`` order (for ``output_type="latent"``:
+            ``(batch, num_stems, latent_channels, frames)`` latents).
+        mixture: ``(batch, samples)``, the sum of the stems (``None`` for latents).
+        stem_names: names of the stems, in order.
+        sample_rate: sample rate of the audio.
+        generated: names of the stems the model generated (the others were given or held silent).
+    """
+
+    stems: Union[np.ndarray, torch.Tensor]
+    mixture: Optional[Union[np.ndarray, torch.Tensor]]
+    stem_names: List[str]
+    sample_rate: int
+    generated: List[str]
+
+
+class MultiSourceLatentPipeline(DiffusionPipeline):
+    r"""Pipeline for multi-source music generation with latent diffusion (MSLDM).
+
+    Each stem is encoded by the shared ``vae`` to ``latent_channels`` channels; the stems' latents are concatenated
+    on channels (in ``stem_names`` order) and ``unet`` denoises them jointly under the EDM ``scheduler``.
+
+    Args:
+        vae: the :class:`SourceVAE` shared by all stems.
+        unet: the :class:`MultiSourceUNet1DModel` with ``in_channels = len(stem_names) * vae latent_channels``.
+        scheduler: the :class:`EDMScheduler`.
+        stem_names: names of the stems, any number (default: the paper's bass, drums, guitar, piano).
+        sample_rate: audio sample rate (default: the VAE's).
+    """
+
+    model_cpu_offload_seq = "vae->unet->vae"
+    _callback_tensor_inputs = ["latents", "denoised"]
+
+    def __init__(
+        self,
+        vae: SourceVAE,
+        unet: MultiSourceUNet1DModel,
+        scheduler: EDMScheduler,
+        stem_names: Optional[Sequence[str]] = None,
+        sample_rate: Optional[int] = None,
+    ):
+        super().__init__()
+        stem_names = list(stem_names or DEFAULT_STEMS)
+        if len(set(stem_names)) != len(stem_names) or not all(isinstance(s, str) and s for s in stem_names):
+            raise ValueError(f"stem_names must be distinct non-empty strings, got {stem_names}.")
+        expected = len(stem_names) * vae.config.latent_channels
+        if unet.config.in_channels != expected:
+            raise ValueError(
+                f"unet.in_channels is {unet.config.in_channels} but {len(stem_names)} stems x "
+                f"{vae.config.latent_channels} latent channels = {expected}."
+            )
+        self.register_modules(vae=vae, unet=unet, scheduler=scheduler)
+        self.register_to_config(stem_names=stem_names, sample_rate=int(sample_rate or vae.config.sampling_rate))
+
+    # Read from the config, never stored as attributes: diffusers treats list-valued attributes as components.
+    @property
+    def stem_names(self) -> List[str]:
+        return list(self.config.stem_names)
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.config.sample_rate)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Loading and saving
+    # ----------------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs):
+        """Loads a pipeline from a local folder or a Hub repo id (``owner/name``)."""
+        hub_kwargs = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "force_download") if k in kwargs}
+        local_only = kwargs.get("local_files_only")
+        folder = resolve_pretrained_path(pretrained_model_name_or_path, local_files_only=local_only, **hub_kwargs)
+        pipe = super().from_pretrained(folder, **kwargs)
+        pipe._name_or_path = str(pretrained_model_name_or_path)
+        return pipe
+
+    def save_pretrained(self, save_directory, *args, model_card_sections=None, repo_id=None, **kwargs):
+        """Saves the pipeline folder and, unless one is already there, a model card (``README.md``)."""
+        if kwargs.pop("push_to_hub", False):
+            raise ValueError("Use pipe.push_to_hub(repo_id) to upload; save_pretrained only writes the folder.")
+        super().save_pretrained(save_directory, *args, **kwargs)
+        card = os.path.join(save_directory, "README.md")
+        if model_card_sections is not None or not os.path.exists(card):
+            with open(card, "w", encoding="utf-8") as f:
+                f.write(self.model_card(repo_id=repo_id, extra_sections=model_card_sections))
+
+    def model_card(self, repo_id: Optional[str] = None, extra_sections: Optional[Mapping[str, str]] = None) -> str:
+        """The model card of this pipeline as Markdown."""
+        parameters = {name: sum(p.numel() for p in getattr(self, name).parameters()) for name in ("vae", "unet")}
+        return model_card(
+            repo_id=repo_id,
+            stem_names=self.stem_names,
+            sample_rate=self.sample_rate,
+            parameters=parameters,
+            extra_sections=extra_sections,
+        )
+
+    def push_to_hub(self, repo_id: str, *, private=None, token=None, commit_message="Upload mslddm pipeline",
+                    model_card_sections=None, api=None, **save_kwargs) -> str:
+        """Saves the pipeline with its mslddm model card and uploads the folder to the Hub repo ``repo_id``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, repo_id=repo_id, model_card_sections=model_card_sections or {}, **save_kwargs)
+            return push_folder_to_hub(
+                tmp, repo_id, private=private, token=token, commit_message=commit_message, api=api
+            )
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Helpers
+    # ----------------------------------------------------------------------------------------------------------
+    def num_frames_for(self, num_samples: int) -> int:
+        """Latent frames to generate so that decoding covers ``num_samples``: a multiple of the UNet's stride."""
+        multiple = self.unet.length_multiple
+        frames = math.ceil(num_samples / self.vae.hop_length / multiple) * multiple
+        while self.vae.num_samples(frames) < num_samples:
+            frames += multiple
+        return max(frames, multiple)
+
+    def check_inputs(self, stems, generate, audio_length_in_s, num_inference_steps, sampler, s_churn, num_samples,
+                     output_type, generator, latents):
+        names = self.stem_names
+        unknown = [s for s in list(stems or {}) + list(generate or []) if s not in names]
+        if unknown:
+            raise ValueError(f"Unknown stem name(s) {unknown}; this pipeline's stems are {names}.")
+        given = set(stems or {})
+        if generate is not None:
+            if not generate:
+                raise ValueError("generate is empty: name at least one stem to generate.")
+            both = given.intersection(generate)
+            if both:
+                raise ValueError(f"Stem(s) {sorted(both)} are both given in `stems` and listed in `generate`.")
+        elif len(given) == len(names):
+            raise ValueError(f"Every stem ({names}) is given in `stems`: there is nothing left to generate.")
+        if audio_length_in_s is not None and (
+            not isinstance(audio_length_in_s, (int, float)) or not math.isfinite(audio_length_in_s)
+            or audio_length_in_s <= 0
+        ):
+            raise ValueError(f"audio_length_in_s must be a positive number of seconds, got {audio_length_in_s!r}.")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
+        if sampler is not None and sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
+        if s_churn is not None and (not math.isfinite(s_churn) or s_churn < 0):
+            raise ValueError(f"s_churn must be a finite number >= 0, got {s_churn!r}.")
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+        if output_type not in ("np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}.")
+        if isinstance(generator, list) and len(generator) != num_samples:
+            raise ValueError(f"Got {len(generator)} generators for num_samples={num_samples}; pass one per sample.")
+        if latents is not None and latents.shape[0] != num_samples:
+            raise ValueError(f"latents has batch size {latents.shape[0]} but num_samples is {num_samples}.")
+
+    def _load_given_stems(self, stems: Mapping[str, Any], num_samples: int, input_sample_rate) -> Dict[str, np.ndarray]:
+        """Loads every given stem as float32 ``(num_samples, T_stem)`` at the pipeline's sample rate."""
+        loaded = {}
+        for name, source in stems.items():
+            batch = None
+            if isinstance(source, list):
+                if len(source) != num_samples:
+                    raise ValueError(f"Given stem {name!r} is a list of {len(source)} items; pass one per sample "
+                                     f"({num_samples}) or a single audio.")
+                batch = [load_audio(a, self.sample_rate, source_sample_rate=input_sample_rate) for a in source]
+            elif not isinstance(source, (str, os.PathLike, bytes, tuple)):
+                array = source.detach().cpu().float().numpy() if hasattr(source, "detach") else np.asarray(source)
+                if array.ndim == 2 and array.shape[0] == num_samples and num_samples > 1:
+                    batch = [load_audio(a, self.sample_rate, source_sample_rate=input_sample_rate) for a in array]
+            if batch is None:
+                try:
+                    one = load_audio(source, self.sample_rate, source_sample_rate=input_sample_rate)
+                except ValueError as error:
+                    raise ValueError(f"Given stem {name!r}: {error}") from error
+                batch = [one] * num_samples
+            length = max(len(a) for a in batch)
+            loaded[name] = np.stack([np.pad(a, (0, length - len(a))) for a in batch])
+        return loaded
+
+    @torch.no_grad()
+    def encode_stems(self, audio: torch.Tensor) -> torch.Tensor:
+        """Encodes ``(batch, num_stems, samples)`` audio to ``(batch, num_stems * latent_channels, frames)`` means."""
+        b, k, t = audio.shape
+        posterior = self.vae.encode(audio.reshape(b * k, 1, t).to(self.vae.dtype)).latent_dist
+        latents = posterior.mean.float()
+        return latents.reshape(b, k * latents.shape[1], latents.shape[2])
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Decodes ``(batch, num_stems * latent_channels, frames)`` latents to ``(batch, num_stems, samples)``."""
+        b, kc, f = latents.shape
+        k = kc // self.latent_channels
+        audio = self.vae.decode(latents.reshape(b * k, self.latent_channels, f).to(self.vae.dtype)).sample
+        return audio.float().reshape(b, k, audio.shape[-1])
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Generation
+    # ----------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        stems: Optional[Mapping[str, AudioLike]] = None,
+        generate: Optional[Sequence[str]] = None,
+        audio_length_in_s: Optional[float] = None,
+        num_inference_steps: int = 150,
+        sampler: Optional[str] = None,
+        s_churn: Optional[float] = None,
+        num_samples: int = 1,
+        generator: Generator = None,
+        latents: Optional[torch.Tensor] = None,
+        input_sample_rate: Optional[int] = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        callback_on_step_end: Optional[Callable[[Any, int, torch.Tensor, Dict], Dict]] = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ):
+        r"""Generates stems, all of them (total generation) or the ones not given (partial generation).
+
+        Args:
+            stems: given stems by name (partial generation): file paths, encoded bytes, ``(array, sample_rate)``
+                tuples, or arrays / tensors of shape ``(samples,)`` or ``(channels, samples)``, shared by all
+                samples; one per sample as a list of ``num_samples`` such items or, when ``num_samples > 1``, an
+                array ``(num_samples, samples)``. Any sample rate and channel count: mixed to mono, resampled.
+            generate: the stems to generate (default: every stem not given). Stems neither given nor generated
+                are held silent.
+            audio_length_in_s: length of the result (default: the longest given stem, else 12 s).
+            num_inference_steps: sampler steps (paper: 150).
+            sampler: ``"euler"`` (the paper's, churned), ``"heun"`` or ``"dpmpp_2m"`` (few-step); default: the
+                scheduler's.
+            s_churn: churn for Euler/Heun (default: the scheduler's, 20 for the paper's Euler).
+            num_samples: number of variations generated at once (the batch).
+            generator: a ``torch.Generator``, or a list of ``num_samples`` generators: with a list, each sample
+                depends only on its own generator, so a seed reproduces its item in any batch.
+            latents: initial unit-variance noise ``(num_samples, num_stems * latent_channels, frames)``.
+            input_sample_rate: sample rate of bare arrays in ``stems`` (default: the pipeline's).
+            output_type: ``"np"``, ``"pt"`` or ``"latent"``.
+            return_dict: return a :class:`MultiSourceAudioPipelineOutput` rather than a tuple.
+            callback_on_step_end: ``fn(pipe, step, timestep, tensors) -> dict`` after each model evaluation; a
+                returned ``"latents"`` replaces the current latents.
+            callback_on_step_end_tensor_inputs: tensors passed to the callback (``"latents"``, ``"denoised"``).
+
+        Returns:
+            :class:`MultiSourceAudioPipelineOutput` or ``(stems, mixture)``. Given stems come back unchanged
+            (resampled and mono), sample-aligned with the generated ones.
+        """
+        # 1. Check inputs
+        stems = dict(stems or {})
+        self.check_inputs(stems, generate, audio_length_in_s, num_inference_steps, sampler, s_churn, num_samples,
+                          output_type, generator, latents)
+        bad_tensor_inputs = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if bad_tensor_inputs:
+            raise ValueError(f"callback_on_step_end_tensor_inputs may hold {self._callback_tensor_inputs}, "
+                             f"got {sorted(bad_tensor_inputs)}.")
+        names = self.stem_names
+        generate = [s for s in names if s not in stems] if generate is None else [s for s in names if s in generate]
+        device = self._execution_device
+
+        # 2. Load the given stems and fix the length
+        given = self._load_given_stems(stems, num_samples, input_sample_rate)
+        if audio_length_in_s is None:
+            num_samples_audio = max((a.shape[1] for a in given.values()), default=round(12.0 * self.sample_rate))
+        else:
+            num_samples_audio = round(audio_length_in_s * self.sample_rate)
+        if num_samples_audio < 1:
+            raise ValueError(f"audio_length_in_s={audio_length_in_s} is shorter than one sample.")
+        given = {n: _fit(a, num_samples_audio) for n, a in given.items()}
+        frames = self.num_frames_for(num_samples_audio) if latents is None else latents.shape[-1]
+        if frames % self.unet.length_multiple:
+            raise ValueError(f"latents have {frames} frames; the UNet needs a multiple of {self.unet.length_multiple}.")
+
+        # 3. Encode the known stems (given ones, and silence for stems neither given nor generated)
+        k, c = len(names), self.latent_channels
+        mask = torch.zeros(1, k, 1, 1, dtype=torch.bool, device=device)
+        known = None
+        if len(generate) < k:
+            padded = self.vae.hop_length * frames
+            audio = torch.zeros(num_samples, k, padded)
+            for i, name in enumerate(names):
+                if name not in generate:
+                    mask[:, i] = True
+                    if name in given:
+                        audio[:, i, :num_samples_audio] = torch.from_numpy(given[name])
+            known = self.encode_stems(audio.to(device))[..., :frames]
+            if known.shape[-1] != frames:
+                raise RuntimeError(f"The VAE encoded {padded} samples to {known.shape[-1]} frames, not {frames}.")
+        mask = mask.expand(1, k, c, 1).reshape(1, k * c, 1)
+
+        # 4. Prepare the timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device, sampler=sampler, s_churn=s_churn)
+        timesteps = self.scheduler.timesteps
+
+        # 5. Prepare the latents
+        shape = (num_samples, k * c, frames)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
+        latents = latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
+
+        # 6. Denoising loop: imputation (partial generation) and churn at the start of every step
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if known is not None and self.scheduler.is_step_start:
+                    noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+                    noisy_known = known + self.scheduler.current_sigma * noise
+                    latents = torch.where(mask, noisy_known, latents)
+                latents_hat, sigma = self.scheduler.begin_step(latents, generator)
+                model_input = self.scheduler.precondition_inputs(latents_hat, sigma).to(self.unet.dtype)
+                c_noise = self.scheduler.precondition_noise(sigma).to(device=device, dtype=self.unet.dtype)
+                model_output = self.unet(model_input, c_noise.expand(num_samples)).sample
+                denoised = self.scheduler.precondition_outputs(latents_hat, model_output.float(), sigma)
+                latents = self.scheduler.step(denoised, latents_hat).prev_sample
+                if callback_on_step_end is not None:
+                    tensors = {"latents": latents, "denoised": denoised}
+                    result = callback_on_step_end(self, i, t, {n: tensors[n] for n in callback_on_step_end_tensor_inputs})
+                    latents = (result or {}).get("latents", latents)
+                progress_bar.update()
+        if known is not None:
+            latents = torch.where(mask, known, latents)
+        if not torch.isfinite(latents).all():
+            raise FloatingPointError("Sampling produced NaN or infinite latents; try float32 or fewer churn.")
+
+        # 7. Decode, restore the given stems exactly, and mix
+        if output_type == "latent":
+            out = latents.reshape(num_samples, k, c, frames)
+            self.maybe_free_model_hooks()
+            return MultiSourceAudioPipelineOutput(out, None, names, self.sample_rate, generate) if return_dict else (out, None)
+        audio = self.decode_latents(latents)[..., :num_samples_audio].cpu()
+        if audio.shape[-1] < num_samples_audio:
+            audio = torch.nn.functional.pad(audio, (0, num_samples_audio - audio.shape[-1]))
+        for i, name in enumerate(names):
+            if name not in generate:
+                audio[:, i] = torch.from_numpy(given[name]) if name in given else 0.0
+        mixture = audio.sum(dim=1)
+        self.maybe_free_model_hooks()
+        if output_type == "np":
+            audio, mixture = audio.numpy(), mixture.numpy()
+        if not return_dict:
+            return audio, mixture
+        return MultiSourceAudioPipelineOutput(audio, mixture, names, self.sample_rate, generate)
+
+
+def _fit(audio: np.ndarray, length: int) -> np.ndarray:
+    """Crops or zero-pads ``(batch, samples)`` audio to ``length`` samples."""
+    if audio.shape[1] >= length:
+        return audio[:, :length]
+    return np.pad(audio, ((0, 0), (0, length - audio.shape[1])))

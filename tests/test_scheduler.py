@@ -1,0 +1,131 @@
+import math
+
+import pytest
+import torch
+
+from mslddm.schedulers import EDMScheduler, edm_scalings, get_sigmas_karras, sample_training_sigmas
+
+SD = 0.4
+
+
+def gaussian_denoiser(x, sigma):
+    """The exact denoiser D(x; sigma) for data ~ N(0, SD^2)."""
+    return x * SD**2 / (sigma**2 + SD**2)
+
+
+def run(scheduler, x, generator=None, denoiser=gaussian_denoiser):
+    evaluations = 0
+    for _ in scheduler.timesteps:
+        x_hat, sigma = scheduler.begin_step(x, generator)
+        x = scheduler.step(denoiser(x_hat, sigma), x_hat).prev_sample
+        evaluations += 1
+    return x, evaluations
+
+
+def test_karras_sigmas_match_eq5():
+    sigmas = get_sigmas_karras(150, 0.01, 3.0, 7.0)
+    assert sigmas.shape == (151,) and sigmas[-1] == 0
+    assert sigmas[0].item() == pytest.approx(3.0) and sigmas[-2].item() == pytest.approx(0.01)
+    i = torch.arange(150, dtype=torch.float64)
+    expected = (3.0 ** (1 / 7) + i / 149 * (0.01 ** (1 / 7) - 3.0 ** (1 / 7))) ** 7
+    torch.testing.assert_close(sigmas[:-1].double(), expected, rtol=1e-5, atol=0)
+    assert (sigmas[:-1].diff() < 0).all()
+
+
+def test_scalings_are_edm_table1():
+    sigma = torch.tensor([0.01, 0.4, 3.0])
+    c_skip, c_out, c_in, c_noise = edm_scalings(sigma, SD)
+    torch.testing.assert_close(c_skip, SD**2 / (sigma**2 + SD**2))
+    torch.testing.assert_close(c_out, sigma * SD / (sigma**2 + SD**2).sqrt())
+    torch.testing.assert_close(c_in, 1 / (sigma**2 + SD**2).sqrt())
+    torch.testing.assert_close(c_noise, sigma.log() / 4)
+    # With a network that outputs zero, D(x) = c_skip * x; the preconditioned output must equal that.
+    s = EDMScheduler()
+    x = torch.randn(2, 3, 4)
+    torch.testing.assert_close(s.precondition_outputs(x, torch.zeros_like(x), sigma[1]), x * c_skip[1])
+    torch.testing.assert_close(s.precondition_inputs(x, sigma[2]), x * c_in[2])
+
+
+def ode_error(sampler, steps):
+    """Relative error of a deterministic sampler against the closed-form solution for Gaussian data.
+
+    For data ~ N(0, SD^2) the probability-flow ODE gives x(sigma) proportional to sqrt(SD^2 + sigma^2); the
+    last step (sigma_min -> 0) maps x(sigma_min) to D(x(sigma_min)).
+    """
+    s = EDMScheduler()
+    s.set_timesteps(steps, sampler=sampler, s_churn=0.0)
+    out, _ = run(s, torch.full((1, 1, 1), 3.0, dtype=torch.float64))
+    x_min = 3.0 * math.sqrt(SD**2 + 0.01**2) / math.sqrt(SD**2 + 9.0)
+    exact = x_min * SD**2 / (SD**2 + 0.01**2)
+    return abs(out.item() - exact) / exact
+
+
+@pytest.mark.parametrize("sampler,order", [("euler", 1), ("heun", 2), ("dpmpp_2m", 2)])
+def test_samplers_solve_the_probability_flow_ode_with_their_order(sampler, order):
+    e32, e64 = ode_error(sampler, 32), ode_error(sampler, 64)
+    assert e64 < 0.03
+    # Doubling the steps divides the error by about 2^order (measured: 2.0, 4.2, 4.3).
+    assert 2**order * 0.8 < e32 / e64 < 2**order * 1.3
+
+
+def test_higher_order_samplers_beat_euler_at_few_steps():
+    assert ode_error("heun", 16) < ode_error("euler", 16) / 4
+    assert ode_error("dpmpp_2m", 16) < ode_error("euler", 16) / 4
+
+
+def test_evaluation_counts():
+    s = EDMScheduler()
+    for sampler, n, expected in (("euler", 150, 150), ("heun", 10, 19), ("dpmpp_2m", 10, 10)):
+        s.set_timesteps(n, sampler=sampler)
+        _, evaluations = run(s, torch.randn(1, 2, 4) * 3)
+        assert evaluations == len(s.timesteps) == expected
+
+
+def test_churn_matches_algorithm2_and_is_seeded():
+    s = EDMScheduler()
+    s.set_timesteps(150)  # paper: euler, s_churn 20
+    gamma = min(20 / 150, math.sqrt(2) - 1)
+    x = torch.zeros(1, 1, 20000)
+    x_hat, sigma_hat = s.begin_step(x, torch.Generator().manual_seed(3))
+    assert sigma_hat.item() == pytest.approx(3.0 * (1 + gamma), rel=1e-6)
+    expected_std = math.sqrt(sigma_hat.item() ** 2 - 9.0)
+    assert x_hat.std().item() == pytest.approx(expected_std, rel=0.03)
+    s.set_timesteps(150)
+    again, _ = s.begin_step(x, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(x_hat, again)
+    s.set_timesteps(150, s_churn=0.0)
+    unchanged, sigma = s.begin_step(x, torch.Generator().manual_seed(3))
+    assert torch.equal(unchanged, x) and sigma.item() == pytest.approx(3.0)
+
+
+def test_training_sigmas():
+    g = torch.Generator().manual_seed(0)
+    u = sample_training_sigmas(100_000, "uniform", generator=g)
+    assert u.min() > 0 and u.max() < 3.0 and u.mean().item() == pytest.approx(1.5, abs=0.02)
+    ln = sample_training_sigmas(100_000, "log_normal", generator=g)
+    assert ln.log().mean().item() == pytest.approx(-1.2, abs=0.02)
+    s = EDMScheduler(training_sigma_distribution="log_normal")
+    assert s.sample_training_sigmas(8, torch.Generator().manual_seed(1)).shape == (8,)
+    torch.testing.assert_close(s.loss_weight(torch.tensor(0.4)), torch.tensor(2 / 0.16))
+
+
+def test_bad_arguments_raise_clear_errors():
+    with pytest.raises(ValueError, match="sampler"):
+        EDMScheduler(sampler="ddim")
+    s = EDMScheduler()
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        s.set_timesteps(0)
+    with pytest.raises(ValueError, match="churn"):
+        s.set_timesteps(10, sampler="dpmpp_2m", s_churn=5.0)
+    with pytest.raises(ValueError, match="s_churn"):
+        s.set_timesteps(10, s_churn=float("nan"))
+    with pytest.raises(RuntimeError, match="set_timesteps"):
+        EDMScheduler().begin_step(torch.zeros(1, 1, 1))
+
+
+def test_config_round_trip(tmp_path):
+    s = EDMScheduler(sampler="heun", s_churn=5.0, training_sigma_distribution="log_normal")
+    s.save_pretrained(tmp_path)
+    loaded = EDMScheduler.from_pretrained(tmp_path)
+    drop = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731
+    assert drop(loaded.config) == drop(s.config)
