@@ -1,0 +1,447 @@
+"""The paper's evaluation protocol, made reproducible: FAD per stem and on the mix for total generation, sub-FAD
+for every non-empty proper subset of stems for partial generation, plus the coherence metrics.
+
+Everything that moves a FAD number is fixed and recorded with the results (:meth:`ProtocolConfig.describe`):
+
+- reference chunks: drawn by :mod:`.reference` (tracks in name order, non-overlapping chunks, silent ones
+  dropped, ``numpy.random.default_rng(seed)`` without replacement); total generation needs a sounding mixture,
+  partial generation every stem sounding;
+- audio: libsndfile, channels averaged to mono, soxr (HQ) resampling; every mixture, reference or generated, is
+  the plain sum of its stems (the generated mixture is formed that way, so the reference is too);
+- generation: clip ``i`` (total) and chunk ``i`` (partial, every subset) use
+  ``torch.Generator().manual_seed(seed + i)``, so each item is reproducible whatever the batch size;
+- embeddings: the embedder resamples to its own rate with soxr (HQ); statistics in float64.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..audio import read_audio, write_audio
+from .coherence import CoherenceConfig, ShuffledAcrossSongs, coherence_metrics
+from .embedders.base import AudioEmbedder
+from .fad import (
+    EmbeddingStatistics,
+    StatisticsAccumulator,
+    fad,
+    load_cached_statistics,
+    save_cached_statistics,
+)
+from .reference import Chunk, ReferenceClips, list_tracks, select_chunks, split_fingerprint
+
+PROTOCOL_VERSION = 1
+TASKS = ("total", "partial")
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """Parameters of one evaluation; the defaults are the paper's (200 x 12 s, 150 Euler steps, churn 20)."""
+
+    split: str = "test"
+    num_clips: int = 200  # total generation: generated clips, and reference chunks
+    num_chunks: int = 200  # partial generation: reference chunks with every stem present
+    clip_seconds: float = 12.0
+    seed: int = 0
+    num_inference_steps: int = 150
+    sampler: str = "euler"
+    s_churn: float = 20.0
+    batch_size: int = 4
+    tasks: tuple[str, ...] = TASKS
+    subsets: tuple[str, ...] | None = None  # partial generation: subset labels to run (default: all)
+    silence_db: float = -50.0  # below this RMS (dBFS) a stem counts as silent
+
+    def generation(self) -> dict:
+        """The settings generated audio depends on: a resumed run must match them."""
+        return {
+            k: getattr(self, k) for k in ("clip_seconds", "seed", "num_inference_steps", "sampler", "s_churn")
+        }
+
+    def describe(self) -> dict:
+        return {
+            **asdict(self),
+            "protocol_version": PROTOCOL_VERSION,
+            "chunks": "non-overlapping from each track's start, silent ones dropped, drawn with "
+            f"numpy.random.default_rng({self.seed}) without replacement",
+            "audio": "libsndfile, mono = channel mean, soxr HQ resampling to the pipeline rate, missing stem = "
+            "silence, mixture = sum of stems",
+            "seeds": f"item i uses torch.Generator().manual_seed({self.seed} + i)",
+        }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stem subsets
+# ----------------------------------------------------------------------------------------------------------------
+def stem_subsets(stem_names: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every non-empty proper subset of the stems, by size then in stem order (14 for four stems)."""
+    names = list(stem_names)
+    return [c for size in range(1, len(names)) for c in itertools.combinations(names, size)]
+
+
+def subset_label(subset: Sequence[str], stem_names: Sequence[str]) -> str:
+    """The paper's short label (``"BD"`` for bass + drums) when initials are unique, else names joined by ``+``."""
+    initials = [n[0].upper() for n in stem_names]
+    if len(set(initials)) == len(initials):
+        return "".join(n[0].upper() for n in subset)
+    return "+".join(subset)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reference chunks, drawn once and remembered
+# ----------------------------------------------------------------------------------------------------------------
+def reference_chunks(
+    root,
+    stem_names,
+    sample_rate,
+    config: ProtocolConfig,
+    task: str,
+    state_dir: Path,
+    progress=lambda it, **kw: it,
+) -> tuple[list[Chunk], dict]:
+    """The task's chunks and what they depend on, from ``state_dir`` if an earlier run drew them from the same
+    data with the same settings."""
+    tracks = list_tracks(root, config.split, stem_names)
+    count = config.num_clips if task == "total" else config.num_chunks
+    spec = {
+        "root": str(Path(root).resolve()),
+        "split": config.split,
+        "stems": list(stem_names),
+        "sample_rate": sample_rate,
+        "num": count,
+        "length": round(config.clip_seconds * sample_rate),
+        "seed": config.seed,
+        "all_stems": task == "partial",
+        "silence_db": config.silence_db,
+        "data": split_fingerprint(tracks, stem_names),
+        "version": PROTOCOL_VERSION,
+    }
+    path = state_dir / f"chunks-{task}.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved["spec"] == spec:
+            return [Chunk(**c) for c in saved["chunks"]], spec
+    chunks = select_chunks(
+        root,
+        stem_names,
+        sample_rate,
+        split=config.split,
+        num_chunks=count,
+        chunk_length=spec["length"],
+        seed=config.seed,
+        require_all_stems=task == "partial",
+        silence_db=config.silence_db,
+        progress=progress,
+    )
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"spec": spec, "chunks": [asdict(c) for c in chunks]}, indent=1))
+    return chunks, spec
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generated audio, cached on disk so that an interrupted run resumes
+# ----------------------------------------------------------------------------------------------------------------
+class GeneratedClips(Sequence):
+    """Generated stems under ``folder/<index>/<stem>.wav`` (float WAV, exact); given stems come from ``given``."""
+
+    def __init__(
+        self,
+        folder: Path,
+        count: int,
+        stem_names: Sequence[str],
+        sample_rate: int,
+        generated: Sequence[str],
+        given: ReferenceClips | None = None,
+    ):
+        self.folder, self.count, self.sample_rate = Path(folder), count, sample_rate
+        self.stem_names, self.generated, self.given = list(stem_names), list(generated), given
+
+    def path(self, i: int, stem: str) -> Path:
+        return self.folder / f"{i:05d}" / f"{stem}.wav"
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.count) if not all(self.path(i, s).is_file() for s in self.generated)]
+
+    def save(self, i: int, stems: np.ndarray):
+        for k, stem in enumerate(self.stem_names):
+            if stem in self.generated:
+                write_audio(self.path(i, stem), stems[k], self.sample_rate, subtype="FLOAT")
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, i):
+        """``(K, T)``: the generated stems from disk, the others from ``given`` (silence without it)."""
+        loaded = {s: read_audio(self.path(i, s))[0][0] for s in self.generated}
+        given = self.given[i] if self.given is not None else None
+        length = given.shape[1] if given is not None else max(len(a) for a in loaded.values())
+        clip = np.zeros((len(self.stem_names), length), np.float32) if given is None else given.copy()
+        for s, audio in loaded.items():
+            clip[self.stem_names.index(s)] = np.pad(audio[:length], (0, max(0, length - len(audio))))
+        return clip
+
+
+def generate_missing(pipe, clips: GeneratedClips, config: ProtocolConfig, progress=lambda it, **kw: it):
+    """Generate every clip of ``clips`` not on disk yet, ``config.batch_size`` at a time, seeded per item."""
+    import torch
+
+    todo = clips.missing()
+    batches = [todo[i : i + config.batch_size] for i in range(0, len(todo), config.batch_size)]
+    given_names = [s for s in clips.stem_names if s not in clips.generated]
+    for batch in progress(batches, desc=f"Generating {'+'.join(clips.generated)}", total=len(batches)):
+        stems = None
+        if given_names:
+            given = np.stack([clips.given[i] for i in batch])  # (B, K, T)
+            stems = {s: given[:, clips.stem_names.index(s)] for s in given_names}
+            if len(batch) == 1:
+                stems = {s: a[0] for s, a in stems.items()}
+        out = pipe(
+            stems=stems,
+            generate=clips.generated,
+            audio_length_in_s=config.clip_seconds,
+            num_inference_steps=config.num_inference_steps,
+            sampler=config.sampler,
+            s_churn=config.s_churn,
+            num_samples=len(batch),
+            generator=[torch.Generator().manual_seed(config.seed + i) for i in batch],
+            output_type="np",
+        )
+        for j, i in enumerate(batch):
+            clips.save(i, np.asarray(out.stems[j]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Embedding statistics and the two tasks
+# ----------------------------------------------------------------------------------------------------------------
+def clip_statistics(
+    clips: Sequence[np.ndarray],
+    embedder,
+    sample_rate: int,
+    parts: Sequence[int | None],
+    progress=lambda it, **kw: it,
+    desc: str = "Embedding",
+) -> list[EmbeddingStatistics]:
+    """Statistics of several views of the same clips in one pass; a part is a stem index, or ``None`` for the mix."""
+    accumulators = [StatisticsAccumulator() for _ in parts]
+    for i in progress(range(len(clips)), desc=desc):
+        clip = clips[i]
+        for acc, part in zip(accumulators, parts):
+            audio = clip.sum(axis=0) if part is None else clip[part]
+            acc.add(embedder.embed(audio, sample_rate))
+    return [acc.statistics() for acc in accumulators]
+
+
+def reference_statistics(
+    reference: ReferenceClips,
+    chunks_spec: dict,
+    embedder,
+    parts,
+    labels,
+    cache_dir,
+    progress=lambda it, **kw: it,
+) -> list[EmbeddingStatistics]:
+    """Reference statistics of each part (stem index or ``None`` for the mix), cached per embedder and chunk set."""
+    specs = [{"embedder": embedder.identity(), "chunks": chunks_spec, "part": label} for label in labels]
+    cached = [load_cached_statistics(cache_dir, spec) for spec in specs]
+    if all(s is not None for s in cached):
+        return cached
+    stats = clip_statistics(
+        reference, embedder, reference.sample_rate, parts, progress, "Embedding reference"
+    )
+    return [save_cached_statistics(cache_dir, spec, s) for spec, s in zip(specs, stats)]
+
+
+@dataclass
+class EvaluationResult:
+    protocol: dict
+    total: dict = field(default_factory=dict)
+    partial: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _LazyPipeline:
+    """The pipeline, loaded on first use when given as a loader function."""
+
+    def __init__(self, pipe):
+        self._source, self._pipe = pipe, None
+
+    def get(self):
+        if self._pipe is None and self._source is not None:
+            p = self._source if hasattr(self._source, "stem_names") else self._source()
+            if hasattr(p, "set_progress_bar_config"):
+                p.set_progress_bar_config(disable=True)
+            self._pipe = p
+        return self._pipe
+
+
+def _audio_manifest(
+    out_dir: Path, pipeline: _LazyPipeline, config: ProtocolConfig, pipeline_name: str
+) -> dict:
+    """What the audio under ``out_dir`` was (or will be) generated with; refuses to mix two settings."""
+    path = out_dir / "audio" / "manifest.json"
+    if path.is_file():
+        manifest = json.loads(path.read_text())
+        if manifest["generation"] != config.generation():
+            raise ValueError(
+                f"The audio in {out_dir} was generated with {manifest['generation']}, not "
+                f"{config.generation()}; use another output folder or the same settings."
+            )
+        if pipeline_name and manifest["pipeline"] and manifest["pipeline"] != pipeline_name:
+            raise ValueError(
+                f"The audio in {out_dir} comes from pipeline {manifest['pipeline']!r}, not {pipeline_name!r}; "
+                "use another output folder."
+            )
+        return manifest
+    pipe = pipeline.get()
+    if pipe is None:
+        raise ValueError(f"No pipeline given and no generated audio in {out_dir} ({path} is missing).")
+    manifest = {
+        "pipeline": pipeline_name,
+        "stem_names": list(pipe.stem_names),
+        "sample_rate": int(pipe.sample_rate),
+        "generation": config.generation(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+@dataclass
+class _Run:
+    """What both tasks share: data, output folder, embedder, settings, and the (lazy) pipeline."""
+
+    data_root: Path
+    out_dir: Path
+    embedder: AudioEmbedder
+    config: ProtocolConfig
+    cache_dir: Path | None
+    progress: Callable
+    log: Callable[[str], None]
+    pipeline: _LazyPipeline
+    names: list[str]
+    sample_rate: int
+
+    def reference(self, task: str) -> tuple[ReferenceClips, dict]:
+        chunks, spec = reference_chunks(
+            self.data_root,
+            self.names,
+            self.sample_rate,
+            self.config,
+            task,
+            self.out_dir / "state",
+            self.progress,
+        )
+        wanted = self.config.num_clips if task == "total" else self.config.num_chunks
+        if len(chunks) < wanted:
+            what = "qualify" if task == "total" else "have every stem"
+            self.log(f"Only {len(chunks)} reference chunks {what} (asked for {wanted}); using them all.")
+        return ReferenceClips(self.data_root, self.config.split, chunks, self.names, self.sample_rate), spec
+
+    def generated(self, folder: str, count: int, stems, given=None) -> GeneratedClips:
+        """The generated clips of a task, made first if some are not on disk yet."""
+        clips = GeneratedClips(
+            self.out_dir / "audio" / folder, count, self.names, self.sample_rate, stems, given
+        )
+        if clips.missing():
+            if self.pipeline.get() is None:
+                raise ValueError(
+                    f"{len(clips.missing())} clips are missing under {clips.folder}; pass a pipeline."
+                )
+            generate_missing(self.pipeline.get(), clips, self.config, self.progress)
+        return clips
+
+
+def evaluate_total(run: _Run) -> dict:
+    """Total generation: FAD per stem and on the mix, and the coherence metrics with their real and chance levels."""
+    reference, spec = run.reference("total")
+    names, sr = run.names, run.sample_rate
+    parts, labels = [*range(len(names)), None], [*names, "mix"]
+    ref_stats = reference_statistics(
+        reference, spec, run.embedder, parts, labels, run.cache_dir, run.progress
+    )
+    generated = run.generated("total", run.config.num_clips, names)
+    gen_stats = clip_statistics(generated, run.embedder, sr, parts, run.progress, "Embedding generated")
+    coherence_config = CoherenceConfig(silence_db=run.config.silence_db)
+    result = {
+        "num_reference_chunks": len(reference),
+        "num_generated": len(generated),
+        "fad": {label: fad(g, r) for label, g, r in zip(labels, gen_stats, ref_stats)},
+        "coherence": {
+            "generated": coherence_metrics(generated, names, sr, coherence_config),
+            "reference": coherence_metrics(reference, names, sr, coherence_config),
+            "reference_shuffled": coherence_metrics(
+                ShuffledAcrossSongs(reference), names, sr, coherence_config
+            ),
+        },
+    }
+    run.log("Total generation FAD: " + ", ".join(f"{k} {v:.3f}" for k, v in result["fad"].items()))
+    return result
+
+
+def evaluate_partial(run: _Run) -> dict:
+    """Partial generation: sub-FAD of (generated subset + given other stems) mixes against the real mixes."""
+    reference, spec = run.reference("partial")
+    (ref_mix,) = reference_statistics(
+        reference, spec, run.embedder, [None], ["mix"], run.cache_dir, run.progress
+    )
+    subsets = {subset_label(s, run.names): s for s in stem_subsets(run.names)}
+    wanted = run.config.subsets or tuple(subsets)
+    unknown = [w for w in wanted if w not in subsets]
+    if unknown:
+        raise ValueError(f"Unknown subset label(s) {unknown}; this pipeline's are {list(subsets)}.")
+    sub_fad = {}
+    for label in wanted:
+        clips = run.generated(f"partial/{label}", len(reference), subsets[label], given=reference)
+        (stats,) = clip_statistics(
+            clips, run.embedder, run.sample_rate, [None], run.progress, f"Embedding {label}"
+        )
+        sub_fad[label] = fad(stats, ref_mix)
+        run.log(f"sub-FAD {label}: {sub_fad[label]:.3f}")
+    overall = float(np.mean(list(sub_fad.values())))
+    run.log(f"sub-FAD overall: {overall:.3f}")
+    return {"num_reference_chunks": len(reference), "sub_fad": sub_fad, "overall": overall}
+
+
+def evaluate(
+    pipe,
+    data_root,
+    out_dir,
+    embedder: AudioEmbedder,
+    config: ProtocolConfig = ProtocolConfig(),
+    cache_dir=None,
+    progress=lambda it, **kw: it,
+    log: Callable[[str], None] = print,
+    pipeline_name: str = "",
+) -> EvaluationResult:
+    """Run the protocol's tasks and return their results.
+
+    ``pipe`` is a pipeline, a function without arguments that loads one (called only when audio must be
+    generated), or ``None`` to evaluate audio already generated under ``out_dir``. Generated audio is kept under
+    ``out_dir/audio`` with a manifest of the settings it was made with; a rerun with the same settings resumes
+    and one with other settings is refused.
+    """
+    out_dir, pipeline = Path(out_dir), _LazyPipeline(pipe)
+    manifest = _audio_manifest(out_dir, pipeline, config, pipeline_name)
+    names, sr = list(manifest["stem_names"]), int(manifest["sample_rate"])
+    protocol = {
+        **config.describe(),
+        "embedder": embedder.identity(),
+        "stem_names": names,
+        "sample_rate": sr,
+        "pipeline": manifest["pipeline"],
+        "data": str(Path(data_root).resolve()),
+    }
+    log("Protocol: " + json.dumps(protocol, indent=1))
+    run = _Run(Path(data_root), out_dir, embedder, config, cache_dir, progress, log, pipeline, names, sr)
+    result = EvaluationResult(protocol=protocol)
+    if "total" in config.tasks:
+        result.total = evaluate_total(run)
+    if "partial" in config.tasks:
+        result.partial = evaluate_partial(run)
+    return result
