@@ -32,10 +32,13 @@ def test_bad_arguments_are_explained(tmp_path, monkeypatch):
         main(base + ["--embedder", "vggish"])
 
 
-@pytest.mark.skipif(
+needs_musicnn = pytest.mark.skipif(
     importlib.util.find_spec("musicnn") is None,
     reason="musicnn is not installed: pip install --no-deps musicnn==0.1.0",
 )
+
+
+@needs_musicnn
 def test_evaluate_runs_the_protocol_and_resumes(tmp_path, saved_pipeline, capsys, monkeypatch):
     data = write_dataset(tmp_path / "data", num_tracks=3, seconds=6.0)
     out = tmp_path / "out"
@@ -83,3 +86,35 @@ def test_evaluate_runs_the_protocol_and_resumes(tmp_path, saved_pipeline, capsys
     assert again["total"]["fad"] == results["total"]["fad"] and again["partial"] == results["partial"]
     with pytest.raises(SystemExit, match="generated with"):
         main(args + ["--seed", "1"])
+
+
+@needs_musicnn
+def test_pipeline_none_evaluates_only_existing_audio(tmp_path):
+    data = write_dataset(tmp_path / "data", num_tracks=2, seconds=3.0)
+    out = tmp_path / "out"
+    args = [
+        "evaluate",
+        "--pipeline",
+        "none",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--embedder",
+        "musicnn-msd",
+    ]
+    with pytest.raises(SystemExit, match="no generated audio"):
+        main(args)
+    (out / "audio").mkdir(parents=True)
+    generation = {
+        "clip_seconds": 1.0,
+        "seed": 0,
+        "num_inference_steps": 150,
+        "sampler": "euler",
+        "s_churn": 20.0,
+    }
+    manifest = {"pipeline": "", "stem_names": ["bass", "drums", "guitar", "piano"], "sample_rate": 22050}
+    (out / "audio" / "manifest.json").write_text(json.dumps({**manifest, "generation": generation}))
+    with pytest.raises(SystemExit, match="clips are missing"):
+        main(args + ["--clip-seconds", "1", "--num-clips", "2", "--tasks", "partial", "--num-chunks", "2"])
+    assert json.loads((out / "state" / "chunks-partial.json").read_text())["chunks"]

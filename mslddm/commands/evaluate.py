@@ -20,7 +20,8 @@ def add_arguments(parser):
     parser.add_argument(
         "--pipeline",
         default=default_pipeline(),
-        help="pipeline folder or Hub repo id; loaded only when audio must be generated",
+        help="pipeline folder or Hub repo id, loaded only when audio must be generated; 'none': evaluate only "
+        "audio already under --out (another model's, see docs/evaluation.md)",
     )
     parser.add_argument("--data", required=True, help="dataset root: DATA/<split>/TrackNNNNN/<stem>.wav")
     parser.add_argument("--out", required=True, help="output folder: results, charts, generated audio, state")
@@ -144,7 +145,7 @@ def run(args) -> int:
 
     try:
         result = evaluate(
-            load_pipeline,
+            None if args.pipeline.lower() == "none" else load_pipeline,
             args.data,
             args.out,
             embedder,
@@ -152,7 +153,7 @@ def run(args) -> int:
             cache_dir=None if args.no_cache else Path(args.cache_dir).expanduser(),
             progress=lambda it, **kw: tqdm(it, **kw),
             log=lambda msg: tqdm.write(msg),
-            pipeline_name=str(args.pipeline),
+            pipeline_name="" if args.pipeline.lower() == "none" else str(args.pipeline),
         )
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(str(error)) from None

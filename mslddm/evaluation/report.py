@@ -81,7 +81,12 @@ def markdown(results: dict) -> str:
             stems = list(coherence[sets[0][0]][metric]) if sets else []
             if stems:
                 rows = [[name] + [_fmt(coherence[key][metric].get(s)) for s in stems] for key, name in sets]
-                out += ["", f"{title}, per stem:", "", _table(["set"] + stems, rows)]
+                out += [
+                    "",
+                    f"{title}, per stem{' pair' if metric == 'similarity' else ''}:",
+                    "",
+                    _table(["set"] + stems, rows),
+                ]
     if partial:
         labels = list(partial["sub_fad"])
         out += [
