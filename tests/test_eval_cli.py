@@ -27,7 +27,7 @@ def test_bad_arguments_are_explained(tmp_path, monkeypatch):
         main(base + ["--tasks", "everything"])
     with pytest.raises(SystemExit, match="no 'dev' split"):
         main(base + ["--split", "dev"])
-    monkeypatch.delenv("MSLDM_VGGISH_WEIGHTS", raising=False)
+    monkeypatch.delenv("MSLDDM_VGGISH_WEIGHTS", raising=False)
     with pytest.raises(SystemExit, match="needs weights"):
         main(base + ["--embedder", "vggish"])
 

@@ -67,7 +67,7 @@ def test_frontend_shapes_and_filterbank():
 
 
 def test_missing_weights_give_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.delenv("MSLDM_VGGISH_WEIGHTS", raising=False)
+    monkeypatch.delenv("MSLDDM_VGGISH_WEIGHTS", raising=False)
     with pytest.raises(ValueError, match="needs weights.*--embedder-weights|needs weights"):
         VGGishEmbedder()
     with pytest.raises(FileNotFoundError, match="no such file"):
@@ -80,7 +80,7 @@ def test_missing_weights_give_a_clear_error(monkeypatch, tmp_path):
 
 def test_environment_variable_and_hub_repo_id(monkeypatch, weights):
     path, _ = weights
-    monkeypatch.setenv("MSLDM_VGGISH_WEIGHTS", str(path))
+    monkeypatch.setenv("MSLDDM_VGGISH_WEIGHTS", str(path))
     assert resolve_vggish_weights(None) == path
 
     import huggingface_hub

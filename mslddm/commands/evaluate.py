@@ -32,7 +32,7 @@ def add_arguments(parser):
     parser.add_argument(
         "--subsets",
         default=None,
-        help="partial generation: comma-separated subset labels to run, e.g. B,DG (default: all)",
+        help="partial generation: comma-separated subset labels to run, e.g. B,DG (unset: all of them)",
     )
     parser.add_argument(
         "--num-clips",
@@ -68,7 +68,7 @@ def add_arguments(parser):
     parser.add_argument(
         "--embedder-weights",
         default=None,
-        help="vggish: torchvggish state dict file or Hub repo id (env MSLDM_VGGISH_WEIGHTS); "
+        help="vggish: torchvggish state dict file or Hub repo id (env MSLDDM_VGGISH_WEIGHTS); "
         "clap: folder or Hub repo id",
     )
     parser.add_argument(

@@ -28,7 +28,7 @@ N_MELS = 64
 FMIN, FMAX = 125.0, 7500.0
 LOG_OFFSET = 0.01
 EXAMPLE_FRAMES = 96  # 0.96 s
-WEIGHTS_ENV = "MSLDM_VGGISH_WEIGHTS"
+WEIGHTS_ENV = "MSLDDM_VGGISH_WEIGHTS"
 _WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
@@ -91,7 +91,7 @@ class VGGishModel(nn.Module):
 def resolve_vggish_weights(weights: str | os.PathLike | None) -> Path:
     """A local weights file from a path, a Hub repo id (``owner/name``) or ``owner/name/file.pth``.
 
-    ``None`` falls back on the ``MSLDM_VGGISH_WEIGHTS`` environment variable.
+    ``None`` falls back on the ``MSLDDM_VGGISH_WEIGHTS`` environment variable.
     """
     weights = weights if weights is not None else os.environ.get(WEIGHTS_ENV)
     if not weights:
