@@ -1,0 +1,122 @@
+"""Encode every stem of a multi-stem dataset with a SourceVAE (posterior means) into OUT/SPLIT/TRACK.safetensors
+for latent-diffusion training. DATA is a stem-folder dataset (e.g. from `mslddm make-dataset`) or an original
+Slakh2100 copy. Resumable (finished tracks are skipped). Several GPUs:
+`accelerate launch -m mslddm encode-latents DATA --vae PATH OUT`. See docs/data.md."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+HELP = "pre-encode a multi-stem dataset into SourceVAE latents"
+SPLITS = ("train", "validation", "test")
+
+
+def add_arguments(parser):
+    parser.add_argument("data", metavar="DATA", help="dataset folder (stem folders or Slakh2100)")
+    parser.add_argument("--vae", required=True, metavar="PATH",
+                        help="a pipeline folder (its vae/ is used), a SourceVAE folder, or a Hub pipeline repo id")
+    parser.add_argument("out", metavar="OUT", help="output folder (an existing one is resumed)")
+    parser.add_argument("--split", action="append", default=None,
+                        help="split sub-folder to encode; repeat for several; None means every one of "
+                             "train, validation, test found in DATA, else DATA itself")
+    parser.add_argument("--stems", default=None,
+                        help="comma-separated stem names, in the model's order; None means the pipeline's "
+                             "stem_names, else bass,drums,guitar,piano")
+    parser.add_argument("--layout", choices=("auto", "stems", "slakh"), default="auto", help="dataset layout")
+    parser.add_argument("--on-length-mismatch", choices=("pad", "trim", "skip"), default="pad",
+                        help="tracks whose stems differ in length: pad with silence, trim, or skip")
+    parser.add_argument("--batch-size", type=int, default=4, help="stem signals encoded per VAE call")
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda, cuda:1, ...; auto: accelerate's device when installed, else cuda if any")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                        help="precision of the VAE's computation")
+    parser.add_argument("--save-dtype", choices=("float32", "float16"), default="float32",
+                        help="precision of the saved latents (float16 halves the disk)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _default_stems(vae_path: str) -> list[str]:
+    index = Path(vae_path) / "model_index.json"
+    if index.is_file():
+        names = json.loads(index.read_text()).get("stem_names")
+        if names:
+            return list(names)
+    from mslddm.data.tracks import DEFAULT_STEMS
+
+    return list(DEFAULT_STEMS)
+
+
+def _processes(device: str):
+    """(device, process index, number of processes, barrier) - through accelerate when it is usable."""
+    import torch
+
+    if device == "auto":
+        try:
+            from accelerate import Accelerator
+        except ImportError:
+            return ("cuda" if torch.cuda.is_available() else "cpu"), 0, 1, lambda: None
+        acc = Accelerator()
+        return acc.device, acc.process_index, acc.num_processes, acc.wait_for_everyone
+    return torch.device(device), 0, 1, lambda: None
+
+
+def run(args) -> int:
+    import torch
+
+    from mslddm.data.datasets import load_tracks
+    from mslddm.data.latents import HEADER_FILE, encode_tracks, load_vae, silence_latent
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.batch_size < 1:
+        raise SystemExit(f"--batch-size must be at least 1, got {args.batch_size}.")
+    data, out = Path(args.data), Path(args.out)
+    if not data.is_dir():
+        raise SystemExit(f"Dataset folder {str(data)!r} does not exist.")
+    splits = args.split or [s for s in SPLITS if (data / s).is_dir()] or [None]
+    stems = [s.strip() for s in args.stems.split(",") if s.strip()] if args.stems else _default_stems(args.vae)
+
+    device, rank, world, barrier = _processes(args.device)
+    dtype = getattr(torch, args.dtype)
+    vae = load_vae(args.vae, torch_dtype=dtype).to(device).eval()
+    sample_rate = int(vae.config.sampling_rate)
+    try:
+        tracks = {split or ".": load_tracks(data, split, stems, args.layout, sample_rate=sample_rate,
+                                            on_length_mismatch=args.on_length_mismatch) for split in splits}
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(str(error)) from None
+
+    header = {"vae": str(args.vae), "data": str(data), "stems": stems, "sample_rate": sample_rate,
+              "hop_length": vae.hop_length, "latent_channels": int(vae.config.latent_channels),
+              "save_dtype": args.save_dtype}
+    header_path = out / HEADER_FILE
+    if rank == 0:
+        # The latent of silence doubles as the VAE's fingerprint: other weights, other latents.
+        header["silence_latent"] = silence_latent(vae, device, dtype)
+        if header_path.is_file():
+            found = json.loads(header_path.read_text())
+            differ = {k: (found.get(k), v) for k, v in header.items()
+                      if k not in ("vae", "data", "silence_latent") and found.get(k) != v}
+            if not torch.allclose(torch.tensor(found.get("silence_latent", [])[:len(header["silence_latent"])]
+                                               or [float("nan")]),
+                                  torch.tensor(header["silence_latent"]), rtol=1e-3, atol=1e-4):
+                differ["vae"] = (found.get("vae"), header["vae"])
+            if differ:
+                raise SystemExit(f"{out} holds latents made differently ({differ}); use another OUT folder.")
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            tmp = header_path.with_name(f".{HEADER_FILE}.partial")
+            tmp.write_text(json.dumps(header, indent=1) + "\n")
+            tmp.replace(header_path)
+    barrier()
+
+    report = encode_tracks(vae, tracks, out, stems, device=device, dtype=dtype,
+                           save_dtype=getattr(torch, args.save_dtype), batch_size=args.batch_size,
+                           process_index=rank, num_processes=world, progress=not args.quiet)
+    barrier()
+    print(f"{out}: {len(report.encoded)} tracks encoded, {len(report.skipped)} already done, "
+          f"{len(report.failed)} failed" + (f" (process {rank} of {world})" if world > 1 else "") + ".")
+    for name, error in report.failed.items():
+        print(f"FAILED {name}: {error}")
+    return 1 if report.failed else 0

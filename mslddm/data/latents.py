@@ -1,0 +1,141 @@
+"""Pre-encoded latents: every stem of every track encoded once by the SourceVAE (posterior mean), so that the
+latent diffusion model trains without running the encoder. Layout::
+
+    OUT/latents.json                       VAE, stems, sample rate, hop, channels, the latent of silence
+    OUT/{train,validation,test}/TRACK.safetensors   "latents": (num_stems, latent_channels, frames)
+
+Each track file is written under a temporary name and renamed, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mslddm.data.tracks import Track
+
+logger = logging.getLogger(__name__)
+
+LATENT_KEY = "latents"
+HEADER_FILE = "latents.json"
+METADATA_KEY = "mslddm"
+
+
+def latent_files(root, split: str | None) -> list[Path]:
+    folder = Path(root) / split if split else Path(root)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Latent folder {str(folder)!r} does not exist.")
+    return sorted(p for p in folder.glob("*.safetensors") if not p.name.startswith("."))
+
+
+def read_latent_header(path) -> dict:
+    """Stems and shape of a latent file, read from its header only."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        shape = list(f.get_slice(LATENT_KEY).get_shape())
+    info = json.loads(meta.get(METADATA_KEY, "{}"))
+    return {"stems": info.get("stems", []), "shape": shape, "num_samples": int(info.get("num_samples", 0))}
+
+
+def read_dataset_header(root) -> dict:
+    path = Path(root) / HEADER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; is {root} an `mslddm encode-latents` output folder?")
+    return json.loads(path.read_text())
+
+
+def load_vae(path: str, subfolder: str | None = None, torch_dtype=None):
+    """A SourceVAE from a pipeline folder (its ``vae/``), a VAE folder, or a Hub repo id (``subfolder="vae"``)."""
+    from mslddm.models.autoencoder_source import SourceVAE
+
+    if subfolder is None:
+        local = Path(path)
+        if (local / "vae" / "config.json").is_file():
+            subfolder = "vae"
+        elif not (local / "config.json").is_file() and not local.exists():
+            subfolder = "vae"  # a Hub repo id of a pipeline
+    kwargs = {"subfolder": subfolder} if subfolder else {}
+    return SourceVAE.from_pretrained(path, torch_dtype=torch_dtype, **kwargs)
+
+
+@torch.no_grad()
+def silence_latent(vae, device, dtype) -> list[float]:
+    """The posterior mean of a frame of silence, far from the edges: the value to pad latents with."""
+    frames = 2 * vae.encoder_context_frames() + 1
+    zeros = torch.zeros(1, 1, frames * vae.hop_length, device=device, dtype=dtype)
+    mean = vae.encode(zeros).latent_dist.mean
+    return mean[0, :, mean.shape[-1] // 2].float().cpu().tolist()
+
+
+@torch.no_grad()
+def encode_track(vae, track: Track, stem_names, device, dtype, batch_size: int) -> torch.Tensor:
+    """Posterior means ``(num_stems, C, frames)`` float32 of a track's stems, ``batch_size`` stems per call."""
+    audio = torch.from_numpy(track.read(stems=stem_names))  # (K, T)
+    means = []
+    for chunk in audio.split(batch_size):
+        mean = vae.encode(chunk[:, None].to(device=device, dtype=dtype)).latent_dist.mean
+        means.append(mean.float().cpu())
+    return torch.cat(means)
+
+
+def save_latents(path: Path, latents: torch.Tensor, stem_names, num_samples: int, dtype: torch.dtype) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    # One metadata key: safetensors writes several in an arbitrary order, and identical runs should give
+    # identical files.
+    meta = {METADATA_KEY: json.dumps({"stems": list(stem_names), "num_samples": int(num_samples)})}
+    save_file({LATENT_KEY: latents.to(dtype).contiguous()}, str(tmp), metadata=meta)
+    os.chmod(tmp, 0o644)  # safetensors creates files readable by their owner only
+    os.replace(tmp, path)
+
+
+@dataclass
+class EncodeReport:
+    encoded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def encode_tracks(
+    vae,
+    tracks_by_split: dict[str, list[Track]],
+    out,
+    stem_names,
+    device="cpu",
+    dtype=torch.float32,
+    save_dtype=torch.float32,
+    batch_size: int = 4,
+    process_index: int = 0,
+    num_processes: int = 1,
+    progress: bool = True,
+) -> EncodeReport:
+    """Encodes this process's share (every ``num_processes``-th track) of all splits into ``out``; tracks whose
+    file exists are skipped, and a track that fails is logged and left for the next run."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    jobs = [(split, t) for split, tracks in tracks_by_split.items() for t in tracks]
+    jobs = jobs[process_index::num_processes]
+    report = EncodeReport()
+    todo = []
+    for split, track in jobs:
+        target = out / split / f"{track.name}.safetensors"
+        (report.skipped.append(track.name) if target.exists() else todo.append((split, track, target)))
+    for split, track, target in tqdm(todo, desc="encode-latents", unit="track", disable=not progress):
+        try:
+            latents = encode_track(vae, track, stem_names, device, dtype, batch_size)
+            save_latents(target, latents, stem_names, track.num_samples, save_dtype)
+            report.encoded.append(track.name)
+        except (OSError, ValueError, RuntimeError) as error:  # unreadable audio, or a VAE error on one track
+            report.failed[f"{split}/{track.name}"] = f"{type(error).__name__}: {error}"
+            logger.error("Could not encode %s: %s", track.path, error)
+    return report

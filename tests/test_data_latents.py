@@ -1,0 +1,85 @@
+"""encode-latents with a tiny random SourceVAE: posterior means of every stem, resume, the latent dataset."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from mslddm import SourceVAE
+from mslddm.cli import main
+from mslddm.data.datasets import LatentSegmentDataset, load_tracks
+
+SR = 22050
+STEMS = ["bass", "drums", "guitar", "piano"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("latents")
+    rng = np.random.default_rng(0)
+    for split, name, seconds in [("train", "Track00001", 1.0), ("train", "Track00002", 0.6),
+                                 ("test", "Track00003", 0.8)]:
+        folder = root / "data" / split / name
+        folder.mkdir(parents=True)
+        for stem in STEMS[:-1]:  # piano missing: silence
+            sf.write(folder / f"{stem}.wav", (0.1 * rng.standard_normal(int(seconds * SR))).astype(np.float32), SR)
+    torch.manual_seed(0)
+    vae = SourceVAE(encoder_dim=4, decoder_dim=16, latent_channels=8)
+    pipeline = root / "pipeline"
+    vae.save_pretrained(pipeline / "vae")
+    (pipeline / "model_index.json").write_text(json.dumps({"_class_name": "MultiSourceLatentPipeline",
+                                                           "stem_names": STEMS}))
+    out = root / "out"
+    assert main(["encode-latents", str(root / "data"), "--vae", str(pipeline), str(out), "--quiet"]) == 0
+    return root, vae.eval(), out
+
+
+def test_latents_are_the_posterior_means_of_every_stem(setup):
+    root, vae, out = setup
+    header = json.loads((out / "latents.json").read_text())
+    assert header["stems"] == STEMS and header["hop_length"] == vae.hop_length and header["latent_channels"] == 8
+    assert len(header["silence_latent"]) == 8
+    for split in ("train", "test"):
+        for track in load_tracks(root / "data", split):
+            from safetensors.torch import load_file
+
+            saved = load_file(out / split / f"{track.name}.safetensors")["latents"]
+            with torch.no_grad():
+                expected = vae.encode(torch.from_numpy(track.read())[:, None]).latent_dist.mean
+            assert saved.shape == (4, 8, vae.num_frames(track.num_samples))
+            torch.testing.assert_close(saved, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_resume_and_option_mismatch(setup, capsys):
+    root, _, out = setup
+    args = ["encode-latents", str(root / "data"), "--vae", str(root / "pipeline" / "vae"), str(out), "--quiet",
+            "--device", "cpu"]
+    target = out / "train" / "Track00002.safetensors"
+    before = target.read_bytes()
+    target.unlink()
+    assert main(args) == 0
+    assert "1 tracks encoded, 2 already done" in capsys.readouterr().out
+    assert target.read_bytes() == before and not list(out.rglob(".*partial*"))
+    with pytest.raises(SystemExit, match="made differently"):
+        main(args + ["--stems", "bass,drums"])
+    torch.manual_seed(1)
+    SourceVAE(encoder_dim=4, decoder_dim=16, latent_channels=8).save_pretrained(root / "other_vae")
+    with pytest.raises(SystemExit, match="made differently"):
+        main(args[:3] + [str(root / "other_vae")] + args[4:])
+
+
+def test_latent_dataset(setup):
+    _, _, out = setup
+    data = LatentSegmentDataset(out, "train", segment_frames=16, segments_per_epoch=5)
+    assert data.stem_names == STEMS and len(data) == 5
+    assert data[0].shape == (4, 8, 16) and torch.equal(data[3], data[3])
+    whole = LatentSegmentDataset(out, "test", segment_frames=200, random_offsets=False)
+    x = whole[0]
+    frames = whole.lengths[0]
+    silence = torch.tensor(json.loads((out / "latents.json").read_text())["silence_latent"])
+    assert x.shape == (4, 8, 200)
+    torch.testing.assert_close(x[:, :, frames:], silence[None, :, None].expand(4, 8, 200 - frames))
+    with pytest.raises(ValueError, match="encode-latents"):
+        LatentSegmentDataset(out, None)  # the root holds no latent file itself
