@@ -1,0 +1,212 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import LATENT, STEMS, tiny_pipeline
+from mslddm import MultiSourceLatentPipeline
+from mslddm.audio import load_audio
+
+SR = 22050
+STEPS = 3
+
+
+def seeded(*seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def tone(freq, seconds=0.5, sr=SR):
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def test_total_generation_shapes_and_determinism(pipe):
+    a = pipe(audio_length_in_s=0.5, num_inference_steps=STEPS, num_samples=2, generator=seeded(0, 1))
+    assert a.stems.shape == (2, 4, int(0.5 * SR)) and a.mixture.shape == (2, int(0.5 * SR))
+    assert a.stem_names == STEMS and a.sample_rate == SR and a.generated == STEMS
+    np.testing.assert_allclose(a.mixture, a.stems.sum(axis=1), atol=1e-6)
+    assert np.isfinite(a.stems).all() and np.abs(a.stems).max() > 0
+    b = pipe(audio_length_in_s=0.5, num_inference_steps=STEPS, num_samples=2, generator=seeded(0, 1))
+    np.testing.assert_array_equal(a.stems, b.stems)
+    assert not np.allclose(a.stems[0], a.stems[1])  # different seeds, different music
+
+
+def test_per_sample_seed_reproduces_its_item_in_any_batch(pipe):
+    batch = pipe(audio_length_in_s=0.3, num_inference_steps=STEPS, num_samples=3, generator=seeded(5, 6, 7))
+    alone = pipe(audio_length_in_s=0.3, num_inference_steps=STEPS, generator=seeded(6))
+    np.testing.assert_allclose(batch.stems[1], alone.stems[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m"])
+def test_samplers_and_output_types(pipe, sampler):
+    out = pipe(audio_length_in_s=0.3, num_inference_steps=2, sampler=sampler, output_type="pt", generator=seeded(0))
+    assert isinstance(out.stems, torch.Tensor) and out.stems.shape[:2] == (1, 4)
+    lat = pipe(audio_length_in_s=0.3, num_inference_steps=2, sampler=sampler, output_type="latent")
+    assert lat.stems.shape[:3] == (1, 4, LATENT) and lat.mixture is None
+    assert lat.stems.shape[-1] % pipe.unet.length_multiple == 0
+
+
+def test_partial_generation_keeps_given_stems_exactly(pipe, tmp_path):
+    bass = tone(55.0)
+    # A stereo 44.1 kHz file for the drums: mixed to mono and resampled.
+    drums_path = tmp_path / "drums.flac"
+    sf.write(drums_path, np.stack([tone(200, sr=44100), tone(300, sr=44100)], axis=1), 44100)
+    out = pipe(stems={"bass": bass, "drums": str(drums_path)}, num_inference_steps=STEPS, generator=seeded(0))
+    assert out.generated == ["guitar", "piano"]
+    assert out.stems.shape == (1, 4, len(bass))
+    np.testing.assert_array_equal(out.stems[0, 0], bass)
+    np.testing.assert_array_equal(out.stems[0, 1], load_audio(drums_path, SR)[: len(bass)])
+    np.testing.assert_allclose(out.mixture[0], out.stems[0].sum(axis=0), atol=1e-6)
+
+
+def test_imputation_returns_the_given_latents_exactly(pipe):
+    bass = tone(80.0, 0.4)
+    out = pipe(stems={"bass": bass}, num_inference_steps=STEPS, output_type="latent", generator=seeded(0))
+    frames = out.stems.shape[-1]
+    audio = torch.zeros(1, 4, pipe.vae.hop_length * frames)
+    audio[0, 0, : len(bass)] = torch.from_numpy(bass)
+    known = pipe.encode_stems(audio).reshape(1, 4, LATENT, -1)[..., :frames]
+    torch.testing.assert_close(out.stems[:, 0], known[:, 0], rtol=0, atol=0)
+    # Stems neither given nor generated are held at the latent of silence.
+    out = pipe(stems={"bass": bass}, generate=["drums"], num_inference_steps=STEPS, output_type="latent")
+    torch.testing.assert_close(out.stems[:, 2], known[:, 2], rtol=0, atol=0)
+    assert not torch.allclose(out.stems[:, 1], known[:, 1])
+    audio_out = pipe(stems={"bass": bass}, generate=["drums"], num_inference_steps=STEPS)
+    assert audio_out.generated == ["drums"] and np.all(audio_out.stems[0, 2:] == 0)
+
+
+def reference_partial_sampler(pipe, known, mask, noise_gen, steps, s_churn=20.0, sigma_min=0.01, sigma_max=3.0,
+                              rho=7.0, sigma_data=0.4):
+    """Direct transcription of the MSLDM reference loop (see shared UPSTREAM.md), with its own EDM wrapper."""
+    i = torch.arange(steps, dtype=torch.float32)
+    sigmas = (sigma_max ** (1 / rho) + i / (steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    sigmas = torch.nn.functional.pad(sigmas, (0, 1), value=0.0)
+
+    def denoise(x, sigma):
+        c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
+        c_out = sigma * sigma_data * (sigma_data**2 + sigma**2) ** -0.5
+        c_in = (sigma**2 + sigma_data**2) ** -0.5
+        c_noise = torch.log(sigma) * 0.25
+        return c_skip * x + c_out * pipe.unet(c_in * x, c_noise.expand(x.shape[0])).sample
+
+    x = sigmas[0] * torch.randn(known.shape, generator=noise_gen)
+    gamma = min(s_churn / steps, math.sqrt(2) - 1)
+    for i in range(steps):
+        source_noisy = known + sigmas[i] * torch.randn(known.shape, generator=noise_gen)
+        x = source_noisy * mask + x * ~mask
+        sigma_hat = sigmas[i] * (gamma + 1)
+        x_hat = x + math.sqrt(sigma_hat**2 - sigmas[i] ** 2) * torch.randn(x.shape, generator=noise_gen)
+        d = (x_hat - denoise(x_hat, sigma_hat)) / sigma_hat
+        x = x_hat + d * (sigmas[i + 1] - sigma_hat)
+    return known * mask + x * ~mask
+
+
+@torch.no_grad()
+def test_pipeline_loop_equals_reference_transcription(pipe):
+    drums = tone(150.0, 0.4)
+    steps = 6
+    out = pipe(stems={"drums": drums}, num_inference_steps=steps, output_type="latent", generator=seeded(42))
+    frames = out.stems.shape[-1]
+    audio = torch.zeros(1, 4, pipe.vae.hop_length * frames)
+    audio[0, 1, : len(drums)] = torch.from_numpy(drums)
+    known = pipe.encode_stems(audio)[..., :frames]
+    mask = torch.zeros(1, 4, LATENT, 1, dtype=torch.bool)
+    mask[:, 1] = True
+    mask = mask.reshape(1, 4 * LATENT, 1)
+    ref = reference_partial_sampler(pipe, known, mask, torch.Generator().manual_seed(42), steps)
+    torch.testing.assert_close(out.stems.reshape(ref.shape), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_save_load_round_trip_generates_identical_stems(saved_pipeline):
+    index = json.loads((saved_pipeline / "model_index.json").read_text())
+    assert index["stem_names"] == STEMS and index["sample_rate"] == SR
+    assert index["vae"] == ["mslddm.models.autoencoder_source", "SourceVAE"]
+    assert "mslddm" in (saved_pipeline / "README.md").read_text()
+    loaded = MultiSourceLatentPipeline.from_pretrained(saved_pipeline)
+    loaded.set_progress_bar_config(disable=True)
+    original = tiny_pipeline()
+    a = original(audio_length_in_s=0.3, num_inference_steps=STEPS, generator=seeded(3))
+    b = loaded(audio_length_in_s=0.3, num_inference_steps=STEPS, generator=seeded(3))
+    np.testing.assert_array_equal(a.stems, b.stems)
+
+
+def test_from_pretrained_hub_repo_id_uses_the_snapshot(saved_pipeline, tmp_path, monkeypatch):
+    # Lay the saved folder out as a Hub cache snapshot; offline, from_pretrained must resolve the repo id to it.
+    import shutil
+
+    repo = tmp_path / "hub" / "models--someone--tiny-mslddm"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(saved_pipeline, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = MultiSourceLatentPipeline.from_pretrained("someone/tiny-mslddm", cache_dir=tmp_path / "hub")
+    assert loaded.stem_names == STEMS
+    with pytest.raises(Exception):
+        MultiSourceLatentPipeline.from_pretrained("someone/absent", cache_dir=tmp_path / "hub")
+
+
+def test_push_to_hub_uploads_the_folder_with_the_mslddm_card(pipe):
+    class FakeApi:
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            self.created = repo_id
+            return type("RepoUrl", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            import pathlib
+
+            self.files = sorted(str(p.relative_to(folder_path)) for p in pathlib.Path(folder_path).rglob("*"))
+            self.card = (pathlib.Path(folder_path) / "README.md").read_text()
+
+    api = FakeApi()
+    assert pipe.push_to_hub("me/my-stems", api=api) == "me/my-stems"
+    assert "model_index.json" in api.files and any(f.startswith("unet/") for f in api.files)
+    assert 'from_pretrained("me/my-stems")' in api.card and "library_name" in api.card
+
+
+def test_any_stem_names_and_count():
+    pipe = tiny_pipeline(["vocals", "keys"])
+    out = pipe(stems={"keys": tone(440.0, 0.3)}, num_inference_steps=2)
+    assert out.stem_names == ["vocals", "keys"] and out.stems.shape[1] == 2 and out.generated == ["vocals"]
+
+
+def test_callback_on_step_end(pipe):
+    seen = []
+
+    def callback(p, i, t, tensors):
+        seen.append(i)
+        return {"latents": tensors["latents"] * 0}
+
+    out = pipe(audio_length_in_s=0.2, num_inference_steps=4, callback_on_step_end=callback, output_type="latent")
+    assert seen == [0, 1, 2, 3] and torch.count_nonzero(out.stems) == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"stems": {"vocals": np.zeros(100)}}, "Unknown stem"),
+        ({"generate": ["flute"]}, "Unknown stem"),
+        ({"stems": {s: np.ones(100) * 0.1 for s in STEMS}}, "nothing left to generate"),
+        ({"generate": []}, "generate is empty"),
+        ({"stems": {"bass": np.ones(100)}, "generate": ["bass"]}, "both given"),
+        ({"audio_length_in_s": -1.0}, "audio_length_in_s"),
+        ({"audio_length_in_s": float("nan")}, "audio_length_in_s"),
+        ({"stems": {"bass": np.array([0.1, np.nan])}}, "NaN"),
+        ({"stems": {"bass": np.zeros(0)}}, "no samples"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"sampler": "ddim"}, "sampler"),
+        ({"output_type": "mp3"}, "output_type"),
+        ({"num_samples": 2, "generator": seeded(1)}, "one per sample"),
+    ],
+)
+def test_bad_calls_raise_value_errors(pipe, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pipe(num_inference_steps=kwargs.pop("num_inference_steps", 1), **kwargs)
+
+
+def test_missing_stem_file_is_a_clear_error(pipe):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        pipe(stems={"bass": "/nonexistent/bass.wav"}, num_inference_steps=1)
