@@ -1,0 +1,102 @@
+"""Serves the mslddm demo, locally (`make demo`, `python app.py`) or as the Hugging Face Space.
+
+Every flag has an environment variable, so a Space is configured in its settings. Nothing is fetched from the
+network when the pipeline is a local folder (the default: the bundled pipeline, else $MSLDDM_PIPELINE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no usage pings
+
+try:  # ZeroGPU needs `spaces` imported before torch touches CUDA
+    import spaces  # noqa: F401
+except ImportError:
+    pass
+
+
+def _env(name, default, kind=str):
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if kind is bool:
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return kind(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mslddm.hub import default_pipeline
+    from space.handlers import Limits
+
+    lim = Limits()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--pipeline", default=default_pipeline(),
+                   help="pipeline folder or Hub repo id [env MSLDDM_PIPELINE]")
+    p.add_argument("--device", default=_env("MSLDDM_DEVICE", "auto"),
+                   help="cpu, cuda, cuda:1, ... (auto: cuda when available) [env MSLDDM_DEVICE]")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=_env("MSLDDM_DTYPE", "float32"),
+                   help="model weights' precision [env MSLDDM_DTYPE]")
+    p.add_argument("--host", default=_env("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   help="address to listen on; 0.0.0.0 for every interface [env GRADIO_SERVER_NAME]")
+    p.add_argument("--port", type=int, default=_env("GRADIO_SERVER_PORT", 7860, int),
+                   help="port [env GRADIO_SERVER_PORT]")
+    p.add_argument("--share", action="store_true", default=_env("MSLDDM_SHARE", False, bool),
+                   help="also serve through a temporary public gradio.live link (needs internet) [env MSLDDM_SHARE]")
+    p.add_argument("--examples", default=_env("MSLDDM_EXAMPLES", str(HERE / "space" / "examples")),
+                   help="folder of examples, one sub-folder of stems each; none when missing [env MSLDDM_EXAMPLES]")
+    p.add_argument("--max-duration", type=float, default=_env("MSLDDM_MAX_DURATION", lim.max_duration_s, float),
+                   help="longest generation in seconds [env MSLDDM_MAX_DURATION]")
+    p.add_argument("--max-upload", type=float, default=_env("MSLDDM_MAX_UPLOAD", lim.max_upload_s, float),
+                   help="longest upload in seconds [env MSLDDM_MAX_UPLOAD]")
+    p.add_argument("--max-file-size", default=_env("MSLDDM_MAX_FILE_SIZE", lim.max_file_size),
+                   help="largest upload, e.g. 50mb [env MSLDDM_MAX_FILE_SIZE]")
+    p.add_argument("--max-steps", type=int, default=_env("MSLDDM_MAX_STEPS", lim.max_steps, int),
+                   help="most sampler steps [env MSLDDM_MAX_STEPS]")
+    p.add_argument("--max-variations", type=int, default=_env("MSLDDM_MAX_VARIATIONS", lim.max_variations, int),
+                   help="most variations per request [env MSLDDM_MAX_VARIATIONS]")
+    p.add_argument("--max-queue", type=int, default=_env("MSLDDM_MAX_QUEUE", 16, int),
+                   help="requests that may wait in the queue; one samples at a time [env MSLDDM_MAX_QUEUE]")
+    p.add_argument("--workdir", default=_env("MSLDDM_WORKDIR", None),
+                   help="where a temporary folder for the generated files is made (removed at exit; default: the "
+                        "system's temporary folder) [env MSLDDM_WORKDIR]")
+    return p
+
+
+def main(argv=None) -> int:
+    sys.path.insert(0, str(HERE))  # `space` is a folder next to this file, here and on the Space
+    args = build_parser().parse_args(argv)
+
+    import torch
+
+    from mslddm import MultiSourceLatentPipeline
+    from space.handlers import Limits, Studio
+    from space.ui import build_demo, launch_kwargs
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    try:
+        pipe = MultiSourceLatentPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype))
+    except Exception as error:  # noqa: BLE001 - a missing folder, no network for a Hub id, a broken download
+        print(f"Could not load the pipeline {args.pipeline!r}: {error}\nPass --pipeline with a pipeline folder "
+              "(e.g. one written by save_pretrained) or a Hub repo id.", file=sys.stderr)
+        return 2
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    limits = Limits(max_duration_s=args.max_duration, max_upload_s=args.max_upload, max_steps=args.max_steps,
+                    max_variations=args.max_variations, max_file_size=args.max_file_size)
+    studio = Studio(pipe, str(args.pipeline), limits, workdir=args.workdir)
+    demo = build_demo(studio, examples_dir=args.examples)
+    demo.queue(max_size=args.max_queue, default_concurrency_limit=1)
+    # A plain exit on SIGTERM (container stop, CI teardown) so that the temporary files are removed at exit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    demo.launch(**launch_kwargs(studio, args.host, args.port, args.share, args.examples))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

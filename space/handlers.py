@@ -1,0 +1,316 @@
+"""What the page's events do: check the inputs, sample with a progress bar, write the render, re-mix it, show a
+variation. Every bad input raises ``gr.Error`` with a sentence that says what to do; the Blocks live in ``ui.py``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import torch
+
+from mslddm.audio import AudioReadError, load_audio, read_audio, rms_db, to_mono
+
+from .render import (
+    MIX,
+    Mixer,
+    Render,
+    extract_variation,
+    plot_spectrograms,
+    read_render,
+    read_settings,
+    write_render,
+)
+
+try:  # ZeroGPU: a GPU is attached only while a function decorated with spaces.GPU runs
+    import spaces
+
+    gpu = spaces.GPU
+except ImportError:  # anywhere else the decorator is a no-op
+
+    def gpu(fn=None, **kwargs):
+        return fn if fn is not None else (lambda f: f)
+
+
+SAMPLERS = {  # value -> (label, default steps, default churn)
+    "euler": ("Euler with churn (the paper's)", 150, 20.0),
+    "heun": ("Heun, 2nd order", 50, 0.0),
+    "dpmpp_2m": ("DPM-Solver++(2M), fast", 25, 0.0),
+}
+
+
+@dataclass
+class Limits:
+    """What one request may ask for; every limit is a flag of ``app.py``."""
+
+    max_duration_s: float = 30.0  # longest generation
+    max_upload_s: float = 120.0  # longest upload (uploads are cropped to the duration)
+    max_steps: int = 200
+    max_variations: int = 4
+    max_file_size: str = "50mb"  # enforced by Gradio's upload route
+    silence_dbfs: float = -60.0  # an upload quieter than this (RMS) is rejected as silent
+    gpu_duration_s: int = 120  # ZeroGPU time asked for one generation
+
+
+@dataclass
+class Outputs:
+    """What an event shows: a WAV per stem and the mix of the selected variation, the spectrogram, the ZIP."""
+
+    players: dict[str, Path]  # stem name -> WAV, and "mix"
+    spectrogram: Path
+    zip_path: Path
+    info: str
+    variation_labels: list[str]
+    variation: int
+
+
+def variation_label(index: int, seed: int) -> str:
+    return f"{index + 1} (seed {seed})"
+
+
+def parse_variation(label: str | None, count: int) -> int:
+    """Index of the variation named by a label of :func:`variation_label` (the first one when unknown)."""
+    try:
+        index = int(str(label).split(" ", 1)[0]) - 1
+    except ValueError:
+        return 0
+    return index if 0 <= index < count else 0
+
+
+class Studio:
+    """The page's handlers for one loaded pipeline. Files go to one folder per event under ``workdir`` (one
+    sub-folder per browser session); a session's older folders are removed by its next event or when it leaves,
+    everybody's are removed after ``ttl_s`` and at exit. Gradio serves its own copies of the outputs."""
+
+    def __init__(self, pipe, pipeline_name: str = "", limits: Limits | None = None,
+                 workdir: str | None = None, ttl_s: float = 3600.0):
+        self.pipe = pipe
+        self.pipeline_name = pipeline_name or getattr(pipe, "_name_or_path", "") or "pipeline"
+        self.limits = limits or Limits()
+        if workdir:
+            Path(workdir).mkdir(parents=True, exist_ok=True)
+        self.workdir = Path(tempfile.mkdtemp(prefix="mslddm-space-", dir=workdir))  # removed by close()
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()  # the scheduler holds per-call state: one sampling at a time per pipeline
+        self._sample = gpu(duration=self.limits.gpu_duration_s)(self._run_pipeline)
+        atexit.register(self.close)
+
+    @property
+    def stem_names(self) -> list[str]:
+        return self.pipe.stem_names
+
+    # ------------------------------------------------------------------------------------------------------
+    # Events
+    # ------------------------------------------------------------------------------------------------------
+    def generate(self, uploads: Mapping[str, str | None], generate: Mapping[str, bool], duration_s: float,
+                 steps: int, sampler: str, churn: float, seed: str | int | None, variations: int,
+                 mixer: Mixer | None = None, progress: Callable | None = None,
+                 session: str = "api") -> Outputs:
+        """Generates the stems ticked in ``generate`` around the uploaded ones (total generation when nothing is
+        uploaded), writes the render and returns what the page shows for its first variation."""
+        # 1. Check the settings, then the uploads
+        duration_s, steps, variations, churn = self._check_settings(duration_s, steps, sampler, churn, variations)
+        seeds = self._seeds(seed, variations)
+        given = {name: path for name, path in uploads.items() if path}
+        unknown = sorted(set(uploads) - set(self.stem_names))
+        if unknown:
+            raise gr.Error(f"Unknown stem(s) {unknown}: this pipeline's stems are {self.stem_names}.")
+        to_generate = [n for n in self.stem_names if n not in given and generate.get(n, False)]
+        if len(given) == len(self.stem_names):
+            raise gr.Error("Every stem has an upload, so nothing is left to generate: remove the upload of a "
+                           "stem you want generated.")
+        if not to_generate:
+            raise gr.Error("Nothing to generate: tick 'generate' under at least one stem that has no upload.")
+        stems, notes = {}, []
+        for name, path in given.items():
+            stems[name], note = self._load_upload(name, path, duration_s)
+            notes += [note] if note else []
+
+        # 2. Sample
+        tic = time.perf_counter()
+        with self._lock:
+            result, evaluations = self._sample({
+                "stems": stems or None, "generate": to_generate, "audio_length_in_s": duration_s,
+                "num_inference_steps": steps, "sampler": sampler, "s_churn": churn, "num_samples": variations,
+                "generator": [torch.Generator().manual_seed(s) for s in seeds],
+            }, progress)
+        seconds = time.perf_counter() - tic
+
+        # 3. Write the render
+        settings = {
+            "pipeline": self.pipeline_name, "given": {n: Path(p).name for n, p in given.items()},
+            "generated": list(result.generated), "silent": [n for n in self.stem_names if n not in given
+                                                            and n not in to_generate],
+            "duration_s": duration_s, "steps": steps, "sampler": sampler, "s_churn": churn,
+            "model_evaluations": evaluations, "seconds": round(seconds, 3),
+        }
+        render = Render(result.stems, list(result.stem_names), int(result.sample_rate), seeds, settings)
+        if progress is not None:
+            progress(1.0, desc="Writing the files")
+        files = write_render(render, mixer or {}, self._event_dir(session))
+        info = self._describe(files.settings, notes)
+        return self._outputs(files.zip_path, files.variations[0], files.settings, 0, info, session)
+
+    def remix(self, zip_path: str | None, variation: str | None, mixer: Mixer,
+              session: str = "api") -> Outputs:
+        """Re-mixes a render with new gains and mutes without sampling again; writes a new ZIP."""
+        render = self._read(zip_path, read_render)
+        files = write_render(render, mixer, self._event_dir(session))
+        index = parse_variation(variation, len(render.seeds))
+        info = self._describe(files.settings, [])
+        return self._outputs(files.zip_path, files.variations[index], files.settings, index, info, session)
+
+    def show(self, zip_path: str | None, variation: str | None, session: str = "api") -> Outputs:
+        """Shows another variation of a render (its players and spectrogram)."""
+        settings = self._read(zip_path, read_settings)
+        index = parse_variation(variation, len(settings["seeds"]))
+        folder = self._event_dir(session)
+        players = extract_variation(zip_path, index, folder)
+        return self._outputs(Path(zip_path), players, settings, index, self._describe(settings, []), session,
+                             folder)
+
+    def end_session(self, session: str) -> None:
+        """Removes a browser session's files (called when the page is closed)."""
+        shutil.rmtree(self.workdir / _safe(session), ignore_errors=True)
+
+    def close(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Helpers
+    # ------------------------------------------------------------------------------------------------------
+    def _check_settings(self, duration_s, steps, sampler, churn, variations):
+        lim = self.limits
+        if duration_s is None or not math.isfinite(float(duration_s)) or not 0 < float(duration_s) <= lim.max_duration_s:
+            raise gr.Error(f"Duration must be between 0 and {lim.max_duration_s:g} seconds, got {duration_s}.")
+        if steps is None or int(steps) != float(steps) or not 1 <= int(steps) <= lim.max_steps:
+            raise gr.Error(f"Steps must be a whole number from 1 to {lim.max_steps}, got {steps}.")
+        if sampler not in SAMPLERS:
+            raise gr.Error(f"Sampler must be one of {list(SAMPLERS)}, got {sampler!r}.")
+        churn = float(churn or 0.0)
+        if not math.isfinite(churn) or churn < 0:
+            raise gr.Error(f"Churn must be a number >= 0, got {churn}.")
+        if sampler == "dpmpp_2m" and churn > 0:
+            raise gr.Error("DPM-Solver++(2M) is deterministic and takes no churn: set churn to 0, or pick the "
+                           "Euler or Heun sampler.")
+        if variations is None or int(variations) != float(variations) or not 1 <= int(variations) <= lim.max_variations:
+            raise gr.Error(f"Variations must be a whole number from 1 to {lim.max_variations}, got {variations}.")
+        return float(duration_s), int(steps), int(variations), churn
+
+    @staticmethod
+    def _seeds(seed, variations: int) -> list[int]:
+        """``seed, seed + 1, ...`` (as ``mslddm generate``); a random seed when the field is empty."""
+        if seed is None or (isinstance(seed, str) and not seed.strip()):
+            seed = secrets.randbelow(2**31)
+        try:
+            seed = int(float(seed))
+        except (TypeError, ValueError):
+            raise gr.Error(f"Seed must be a whole number (or empty for a random one), got {seed!r}.") from None
+        if not 0 <= seed < 2**63 - variations:
+            raise gr.Error(f"Seed must be between 0 and 2^63, got {seed}.")
+        return [seed + i for i in range(variations)]
+
+    def _load_upload(self, name: str, path: str, duration_s: float):
+        """Reads, checks and converts one uploaded stem; returns it at the pipeline's rate and a note or None."""
+        shown = Path(path).name
+        try:
+            audio, sr = read_audio(path)
+        except (AudioReadError, FileNotFoundError, OSError) as error:
+            raise gr.Error(f"The {name} upload ({shown}) could not be read as audio: upload a WAV, FLAC, OGG or MP3 "
+                           f"file instead. ({error})") from None
+        length_s = audio.shape[-1] / sr
+        if length_s > self.limits.max_upload_s:
+            raise gr.Error(f"The {name} upload ({shown}) is {length_s:.1f} s long; uploads may be at most "
+                           f"{self.limits.max_upload_s:g} s. Trim it and upload it again.")
+        mono = to_mono(audio)
+        level = rms_db(mono[: math.ceil(duration_s * sr)])  # the part that will be used
+        if level < self.limits.silence_dbfs:
+            where = f" in its first {duration_s:g} s" if length_s > duration_s else ""
+            raise gr.Error(f"The {name} upload ({shown}) is silent{where} ({level:.0f} dBFS RMS): upload a stem "
+                           f"you can hear, or remove it to generate {name}.")
+        try:
+            # Resampled whole and cut after, as the pipeline would: no filter edge at the cut.
+            stem = load_audio((mono, sr), self.pipe.sample_rate)[: round(duration_s * self.pipe.sample_rate)]
+        except ValueError as error:
+            raise gr.Error(f"The {name} upload ({shown}) cannot be used: {error}") from None
+        note = None
+        if length_s > duration_s + 1e-3:
+            note = f"the {name} upload was cut to the first {duration_s:g} s of its {length_s:.1f} s"
+        elif length_s < duration_s - 1e-3:
+            note = f"the {name} upload ({length_s:.1f} s) was padded with silence to {duration_s:g} s"
+        return stem, note
+
+    def _run_pipeline(self, kwargs: dict, progress: Callable | None):
+        """Runs the pipeline (on the GPU under ZeroGPU); the progress bar follows the model evaluations."""
+
+        def on_step(pipe, i, t, tensors):
+            if progress is not None:
+                progress((i + 1, len(pipe.scheduler.timesteps)), desc="Sampling", unit="model evaluations")
+            return tensors
+
+        try:
+            result = self.pipe(**kwargs, output_type="np", callback_on_step_end=on_step)
+        except FloatingPointError as error:
+            raise gr.Error(f"{error} Try the Euler sampler with less churn, or more steps.") from None
+        except ValueError as error:  # the pipeline's checks are sentences already
+            raise gr.Error(str(error)) from None
+        return result, len(self.pipe.scheduler.timesteps)
+
+    def _read(self, zip_path, reader):
+        if not zip_path:
+            raise gr.Error("Nothing to re-mix yet: press Generate first.")
+        try:
+            return reader(zip_path)
+        except (ValueError, KeyError, IndexError, OSError) as error:
+            raise gr.Error(f"The render ZIP could not be read back ({error}): press Generate again.") from None
+
+    def _outputs(self, zip_path, players, settings, index, info, session, folder=None) -> Outputs:
+        names = settings["stem_names"]
+        folder = folder or Path(players[MIX]).parent
+        tracks = {name: read_audio(players[name])[0][0] for name in names + [MIX]}
+        picture = plot_spectrograms(tracks, int(settings["sample_rate"]), Path(folder) / "spectrogram.png")
+        labels = [variation_label(i, s) for i, s in enumerate(settings["seeds"])]
+        return Outputs({n: Path(p) for n, p in players.items()}, picture, Path(zip_path), info, labels, index)
+
+    def _describe(self, settings: dict, notes: list[str]) -> str:
+        """One Markdown paragraph: what was generated around what, with which settings and seeds."""
+        generated = ", ".join(settings["generated"])
+        given = ", ".join(settings["given"]) or None
+        what = f"Generated **{generated}**" + (f" around the uploaded **{given}**" if given else "")
+        if settings.get("silent"):
+            what += f" (silent: {', '.join(settings['silent'])})"
+        seeds = ", ".join(str(s) for s in settings["seeds"])
+        text = (f"{what}. {settings['duration_s']:g} s, sampler {settings['sampler']}, {settings['steps']} steps "
+                f"({settings['model_evaluations']} model evaluations), churn {settings['s_churn']:g}, "
+                f"in {settings['seconds']:.1f} s. **Seed{'s' if len(settings['seeds']) > 1 else ''}: {seeds}**. "
+                f"Every file is scaled by the same gain ({20 * np.log10(settings['gain_applied']):+.1f} dB) so that "
+                "stems and mix keep their levels.")
+        return text + "".join(f"\n\nNote: {note}." for note in notes)
+
+    def _event_dir(self, session: str) -> Path:
+        """A fresh folder for one event's files, after removing stale ones (see the class docstring)."""
+        now = time.time()
+        for session_dir in self.workdir.iterdir():
+            mine = session_dir.name == _safe(session)
+            for event_dir in session_dir.iterdir() if session_dir.is_dir() else []:
+                # Gradio copies an event's outputs as soon as it returns; 60 s leaves room for a slow copy.
+                if now - event_dir.stat().st_mtime > (60.0 if mine else self.ttl_s):
+                    shutil.rmtree(event_dir, ignore_errors=True)
+        folder = self.workdir / _safe(session) / uuid.uuid4().hex[:12]
+        folder.mkdir(parents=True)
+        return folder
+
+
+def _safe(session: str | None) -> str:
+    return "".join(c for c in str(session or "api") if c.isalnum() or c in "-_")[:64] or "api"

@@ -1,0 +1,189 @@
+"""End to end: ``app.py`` on localhost with a tiny pipeline, driven in headless Chromium through Playwright.
+
+Upload a stem, generate, wait for the players, move the mixer, switch variation, download the ZIP and check its
+files and levels, pick an example. Saves a screenshot of the page (``$MSLDDM_SCREENSHOT`` names a copy: that is how
+``docs/images/space.png`` is made, see ``docs/space.md``).
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytest.importorskip("gradio")
+playwright = pytest.importorskip("playwright.sync_api")
+
+from conftest import STEMS
+
+from mslddm.audio import load_audio, read_audio
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+SR = 22050
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_tone(path, freq, seconds, sr=44100, amplitude=0.3):
+    t = np.arange(int(seconds * sr)) / sr
+    sf.write(path, np.stack([amplitude * np.sin(2 * np.pi * freq * t)] * 2, axis=1), sr)  # stereo, 44.1 kHz
+    return path
+
+
+@pytest.fixture(scope="module")
+def app_url(saved_pipeline, tmp_path_factory):
+    """``python app.py`` with the tiny pipeline and one example, on a free port; stopped after the module."""
+    tmp = tmp_path_factory.mktemp("space_app")
+    (tmp / "examples" / "ex1").mkdir(parents=True)
+    write_tone(tmp / "examples" / "ex1" / "drums.wav", 220.0, 1.0)
+    (tmp / "examples" / "ex1" / "example.json").write_text(json.dumps({"label": "a drum loop", "duration": 1}))
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    with open(tmp / "app.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py"), "--pipeline", str(saved_pipeline), "--port", str(port),
+             "--examples", str(tmp / "examples"), "--max-duration", "4", "--max-file-size", "1mb", "--workdir", str(tmp / "work")],
+            cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    proc.kill()
+                    raise RuntimeError(f"app.py did not start:\n{(tmp / 'app.log').read_text()[-3000:]}") from None
+                time.sleep(0.5)
+        yield url
+        proc.terminate()  # SIGTERM: app.py exits normally and removes its files
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert not any((tmp / "work").iterdir()), "app.py left files behind"
+
+
+@pytest.fixture
+def page():
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page.set_default_timeout(60_000)
+        yield page
+        browser.close()
+
+
+def set_number(page, elem_id, value):
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def wait_for_new_href(page, selector, old):
+    page.wait_for_function(
+        "([sel, old]) => { const a = document.querySelector(sel); return a && a.href && a.href !== old; }",
+        arg=[selector, old])
+    return page.locator(selector).first.get_attribute("href")
+
+
+@pytest.mark.timeout(300)
+def test_page_end_to_end(app_url, page, tmp_path):
+    page.goto(app_url)
+    page.wait_for_selector("#generate-button")
+
+    # A bad request is a message on the page, not a stack trace.
+    for name in STEMS:
+        page.locator(f"#generate-{name} input").uncheck()
+    page.click("#generate-button")
+    page.get_by_text("Nothing to generate").first.wait_for()
+    page.locator("button.toast-close").first.click()
+    for name in STEMS:
+        page.locator(f"#generate-{name} input").check()
+
+    # So is an upload over --max-file-size (Gradio's own check, before the file reaches the server).
+    big = tmp_path / "big.wav"
+    sf.write(big, np.zeros((44100 * 4, 2), dtype=np.float32), 44100, subtype="FLOAT")  # 1.4 MB
+    page.locator("#upload-guitar input[type=file]").set_input_files(str(big))
+    page.get_by_text("exceed the maximum allowed size").first.wait_for()
+    page.locator("button.toast-close").first.click()
+
+    # Upload a bass (stereo, 44.1 kHz, 2 s): its "generate" box is switched off.
+    bass = write_tone(tmp_path / "bass.wav", 110.0, 2.0)
+    page.locator("#upload-bass input[type=file]").set_input_files(str(bass))
+    page.wait_for_function("() => document.querySelector('#generate-bass input').disabled")
+    assert not page.locator("#generate-bass input").is_checked()
+    set_number(page, "duration", 1)
+    set_number(page, "steps", 2)
+    set_number(page, "variations", 2)
+    page.locator("#seed textarea, #seed input").first.fill("123")
+
+    page.click("#generate-button")
+    zip_href = wait_for_new_href(page, "#zip a", None)
+    for name in STEMS + ["mix"]:  # a player per stem and for the mix
+        page.locator(f"#player-{name} a[download]").first.wait_for()
+        assert page.locator(f"#player-{name} a[download]").first.get_attribute("download") == f"{name}.wav"
+    page.locator("#spectrogram img").wait_for()
+    assert "Seeds: 123, 124" in page.locator("#info").inner_text()
+
+    # The mixer re-mixes without generating: new ZIP, same stems.
+    set_number(page, "gain-drums", -6)
+    zip_href = wait_for_new_href(page, "#zip a", zip_href)
+    page.locator("#mute-piano input").check()
+    zip_href = wait_for_new_href(page, "#zip a", zip_href)
+    mix_href = page.locator("#player-mix a[download]").first.get_attribute("href")
+    page.get_by_label("2 (seed 124)").check()
+    wait_for_new_href(page, "#player-mix a[download]", mix_href)
+
+    page.wait_for_timeout(500)  # let the players draw
+    shot = tmp_path / "space.png"
+    page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("MSLDDM_SCREENSHOT"):
+        shutil.copy(shot, os.environ["MSLDDM_SCREENSHOT"])
+
+    with page.expect_download() as download:
+        page.locator("#zip a").first.click()
+    zip_path = tmp_path / "render.zip"
+    download.value.save_as(zip_path)
+    with zipfile.ZipFile(zip_path) as zf:
+        settings = json.loads(zf.read("settings.json"))
+        names = set(zf.namelist())
+        files = {n: read_audio(zf.read(n))[0][0] for n in names if n.endswith(".wav")}
+    folders = ["variation_1_seed123", "variation_2_seed124"]
+    assert names == {"settings.json"} | {f"{f}/{n}.wav" for f in folders for n in STEMS + ["mix"]}
+    assert settings["mixer"]["drums"]["gain_db"] == -6 and settings["mixer"]["piano"]["mute"]
+    assert settings["given"] == {"bass": "bass.wav"} and settings["seeds"] == [123, 124]
+    gain, pcm = settings["gain_applied"], 2.0 / 32768
+    for folder in folders:
+        stems = {n: files[f"{folder}/{n}.wav"] for n in STEMS}
+        expected_mix = stems["bass"] + 10 ** (-6 / 20) * stems["drums"] + stems["guitar"]
+        np.testing.assert_allclose(files[f"{folder}/mix.wav"], expected_mix, atol=4 * pcm)
+        # The uploaded bass keeps its level: the file is the upload times the one gain shared by every file
+        # (to a few 16-bit steps: a re-mix reads the stems back from the 16-bit ZIP).
+        np.testing.assert_allclose(stems["bass"], load_audio(str(bass), SR)[:SR] * gain, atol=6 * pcm)
+
+    # An example fills the uploads and shows its (lazily cached) result.
+    page.get_by_text("a drum loop").click()
+    wait_for_new_href(page, "#zip a", zip_href)
+    assert "around the uploaded **drums**" in page.locator("#info").inner_html().replace("<strong>", "**") \
+        .replace("</strong>", "**")

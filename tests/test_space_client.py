@@ -1,0 +1,62 @@
+"""The Space's ``/generate`` endpoint through ``gradio_client``, on a server started in this process."""
+
+import json
+import socket
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from conftest import STEMS, tiny_pipeline
+
+from space.handlers import Limits, Studio
+from space.ui import build_demo, launch_kwargs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    studio = Studio(tiny_pipeline(), "tiny", Limits(max_duration_s=4), workdir=str(tmp_path_factory.mktemp("w")))
+    demo = build_demo(studio)
+    demo.queue(max_size=4, default_concurrency_limit=1)
+    kwargs = launch_kwargs(studio, "127.0.0.1", free_port(), share=False)
+    _, url, _ = demo.launch(**kwargs, prevent_thread_lock=True, quiet=True)
+    yield url
+    demo.close()
+    studio.close()
+
+
+@pytest.mark.timeout(120)
+def test_generate_from_gradio_client(server, tmp_path):
+    t = np.arange(44100) / 44100
+    sf.write(tmp_path / "drums.flac", 0.3 * np.sign(np.sin(2 * np.pi * 4 * t)) * np.exp(-(t % 0.25) * 30), 44100)
+    client = gradio_client.Client(server, verbose=False)
+    result = client.predict(drums=gradio_client.handle_file(str(tmp_path / "drums.flac")), duration=1.0, steps=2,
+                            seed="42", variations=2, mute_piano=True, api_name="/generate")
+    *players, mix, spectrogram, zip_path, info, variation = result
+    assert [Path(p).name for p in players] == [f"{n}.wav" for n in STEMS] and Path(mix).name == "mix.wav"
+    assert Path(spectrogram).suffix == ".png" and "Seeds: 42, 43" in info
+    assert variation["value"] == "1 (seed 42)"
+    with zipfile.ZipFile(zip_path) as zf:
+        settings = json.loads(zf.read("settings.json"))
+        assert len([n for n in zf.namelist() if n.endswith(".wav")]) == 2 * (len(STEMS) + 1)
+    assert settings["given"] == {"drums": "drums.flac"} and settings["mixer"]["piano"]["mute"] is True
+
+
+@pytest.mark.timeout(60)
+def test_bad_request_is_an_error_message(server):
+    client = gradio_client.Client(server, verbose=False)
+    with pytest.raises(gradio_client.exceptions.AppError, match="Nothing to generate"):
+        client.predict(**{f"generate_{n}": False for n in STEMS}, duration=1.0, steps=2, api_name="/generate")

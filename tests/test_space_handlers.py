@@ -1,0 +1,199 @@
+"""The Space's handlers and render files, without a server: tiny pipeline, 2 steps, 1 s of audio."""
+
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytest.importorskip("gradio")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `space/` sits next to the package
+
+import gradio as gr
+from conftest import STEMS, tiny_pipeline
+
+from mslddm.audio import load_audio, read_audio
+from space.handlers import Limits, Studio, parse_variation, variation_label
+from space.render import MIX, Render, linear_gains, read_render, write_render
+from space.ui import api_names, build_demo, find_examples
+
+SR = 22050
+PCM16 = 2.0 / 32768  # two quantisation steps of 16-bit PCM
+
+
+def tone(path, freq=110.0, seconds=2.0, sr=44100, channels=2, amplitude=0.3):
+    t = np.arange(int(seconds * sr)) / sr
+    audio = np.stack([amplitude * np.sin(2 * np.pi * freq * t)] * channels, axis=1)
+    sf.write(path, audio, sr)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    studio = Studio(tiny_pipeline(), "tiny", Limits(max_duration_s=4, max_upload_s=3, max_steps=10),
+                    workdir=str(tmp_path_factory.mktemp("space")))
+    yield studio
+    studio.close()
+
+
+def run(studio, uploads=None, generate=None, duration=1.0, steps=2, sampler="dpmpp_2m", churn=0.0, seed="0",
+        variations=1, mixer=None, **kwargs):
+    generate = {n: True for n in STEMS} if generate is None else generate
+    return studio.generate(uploads or {}, generate, duration, steps, sampler, churn, seed, variations, mixer,
+                           **kwargs)
+
+
+def wavs(zip_path, folder):
+    with zipfile.ZipFile(zip_path) as zf:
+        settings = json.loads(zf.read("settings.json"))
+        return settings, {Path(n).stem: read_audio(zf.read(n))[0][0] for n in zf.namelist()
+                          if n.startswith(folder + "/")}
+
+
+def test_partial_generation_keeps_the_upload_and_one_gain_for_every_file(studio, tmp_path):
+    bass = tone(tmp_path / "bass.wav")  # stereo, 44.1 kHz, 2 s: mixed down, resampled, cut to 1 s
+    steps_seen = []
+    out = run(studio, {"bass": bass}, seed="11", variations=2,
+              progress=lambda value, desc=None, unit=None: steps_seen.append(value))
+    assert set(out.players) == set(STEMS) | {MIX} and all(p.is_file() for p in out.players.values())
+    assert out.spectrogram.is_file() and out.variation_labels == ["1 (seed 11)", "2 (seed 12)"]
+    assert "Seeds: 11, 12" in out.info and "cut to the first 1 s" in out.info
+    assert [v for v in steps_seen if isinstance(v, tuple)] == [(1, 2), (2, 2)]  # the progress bar follows steps
+
+    settings, files = wavs(out.zip_path, "variation_1_seed11")
+    assert settings["given"] == {"bass": "bass.wav"} and settings["generated"] == STEMS[1:]
+    assert settings["seeds"] == [11, 12] and settings["model_evaluations"] == 2
+    assert set(files) == set(STEMS) | {MIX} and all(len(a) == SR for a in files.values())
+    gain = settings["gain_applied"]
+    expected = load_audio(bass, SR)[:SR] * gain  # the given stem comes back as uploaded, times the shared gain
+    np.testing.assert_allclose(files["bass"], expected, atol=PCM16)
+    np.testing.assert_allclose(files[MIX], sum(files[n] for n in STEMS), atol=4 * PCM16)
+
+
+def test_seed_reproduces_a_variation_and_empty_seed_is_random(studio):
+    pair = read_render(run(studio, seed="5", variations=2).zip_path)
+    alone = read_render(run(studio, seed="6").zip_path)
+    np.testing.assert_allclose(pair.stems[1], alone.stems[0], atol=1e-3)  # per-sample seeds, as in EDM
+    seeds = {read_render(run(studio, seed="").zip_path).seeds[0] for _ in range(2)}
+    assert len(seeds) == 2
+
+
+def test_remix_applies_gains_and_mutes_without_sampling(studio):
+    first = run(studio, seed="3")
+    before = read_render(first.zip_path)
+    mixer = {"drums": (6.0, False), "piano": (0.0, True)}
+    out = studio.remix(str(first.zip_path), first.variation_labels[0], mixer)
+    after = read_render(out.zip_path)
+    np.testing.assert_allclose(after.stems, before.stems, atol=1e-3)  # the same stems: nothing re-generated
+    settings, files = wavs(out.zip_path, "variation_1_seed3")
+    assert settings["mixer"]["drums"] == {"gain_db": 6.0, "mute": False} and settings["mixer"]["piano"]["mute"]
+    gains = linear_gains(mixer, STEMS)
+    assert gains[3] == 0 and np.isclose(gains[1], 10 ** 0.3)
+    np.testing.assert_allclose(files[MIX], sum(g * files[n] for g, n in zip(gains, STEMS)), atol=6 * PCM16)
+
+
+def test_loud_mixes_lower_the_shared_gain_and_keep_relative_levels(tmp_path):
+    stems = np.full((1, 2, 100), 0.6, dtype=np.float32)
+    files = write_render(Render(stems, ["a", "b"], SR, [0]), {"a": (6.0, False)}, tmp_path)
+    peak_mix = 0.6 * (10 ** 0.3 + 1)
+    assert np.isclose(files.settings["gain_applied"], 0.99 / peak_mix)
+    mix = read_audio(files.variations[0][MIX])[0][0]
+    a = read_audio(files.variations[0]["a"])[0][0]
+    assert np.abs(mix).max() < 1 and np.isclose(mix[0] / a[0], peak_mix / 0.6, rtol=1e-3)
+
+
+def test_show_switches_variation(studio):
+    out = run(studio, seed="20", variations=2)
+    second = studio.show(str(out.zip_path), out.variation_labels[1])
+    assert second.variation == 1 and second.players[MIX].name == "mix.wav"
+    _, files = wavs(out.zip_path, "variation_2_seed21")
+    np.testing.assert_array_equal(read_audio(second.players["drums"])[0][0], files["drums"])
+
+
+@pytest.mark.parametrize("case, message", [
+    ("all_given", "nothing is left to generate"),
+    ("nothing", "Nothing to generate"),
+    ("unreadable", "could not be read as audio"),
+    ("silent", "is silent"),
+    ("too_long", "uploads may be at most 3 s"),
+    ("duration", "Duration must be between 0 and 4"),
+    ("steps", "Steps must be a whole number from 1 to 10"),
+    ("churn", "takes no churn"),
+    ("seed", "Seed must be a whole number"),
+    ("variations", "Variations must be a whole number"),
+])
+def test_bad_inputs_become_sentences(studio, tmp_path, case, message):
+    good = tone(tmp_path / "good.wav")
+    (tmp_path / "bad.wav").write_text("not audio")
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(SR, dtype=np.float32), SR)
+    kwargs = {
+        "all_given": {"uploads": {n: good for n in STEMS}},
+        "nothing": {"generate": {n: False for n in STEMS}},
+        "unreadable": {"uploads": {"bass": str(tmp_path / "bad.wav")}},
+        "silent": {"uploads": {"bass": str(silent)}},
+        "too_long": {"uploads": {"bass": tone(tmp_path / "long.wav", seconds=3.5)}},
+        "duration": {"duration": 5.0},
+        "steps": {"steps": 11},
+        "churn": {"churn": 5.0},
+        "seed": {"seed": "abc"},
+        "variations": {"variations": 9},
+    }[case]
+    with pytest.raises(gr.Error, match=message):
+        run(studio, **kwargs)
+
+
+def test_remix_before_generating_and_of_a_foreign_file(studio, tmp_path):
+    with pytest.raises(gr.Error, match="press Generate first"):
+        studio.remix(None, None, {})
+    (tmp_path / "x.zip").write_bytes(b"PK not really")
+    with pytest.raises(gr.Error, match="could not be read back"):
+        studio.remix(str(tmp_path / "x.zip"), None, {})
+
+
+def test_temporary_files_are_removed(tmp_path):
+    studio = Studio(tiny_pipeline(), "tiny", workdir=str(tmp_path))
+    out = run(studio, session="browser-1")
+    assert out.zip_path.is_file() and str(out.zip_path).startswith(str(studio.workdir / "browser-1"))
+    studio.end_session("browser-1")
+    assert not (studio.workdir / "browser-1").exists()
+    run(studio, session="browser-2")
+    studio.close()
+    assert not studio.workdir.exists() and tmp_path.exists()  # only the studio's own folder goes
+
+
+def test_helpers(tmp_path):
+    assert parse_variation(variation_label(1, 7), 2) == 1 and parse_variation(None, 2) == 0
+    assert parse_variation("9 (seed 1)", 2) == 0
+    assert api_names(["bass", "lead vocals", "class"]) == ["bass", "stem_1", "stem_2"]
+    assert find_examples(str(tmp_path / "missing"), STEMS) == []
+    (tmp_path / "ex1").mkdir()
+    tone(tmp_path / "ex1" / "bass.wav")
+    (tmp_path / "ex1" / "example.json").write_text(json.dumps({"label": "a bass", "duration": 2}))
+    (tmp_path / "empty").mkdir()
+    examples = find_examples(str(tmp_path), STEMS)
+    assert len(examples) == 1 and examples[0]["label"] == "a bass" and examples[0]["duration"] == 2.0
+    assert examples[0]["uploads"]["bass"].endswith("bass.wav") and examples[0]["uploads"]["drums"] is None
+
+
+def test_demo_exposes_one_named_endpoint(studio, tmp_path):
+    (tmp_path / "ex").mkdir()
+    tone(tmp_path / "ex" / "drums.wav")
+    demo = build_demo(studio, examples_dir=str(tmp_path))
+    info = demo.get_api_info()
+    assert list(info["named_endpoints"]) == ["/generate"]
+    params = [p["parameter_name"] for p in info["named_endpoints"]["/generate"]["parameters"]]
+    assert params[:8] == STEMS + [f"generate_{n}" for n in STEMS]
+    assert params[8:14] == ["duration", "steps", "sampler", "churn", "seed", "variations"]
+
+
+@pytest.mark.parametrize("sampler, churn, evaluations", [("euler", 20.0, 2), ("heun", 0.0, 3), ("dpmpp_2m", 0.0, 2)])
+def test_every_sampler_and_its_model_evaluations(studio, sampler, churn, evaluations):
+    seen = []
+    out = run(studio, sampler=sampler, churn=churn, progress=lambda value, **_: seen.append(value))
+    settings = json.loads(zipfile.ZipFile(out.zip_path).read("settings.json"))
+    assert settings["sampler"] == sampler and settings["model_evaluations"] == evaluations
+    assert [v for v in seen if isinstance(v, tuple)][-1] == (evaluations, evaluations)
