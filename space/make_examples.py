@@ -45,9 +45,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"No track folders in {args.split!r}: make the dataset first (mslddm make-dataset).")
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
-    rng = np.random.default_rng(0)
-    for i, track in enumerate(rng.choice(tracks, size=min(args.num, len(tracks)), replace=False)):
-        given = GIVEN[i % len(GIVEN)]
+    tracks = list(np.random.default_rng(0).permutation(tracks))
+    for i in range(args.num):  # a small split lends one track to several examples
+        track, given = tracks[i % len(tracks)], GIVEN[i % len(GIVEN)]
         if not all((track / f"{g}.wav").is_file() for g in given):
             continue
         audio = {g: read_audio(track / f"{g}.wav") for g in given}

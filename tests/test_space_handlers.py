@@ -197,3 +197,18 @@ def test_every_sampler_and_its_model_evaluations(studio, sampler, churn, evaluat
     settings = json.loads(zipfile.ZipFile(out.zip_path).read("settings.json"))
     assert settings["sampler"] == sampler and settings["model_evaluations"] == evaluations
     assert [v for v in seen if isinstance(v, tuple)][-1] == (evaluations, evaluations)
+
+
+def test_make_examples_from_a_test_split(tmp_path):
+    from space.make_examples import main as make_examples
+
+    for k in range(2):
+        track = tmp_path / "test" / f"Track{k:05d}"
+        track.mkdir(parents=True)
+        for i, name in enumerate(STEMS):
+            tone(track / f"{name}.wav", freq=55.0 * (i + 1), seconds=3.0, sr=SR, channels=1)
+    assert make_examples(["--split", str(tmp_path / "test"), "--out", str(tmp_path / "ex"), "--seconds", "1"]) == 0
+    examples = find_examples(str(tmp_path / "ex"), STEMS)
+    assert [sorted(n for n, p in ex["uploads"].items() if p) for ex in examples] == [
+        ["bass"], ["drums"], ["bass", "drums"], ["piano"]]
+    assert all(ex["duration"] == 1.0 and ex["seed"] == 0 for ex in examples)
