@@ -10,7 +10,9 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test sysdeps venv lint bench clean
+MUSICNN := musicnn==0.1.0
+
+.PHONY: demo test sysdeps sysdeps-test venv lint bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -22,16 +24,26 @@ $(VENV)/.stamp-%: pyproject.toml | $(PY)
 	$(PIP) install -q -e ".[$*]"
 	touch $@
 
-venv: $(VENV)/.stamp-dev
+# musicnn ships the offline FAD embedder's weights; its metadata pins numpy<1.17 and TensorFlow, which the
+# PyTorch port needs neither of, so it is installed without dependencies.
+$(VENV)/.stamp-musicnn: | $(PY)
+	$(PIP) install -q --no-deps "$(MUSICNN)"
+	touch $@
 
-# System packages (MMA, FluidSynth, SoundFonts, Chromium); idempotent.
+venv: $(VENV)/.stamp-dev $(VENV)/.stamp-musicnn
+
+# System packages: MMA, FluidSynth, SoundFonts (make-dataset); idempotent.
 sysdeps:
 	$(SUDO) bash scripts/install_system_deps.sh
+
+# ... plus Chromium for the browser tests and ffmpeg for the audio formats libsndfile cannot read.
+sysdeps-test: sysdeps
+	$(SUDO) bash scripts/install_system_deps.sh --test
 
 demo: $(VENV)/.stamp-space
 	$(PY) app.py
 
-test: sysdeps $(VENV)/.stamp-dev
+test: sysdeps-test venv
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.stamp-dev
