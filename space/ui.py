@@ -8,6 +8,7 @@ import inspect
 import json
 import keyword
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -236,12 +237,14 @@ def _wire_examples(studio: Studio, page: Page, examples: list[dict]) -> None:
                               progress=progress, session=_session(request))
         return _show(page, out)[:-1]
 
-    gallery = gr.Examples(
-        [[ex["uploads"][n] for n in given] + [min(ex["duration"], lim.max_duration_s), str(ex["seed"])]
-         for ex in examples],
-        [page.uploads[n] for n in given] + [duration, seed], page.outputs[:-1], fn=run_example,
-        cache_examples=True, cache_mode="lazy", example_labels=[ex["label"] for ex in examples],
-        label="Examples from the synthetic test split (generated at first use, then cached)")
+    with warnings.catch_warnings():  # some examples leave some given stems empty: run_example takes None
+        warnings.filterwarnings("ignore", message="Examples will be cached but not all input components")
+        gallery = gr.Examples(
+            [[ex["uploads"][n] for n in given] + [min(ex["duration"], lim.max_duration_s), str(ex["seed"])]
+             for ex in examples],
+            [page.uploads[n] for n in given] + [duration, seed], page.outputs[:-1], fn=run_example,
+            cache_examples=True, cache_mode="lazy", example_labels=[ex["label"] for ex in examples],
+            label="Examples from the synthetic test split (generated at first use, then cached)")
     gallery.dataset.click(lambda: [None] * len(others) + [gr.update(choices=[], value=None, visible=False)],
                           None, [page.uploads[n] for n in others] + [page.variation], queue=False,
                           api_visibility="private")
