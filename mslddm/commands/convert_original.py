@@ -60,7 +60,8 @@ def run(args) -> int:
           f"SourceVAE: {count['vae']:,} parameters, {pipe.latent_channels} latent channels")
     assumed = sorted(k for k, s in result.unet_config_sources.items() if s == "reference default")
     if assumed:
-        print(f"assumed (not in the file): {', '.join(f'{k}={result.unet_config[k]}' for k in assumed)}")
+        values = ", ".join(f"{k}={result.unet_config[k]}" for k in assumed)
+        print(f"assumed (not stored in the file; the authors' configs use these): {values}")
     if result.inert_globals:
         print(f"ignored pickled objects (not imported): {', '.join(result.inert_globals)}")
     print(f"wrote {out} (stems {', '.join(pipe.stem_names)}, {pipe.sample_rate} Hz, {args.dtype})")
