@@ -1,0 +1,148 @@
+"""Checkpoints shared by both training scripts: ``OUTPUT/checkpoint-N`` folders written atomically, rotated,
+found again for ``--resume_from_checkpoint latest``, and exported as complete pipeline folders.
+
+A checkpoint folder holds ``accelerator.save_state`` files (models, optimizers, LR schedulers, EMA, RNG states),
+diffusers-format model folders (``vae/``, and for diffusion ``unet/``, ``unet_ema/``, ``scheduler/``) and
+``training_state.json`` (step, recipe, data, validation numbers, stem names). It is written under
+``.checkpoint-N.partial`` and renamed when complete: a process killed while saving leaves only a hidden
+partial folder, which resume never picks and the next save of that step replaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Callable, Optional
+
+STATE_FILE = "training_state.json"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def list_checkpoints(output_dir) -> list[Path]:
+    """Complete checkpoints of ``output_dir``, oldest (lowest step) first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir()
+             if (m := _NAME.match(p.name)) and p.is_dir() and (p / STATE_FILE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(output_dir, resume: Optional[str]) -> Optional[Path]:
+    """``None`` -> None; ``"latest"`` -> the newest complete checkpoint (None if there is none); else the path."""
+    if not resume:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"--resume_from_checkpoint {resume!r}: no {STATE_FILE} there; not a complete "
+                                "checkpoint folder.")
+    return path
+
+
+def read_state(checkpoint) -> dict:
+    return json.loads((Path(checkpoint) / STATE_FILE).read_text())
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def save_checkpoint(accelerator, output_dir, step: int, state: dict,
+                    save_models: Callable[[Path], None], total_limit: Optional[int] = None) -> Path:
+    """Writes ``output_dir/checkpoint-{step}`` atomically on the main process (every process calls this), then
+    keeps the newest ``total_limit`` checkpoints."""
+    output_dir = Path(output_dir)
+    final = output_dir / f"checkpoint-{step}"
+    tmp = output_dir / f".checkpoint-{step}.partial"
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_models(tmp)
+        _write_json(tmp / STATE_FILE, {**state, "step": int(step)})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if total_limit:
+            for old in list_checkpoints(output_dir)[:-int(total_limit)]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------------------------
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def model_card_sections(state: dict, weights: str) -> dict[str, str]:
+    """Model card sections recording how the weights were made: recipe, data, steps, validation numbers."""
+    import yaml
+
+    sections = {}
+    if state.get("description"):
+        sections["About this model"] = state["description"]
+    lines = [f"- Weights: {weights}.", f"- Diffusion training steps: {state.get('step')}."]
+    vae = state.get("vae_training") or {}
+    if vae:
+        lines.append(f"- SourceVAE training steps: {vae.get('step')}.")
+    for title, recipe, section in (("Diffusion", state.get("recipe"), "msldm"), ("SourceVAE", vae.get("recipe"), "vae")):
+        if recipe:
+            shown = {k: recipe[k] for k in ("name", "preset", "seed", "data", section) if k in recipe}
+            lines.append(f"- {title} recipe `{recipe.get('name')}` (with its overrides):\n\n```yaml\n"
+                         f"{yaml.safe_dump(shown, sort_keys=False, default_flow_style=None).strip()}\n```")
+    sections["Training"] = "\n".join(lines)
+    data = state.get("data") or {}
+    if data:
+        sections["Training data"] = "\n".join(f"- {k}: {_fmt(v)}" for k, v in data.items())
+    rows = []
+    for who, metrics in (("diffusion", state.get("validation") or {}), ("SourceVAE", vae.get("validation") or {})):
+        rows += [f"| {who} | {k} | {_fmt(v)} |" for k, v in sorted(metrics.items())]
+    if rows:
+        sections["Validation (measured at the end of training)"] = (
+            "| model | metric | value |\n|---|---|---|\n" + "\n".join(rows))
+    return sections
+
+
+def export_pipeline(checkpoint, out, ema: bool = True, dtype: Optional[str] = None, push_to_hub: Optional[str] = None,
+                    description: Optional[str] = None):
+    """Builds the pipeline folder ``out`` from a diffusion checkpoint (``unet_ema/`` when ``ema`` and present, else
+    ``unet/``), with a model card from its ``training_state.json``; optionally uploads it. Returns the pipeline."""
+    import torch
+
+    from mslddm import EDMScheduler, MultiSourceLatentPipeline, MultiSourceUNet1DModel, SourceVAE
+
+    checkpoint = Path(checkpoint)
+    state = read_state(checkpoint)
+    if not (checkpoint / "unet").is_dir():
+        raise ValueError(f"{checkpoint} is a {state.get('kind', 'SourceVAE')} checkpoint without a UNet; export "
+                         "needs a diffusion checkpoint (train/train_msldm.py). Its vae/ folder is a SourceVAE folder.")
+    unet_dir = checkpoint / ("unet_ema" if ema and (checkpoint / "unet_ema").is_dir() else "unet")
+    weights = "EMA of the UNet weights" if unet_dir.name == "unet_ema" else "raw (non-EMA) UNet weights"
+    torch_dtype = getattr(torch, dtype) if dtype else None
+    pipe = MultiSourceLatentPipeline(
+        vae=SourceVAE.from_pretrained(checkpoint / "vae", torch_dtype=torch_dtype),
+        unet=MultiSourceUNet1DModel.from_pretrained(unet_dir, torch_dtype=torch_dtype),
+        scheduler=EDMScheduler.from_pretrained(checkpoint / "scheduler"),
+        stem_names=state["stem_names"],
+    )
+    if description:
+        state = {**state, "description": description}
+    sections = model_card_sections(state, weights)
+    pipe.save_pretrained(out, model_card_sections=sections)
+    if push_to_hub:
+        pipe.push_to_hub(push_to_hub, model_card_sections=sections)
+    return pipe

@@ -1,0 +1,121 @@
+"""Training losses: SourceVAE (multi-scale log-mel L1, feature matching, least-squares GAN, KL) as in MSLDM's
+reference code (DAC's losses), the EDM denoising loss, and SI-SDR for validation."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mslddm.schedulers.scheduling_edm import edm_loss_weight, edm_scalings
+
+# MSLDM's SourceVAE mel loss: 7 scales, hop = window / 4.
+MEL_WINDOW_LENGTHS = (32, 64, 128, 256, 512, 1024, 2048)
+MEL_N_MELS = (5, 10, 20, 40, 80, 160, 320)
+
+
+def _hz_to_mel(f: torch.Tensor) -> torch.Tensor:
+    """Slaney's mel scale (librosa's default): linear below 1 kHz, logarithmic above."""
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
+    lin = f / f_sp
+    return torch.where(f >= min_log_hz, min_log_hz / f_sp + torch.log(f.clamp_min(1e-10) / min_log_hz) / logstep, lin)
+
+
+def _mel_to_hz(m: torch.Tensor) -> torch.Tensor:
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+    return torch.where(m >= min_log_mel, min_log_hz * torch.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None):
+    """Slaney-normalised triangular mel filters ``(n_mels, n_fft // 2 + 1)`` (librosa's ``filters.mel`` defaults)."""
+    f_max = sample_rate / 2 if f_max is None else f_max
+    fft_freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    mel_pts = torch.linspace(_hz_to_mel(torch.tensor(f_min, dtype=torch.float64)).item(),
+                             _hz_to_mel(torch.tensor(f_max, dtype=torch.float64)).item(), n_mels + 2,
+                             dtype=torch.float64)
+    hz_pts = _mel_to_hz(mel_pts)
+    fdiff = hz_pts.diff()
+    ramps = hz_pts[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = torch.clamp(torch.minimum(lower, upper), min=0)
+    weights *= (2.0 / (hz_pts[2:] - hz_pts[:-2]))[:, None]
+    return weights.float()
+
+
+class MultiScaleMelLoss(nn.Module):
+    """L1 between ``log10(clamp(mel, 1e-5))`` of the two signals, summed over scales (DAC's ``MelSpectrogramLoss``
+    with MSLDM's settings: magnitude power 1, no linear-magnitude term). Inputs ``(B, 1, T)`` or ``(B, T)``."""
+
+    def __init__(self, sample_rate: int = 22050, window_lengths: Sequence[int] = MEL_WINDOW_LENGTHS,
+                 n_mels: Sequence[int] = MEL_N_MELS, clamp_eps: float = 1e-5, power: float = 1.0):
+        super().__init__()
+        if len(window_lengths) != len(n_mels):
+            raise ValueError(f"window_lengths ({len(window_lengths)}) and n_mels ({len(n_mels)}) must pair up.")
+        self.window_lengths, self.clamp_eps, self.power = tuple(window_lengths), clamp_eps, power
+        for w, m in zip(self.window_lengths, n_mels):
+            self.register_buffer(f"fb_{w}", mel_filterbank(sample_rate, w, m), persistent=False)
+            self.register_buffer(f"win_{w}", torch.hann_window(w), persistent=False)
+
+    def log_mel(self, x: torch.Tensor, window_length: int) -> torch.Tensor:
+        x = x.reshape(-1, x.shape[-1]).float()
+        spec = torch.stft(x, window_length, window_length // 4, window=getattr(self, f"win_{window_length}"),
+                          center=True, return_complex=True).abs()
+        mel = getattr(self, f"fb_{window_length}") @ spec
+        return mel.clamp_min(self.clamp_eps).pow(self.power).log10()
+
+    def forward(self, estimate: torch.Tensor, reference: torch.Tensor, reduce: bool = True) -> torch.Tensor:
+        """The loss (a scalar), or with ``reduce=False`` one value per item ``(B,)``."""
+        total = 0.0
+        for w in self.window_lengths:
+            diff = (self.log_mel(estimate, w) - self.log_mel(reference, w)).abs()
+            total = total + (diff.mean() if reduce else diff.flatten(1).mean(1))
+        return total
+
+
+def feature_matching_loss(fake_features, real_features) -> torch.Tensor:
+    """L1 between discriminator feature maps of generated and real audio, every map but each discriminator's
+    last (its score), summed over discriminators and layers (DAC)."""
+    loss = 0.0
+    for fake, real in zip(fake_features, real_features):
+        for f, r in zip(fake[:-1], real[:-1]):
+            loss = loss + F.l1_loss(f, r.detach())
+    return loss
+
+
+def generator_adversarial_loss(fake_features) -> torch.Tensor:
+    """Least-squares GAN generator loss: ``sum_d mean((1 - D(fake))^2)``."""
+    return sum((1 - fake[-1]).pow(2).mean() for fake in fake_features)
+
+
+def discriminator_loss(fake_features, real_features) -> torch.Tensor:
+    """Least-squares GAN discriminator loss: ``sum_d mean(D(fake)^2) + mean((1 - D(real))^2)``."""
+    return sum(fake[-1].pow(2).mean() + (1 - real[-1]).pow(2).mean()
+               for fake, real in zip(fake_features, real_features))
+
+
+def edm_training_loss(denoised: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor, sigma_data: float,
+                      reduce: bool = True) -> torch.Tensor:
+    """MSLDM's EDM loss: per item ``mean((D(x + sigma n) - x)^2) * lambda(sigma)``, then the batch mean."""
+    per_item = (denoised.float() - clean.float()).pow(2).flatten(1).mean(1) * edm_loss_weight(sigma, sigma_data)
+    return per_item.mean() if reduce else per_item
+
+
+def edm_denoise(model, noisy: torch.Tensor, sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """``D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)`` for a batch of per-item sigmas ``(B,)``."""
+    c_skip, c_out, c_in, c_noise = (c.to(noisy.device) for c in edm_scalings(sigma, sigma_data))
+    out = model(noisy * c_in[:, None, None], c_noise).sample
+    return c_skip[:, None, None] * noisy + c_out[:, None, None] * out.float()
+
+
+def si_sdr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Scale-invariant SDR in dB per item (Le Roux et al., 2019), over the last dim; zero-mean signals."""
+    estimate = estimate - estimate.mean(-1, keepdim=True)
+    reference = reference - reference.mean(-1, keepdim=True)
+    scale = (estimate * reference).sum(-1, keepdim=True) / (reference.pow(2).sum(-1, keepdim=True) + eps)
+    target = scale * reference
+    return 10 * torch.log10(target.pow(2).sum(-1) / ((estimate - target).pow(2).sum(-1) + eps) + eps)

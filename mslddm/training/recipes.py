@@ -1,0 +1,63 @@
+"""Training recipes: one YAML (or JSON) file per recipe in ``train/recipes/``, read into nested dicts, with
+``--set section.key=value`` overrides from the command line (values parsed as YAML)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+RECIPE_DIR = Path(__file__).resolve().parents[2] / "train" / "recipes"
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """A recipe file: the path itself, or ``train/recipes/NAME.{yaml,yml,json}`` of this checkout."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for ext in (".yaml", ".yml", ".json"):
+        candidate = RECIPE_DIR / f"{name_or_path}{ext}"
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in RECIPE_DIR.glob("*.*")) if RECIPE_DIR.is_dir() else []
+    raise FileNotFoundError(f"No recipe {str(name_or_path)!r}: not a file, and not one of {known} in {RECIPE_DIR}.")
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def apply_overrides(recipe: dict, overrides: Iterable[str]) -> dict:
+    """Returns a copy of ``recipe`` with each ``a.b.c=value`` set (the value parsed as YAML: 3, 1e-4, [1, 2], true)."""
+    recipe = copy.deepcopy(recipe)
+    for item in overrides or ():
+        if "=" not in item:
+            raise ValueError(f"Override {item!r} is not of the form section.key=value.")
+        key, value = item.split("=", 1)
+        *parents, leaf = key.strip().split(".")
+        node = recipe
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"Override {item!r}: {part!r} is not a section of the recipe.")
+        node[leaf] = _parse_value(value)
+    return recipe
+
+
+def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = ()) -> dict:
+    """Reads a recipe and applies overrides; records where it came from under ``recipe["name"]``."""
+    path = recipe_path(name_or_path)
+    text = path.read_text()
+    if path.suffix == ".json":
+        recipe = json.loads(text)
+    else:
+        import yaml
+
+        recipe = yaml.safe_load(text)
+    if not isinstance(recipe, dict):
+        raise ValueError(f"Recipe {path} must hold a mapping, got {type(recipe).__name__}.")
+    recipe.setdefault("name", path.stem)
+    return apply_overrides(recipe, overrides)

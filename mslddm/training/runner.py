@@ -1,0 +1,90 @@
+"""What both training scripts share: command-line options, the Accelerator, TensorBoard audio, the resume step."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from mslddm.training.checkpointing import read_state, resolve_checkpoint
+from mslddm.training.recipes import load_recipe
+
+logger = logging.getLogger("mslddm.training")
+
+
+def common_arguments(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", required=True, help="recipe name (train/recipes/NAME.yaml) or path to a recipe file")
+    p.add_argument("--output_dir", required=True, help="run folder: checkpoint-N folders, logs/, the export")
+    p.add_argument("--data_root", default=None, help="dataset root (default: the recipe's data.root)")
+    p.add_argument("--max_steps", type=int, default=None, help="total optimizer steps (default: the recipe's)")
+    p.add_argument("--resume_from_checkpoint", default=None,
+                   help="'latest' (newest complete checkpoint of --output_dir, or a fresh start if none) or a path")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a recipe value (parsed as YAML), e.g. --set vae.batch_size=4; repeatable")
+    p.add_argument("--push_to_hub", action="store_true", help="upload the final export to the Hub")
+    p.add_argument("--hub_model_id", default=None, help="Hub repo id for --push_to_hub (owner/name)")
+    return p
+
+
+def load_run_recipe(args, section: str) -> tuple[dict, dict]:
+    """The recipe with overrides, and its ``section`` (``vae`` or ``msldm``) with ``--max_steps`` applied."""
+    recipe = load_recipe(args.config, args.set)
+    if section not in recipe:
+        raise ValueError(f"Recipe {args.config!r} has no {section!r} section.")
+    if args.max_steps is not None:
+        recipe[section]["max_steps"] = int(args.max_steps)
+    if args.data_root is not None:
+        recipe.setdefault("data", {})["root"] = args.data_root
+    return recipe, recipe[section]
+
+
+def make_accelerator(args, cfg: dict):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    accelerator = Accelerator(
+        mixed_precision=cfg.get("mixed_precision", "no"),
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(Path(args.output_dir) / "logs")),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    return accelerator
+
+
+def resume_step(accelerator, args) -> tuple[int, Optional[Path], dict]:
+    """Loads the state of the checkpoint asked for (if any): ``(step to start at, checkpoint, its state)``."""
+    checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if checkpoint is None:
+        if args.resume_from_checkpoint:
+            logger.info("No checkpoint in %s: starting from scratch.", args.output_dir)
+        return 0, None, {}
+    accelerator.load_state(str(checkpoint))
+    state = read_state(checkpoint)
+    logger.info("Resumed from %s at step %d.", checkpoint, state["step"])
+    return int(state["step"]), checkpoint, state
+
+
+def tensorboard(accelerator):
+    """The TensorBoard ``SummaryWriter`` on the main process, else None."""
+    if not accelerator.is_main_process:
+        return None
+    return accelerator.get_tracker("tensorboard", unwrap=True)
+
+
+def log_audio(writer, tag: str, audio: torch.Tensor, step: int, sample_rate: int) -> None:
+    """Logs mono audio, peak-limited to [-1, 1] so that TensorBoard plays it without clipping."""
+    if writer is None:
+        return
+    audio = audio.detach().float().cpu().reshape(-1)
+    peak = audio.abs().max().clamp_min(1.0)
+    writer.add_audio(tag, (audio / peak)[None], step, sample_rate=sample_rate)
+
+
+def clip_grad(accelerator, parameters, max_norm: Optional[float]) -> float:
+    if not max_norm:
+        return float("nan")
+    return float(accelerator.clip_grad_norm_(parameters, max_norm))

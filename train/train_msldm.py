@@ -1,0 +1,242 @@
+"""Trains the multi-source latent diffusion UNet (MSLDM) with the EDM loss of the reference code on the stems'
+SourceVAE latents (pre-encoded with `mslddm encode-latents`, or encoded on the fly from audio segments).
+
+    accelerate launch train/train_msldm.py --config tiny --output_dir runs/msldm-tiny --set msldm.vae=runs/vae-tiny/vae
+    accelerate launch train/train_msldm.py ... --resume_from_checkpoint latest
+
+Writes ``OUTPUT/checkpoint-N`` (resumable; ``vae/``, ``unet/``, ``unet_ema/``, ``scheduler/`` inside) and, at the
+end, the complete pipeline folder ``OUTPUT/pipeline`` (EMA weights) with a model card.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from mslddm import EDMScheduler, MultiSourceLatentPipeline, MultiSourceUNet1DModel
+from mslddm.data.datasets import LatentSegmentDataset, MultiSourceSegmentDataset, load_tracks
+from mslddm.data.latents import load_vae
+from mslddm.presets import PRESETS
+from mslddm.schedulers.scheduling_edm import sample_training_sigmas
+from mslddm.training import losses
+from mslddm.training.checkpointing import STATE_FILE, export_pipeline, list_checkpoints, save_checkpoint
+from mslddm.training.runner import (clip_grad, common_arguments, load_run_recipe, log_audio, logger,
+                                    make_accelerator, resume_step, tensorboard)
+from mslddm.training.seeding import step_dataloader, step_generator
+
+
+def training_data(recipe: dict, cfg: dict, vae, split: str, random_offsets: bool, seed: int):
+    """``(dataset, stem_names, info)``: latent segments ``(K, C, F)`` from an encode-latents folder, or audio
+    segments ``(K, F * hop)`` to be encoded on the fly."""
+    frames = int(cfg["segment_frames"]) if split == "train" else None
+    if cfg.get("latents"):
+        if frames is None:
+            frames = int(round(float(cfg.get("validation_seconds", 12.0)) * vae.config.sampling_rate / vae.hop_length))
+        ds = LatentSegmentDataset(cfg["latents"], split, frames, random_offsets=random_offsets, seed=seed)
+        hours = float(ds.lengths.sum()) * vae.hop_length / vae.config.sampling_rate / 3600
+        return ds, list(ds.stem_names), {"latents": str(cfg["latents"]), f"{split}_files": len(ds.files),
+                                         f"{split}_hours": round(hours, 3)}
+    data = recipe["data"]
+    tracks = load_tracks(data["root"], split, data.get("stems") or ["bass", "drums", "guitar", "piano"])
+    if frames is None:
+        frames = int(round(float(cfg.get("validation_seconds", 12.0)) * vae.config.sampling_rate / vae.hop_length))
+    ds = MultiSourceSegmentDataset(tracks, frames * vae.hop_length, random_offsets=random_offsets, seed=seed)
+    hours = sum(t.num_samples for t in tracks) / vae.config.sampling_rate / 3600
+    return ds, list(ds.stem_names), {"root": str(data["root"]), f"{split}_tracks": len(tracks),
+                                     f"{split}_hours": round(hours, 3)}
+
+
+@torch.no_grad()
+def to_latents(batch: torch.Tensor, vae, frames: int) -> torch.Tensor:
+    """``(B, K, C, F)`` latents -> ``(B, K C, F)``; ``(B, K, T)`` audio -> posterior means ``(B, K C, F)``."""
+    if batch.ndim == 4:
+        return batch.flatten(1, 2)
+    b, k, t = batch.shape
+    means = vae.encode(batch.reshape(b * k, 1, t).to(vae.dtype)).latent_dist.mean.float()[..., :frames]
+    return means.reshape(b, k * means.shape[1], frames)
+
+
+@torch.no_grad()
+def validation_loss(unet, latents: torch.Tensor, sigma_data: float, seed: int, sigmas=(0.05, 0.2, 0.5, 1.0, 2.0)):
+    """EDM loss of fixed latents at fixed sigmas with fixed noise: comparable across steps and runs."""
+    gen = step_generator(seed, 0, 0, "validation")
+    total = 0.0
+    for s in sigmas:
+        sigma = torch.full((latents.shape[0],), float(s))
+        noise = torch.randn(latents.shape, generator=gen)
+        denoised = losses.edm_denoise(unet, (latents + s * noise).to(unet.device, unet.dtype),
+                                      sigma.to(unet.device), sigma_data)
+        total += float(losses.edm_training_loss(denoised, latents.to(denoised.device), sigma.to(unet.device),
+                                                sigma_data))
+    return total / len(sigmas)
+
+
+@torch.no_grad()
+def validate(pipe: MultiSourceLatentPipeline, latents: torch.Tensor, cfg: dict, seed: int, writer, step: int):
+    """Validation loss, and a total and a partial generation (first stem given) logged as audio."""
+    pipe.unet.eval()
+    metrics = {"loss": validation_loss(pipe.unet, latents, pipe.scheduler.config.sigma_data, seed)}
+    names, sr, seconds = pipe.stem_names, pipe.sample_rate, float(cfg.get("validation_seconds", 12.0))
+    kwargs = dict(audio_length_in_s=seconds, num_inference_steps=int(cfg.get("validation_steps", 20)),
+                  sampler=cfg.get("validation_sampler", "dpmpp_2m"))
+    total = pipe(generator=torch.Generator().manual_seed(seed), **kwargs)
+    given = pipe.decode_latents(latents[:1])[0, 0].numpy()
+    partial = pipe(stems={names[0]: given}, generator=torch.Generator().manual_seed(seed + 1), **kwargs)
+    metrics["total_rms"] = float((total.mixture ** 2).mean() ** 0.5)
+    if writer is not None:
+        log_audio(writer, "generation/total/mixture", torch.from_numpy(total.mixture[0]), step, sr)
+        for i, name in enumerate(names):
+            log_audio(writer, f"generation/total/{name}", torch.from_numpy(total.stems[0, i]), step, sr)
+        log_audio(writer, f"generation/partial_given_{names[0]}/mixture", torch.from_numpy(partial.mixture[0]),
+                  step, sr)
+    pipe.unet.train()
+    return metrics
+
+
+def main(argv=None):
+    args = common_arguments(__doc__.splitlines()[0]).parse_args(argv)
+    recipe, cfg = load_run_recipe(args, "msldm")
+    accelerator = make_accelerator(args, cfg)
+    seed, max_steps, batch_size = int(recipe.get("seed", 0)), int(cfg["max_steps"]), int(cfg["batch_size"])
+    if not cfg.get("vae"):
+        raise ValueError("The recipe's msldm.vae is not set: pass --set msldm.vae=PATH (a SourceVAE folder such as "
+                         "train_vae.py's OUTPUT/vae, or a pipeline folder).")
+
+    # 1. Frozen VAE, data (stem names and count come from the data), UNet, EMA, optimizer
+    vae = load_vae(str(cfg["vae"])).to(accelerator.device).eval().requires_grad_(False)
+    train_set, stem_names, data_info = training_data(recipe, cfg, vae, "train", True, seed)
+    val_set, val_stems, val_info = training_data(recipe, cfg, vae, recipe["data"].get("validation_split", "validation"),
+                                                 False, seed)
+    if val_stems != stem_names:
+        raise ValueError(f"Training stems {stem_names} differ from validation stems {val_stems}.")
+    frames = int(cfg["segment_frames"])
+    torch.manual_seed(seed)
+    unet = MultiSourceUNet1DModel(**{**PRESETS[recipe["preset"]]["unet"], **cfg.get("model", {}),
+                                     "in_channels": len(stem_names) * vae.config.latent_channels})
+    if frames % unet.length_multiple:
+        raise ValueError(f"msldm.segment_frames={frames} must be a multiple of the UNet's {unet.length_multiple}.")
+    if cfg.get("gradient_checkpointing"):
+        unet.enable_gradient_checkpointing()
+    scheduler = EDMScheduler(**cfg.get("scheduler", {}))
+    sigma_data = float(scheduler.config.sigma_data)
+    ema = None
+    if cfg.get("use_ema", True):
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(unet.parameters(), decay=float(cfg.get("ema_decay", 0.999)),
+                       model_cls=MultiSourceUNet1DModel, model_config=unet.config)
+        accelerator.register_for_checkpointing(ema)
+    optimizer = torch.optim.Adam(unet.parameters(), lr=float(cfg["learning_rate"]),
+                                 betas=tuple(cfg.get("betas", (0.9, 0.99))))
+    warmup = int(cfg.get("lr_warmup_steps", 0))
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    unet, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
+    if ema is not None:
+        ema.to(accelerator.device)
+
+    # 2. Resume, loaders, fixed validation latents
+    start_step, _, _ = resume_step(accelerator, args)
+    loader = step_dataloader(train_set, batch_size, start_step, max_steps, accelerator, int(cfg.get("num_workers", 0)))
+    picks = torch.linspace(0, len(val_set) - 1, min(int(cfg.get("validation_segments", 4)), len(val_set))).long()
+    val_frames = val_set.segment if cfg.get("latents") else val_set.segment // vae.hop_length
+    val_frames -= val_frames % unet.length_multiple
+    val_latents = torch.cat([to_latents(val_set[int(i)][None].to(accelerator.device), vae, val_frames)
+                             for i in picks])[..., :val_frames].cpu()
+    writer = None
+    if accelerator.is_main_process:
+        accelerator.init_trackers("train_msldm")
+        writer = tensorboard(accelerator)
+    vae_state = {}
+    vae_state_file = Path(cfg["vae"]) / STATE_FILE
+    if not vae_state_file.is_file():
+        vae_state_file = Path(cfg["vae"]) / "vae" / STATE_FILE
+    if vae_state_file.is_file():
+        import json
+
+        vae_state = json.loads(vae_state_file.read_text())
+        vae_state = {k: vae_state.get(k) for k in ("step", "recipe", "validation", "data")}
+
+    def pipeline(use_ema: bool) -> MultiSourceLatentPipeline:
+        model = accelerator.unwrap_model(unet)
+        if use_ema and ema is not None:
+            model = MultiSourceUNet1DModel.from_config(model.config)
+            ema.copy_to(model.parameters())
+            model.to(accelerator.device)
+        pipe = MultiSourceLatentPipeline(vae=vae, unet=model, scheduler=EDMScheduler.from_config(scheduler.config),
+                                         stem_names=stem_names)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def state(validation):
+        return {"kind": "msldm", "recipe": recipe, "stem_names": stem_names, "validation": validation,
+                "data": {**data_info, **val_info}, "vae_training": vae_state}
+
+    def save_models(folder: Path):
+        vae.save_pretrained(folder / "vae")
+        accelerator.unwrap_model(unet).save_pretrained(folder / "unet")
+        scheduler.save_pretrained(folder / "scheduler")
+        if ema is not None:
+            ema.save_pretrained(folder / "unet_ema")
+
+    # 3. Loop: x0 -> sigma ~ U[0, 3) -> D(x0 + sigma n) -> lambda(sigma)-weighted MSE
+    validation, step = {}, start_step
+    unet.train()
+    for batch in loader:
+        x0 = to_latents(batch.to(accelerator.device), vae, frames)
+        rank = accelerator.process_index
+        sigma = sample_training_sigmas(
+            x0.shape[0], scheduler.config.training_sigma_distribution,
+            sigma_min=scheduler.config.training_sigma_min, sigma_max=scheduler.config.training_sigma_max,
+            log_normal_mean=scheduler.config.training_log_normal_mean,
+            log_normal_std=scheduler.config.training_log_normal_std,
+            generator=step_generator(seed, step, rank, "sigma"), device=accelerator.device)
+        noise = torch.randn(x0.shape, generator=step_generator(seed, step, rank, "noise")).to(accelerator.device)
+        with accelerator.autocast():
+            denoised = losses.edm_denoise(unet, x0 + sigma[:, None, None] * noise, sigma, sigma_data)
+            loss = losses.edm_training_loss(denoised, x0, sigma, sigma_data)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        grad_norm = clip_grad(accelerator, unet.parameters(), cfg.get("grad_clip"))
+        optimizer.step()
+        lr_schedule.step()
+        if ema is not None:
+            ema.step(unet.parameters())
+        step += 1
+
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"Diffusion loss is {loss.item()} at step {step}.")
+        if step % int(cfg.get("log_every", 10)) == 0 or step == max_steps:
+            logs = {"train/loss": accelerator.gather(loss.detach()[None]).mean().item(), "train/grad_norm": grad_norm,
+                    "train/lr": lr_schedule.get_last_lr()[0]}
+            accelerator.log(logs, step=step)
+            logger.info("step %d: %s", step, " ".join(f"{k[6:]}={v:.4g}" for k, v in logs.items()))
+        if step % int(cfg.get("validate_every", 500)) == 0 or step == max_steps:
+            if accelerator.is_main_process:
+                validation = validate(pipeline(use_ema=True), val_latents, cfg, seed, writer, step)
+                if ema is not None:
+                    validation["loss_raw_weights"] = validation_loss(accelerator.unwrap_model(unet), val_latents,
+                                                                     sigma_data, seed)
+                accelerator.log({f"validation/{k}": v for k, v in validation.items()}, step=step)
+                logger.info("validation at step %d: %s", step, validation)
+            accelerator.wait_for_everyone()
+        if step % int(cfg.get("checkpointing_steps", 500)) == 0 or step == max_steps:
+            save_checkpoint(accelerator, args.output_dir, step, state(validation), save_models,
+                            cfg.get("checkpoints_total_limit"))
+
+    # 4. Export the complete pipeline (EMA weights) with its model card
+    if accelerator.is_main_process:
+        checkpoints = list_checkpoints(args.output_dir)
+        if checkpoints:
+            out = Path(args.output_dir) / "pipeline"
+            repo = args.hub_model_id if args.push_to_hub else None
+            if args.push_to_hub and not repo:
+                raise ValueError("--push_to_hub needs --hub_model_id owner/name.")
+            export_pipeline(checkpoints[-1], out, ema=True, push_to_hub=repo)
+            logger.info("Exported the pipeline to %s", out)
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Trains the SourceVAE as in MSLDM's reference code: 15 x multi-scale mel + 2 x feature matching + 1 x
+least-squares GAN + 10 x KL, against a multi-period + multi-resolution STFT discriminator, on 1-s single-stem clips.
+
+    accelerate launch train/train_vae.py --config tiny --output_dir runs/vae-tiny
+    accelerate launch train/train_vae.py --config tiny --output_dir runs/vae-tiny --resume_from_checkpoint latest
+
+Writes ``OUTPUT/checkpoint-N`` (resumable) and, at the end, ``OUTPUT/vae`` (a SourceVAE folder with its
+``training_state.json``) for ``train/train_msldm.py --set msldm.vae=OUTPUT/vae``.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mslddm.data.datasets import MultiSourceSegmentDataset, SourceClipDataset, load_tracks
+from mslddm.models.autoencoder_source import SourceVAE
+from mslddm.presets import PRESETS
+from mslddm.training import losses
+from mslddm.training.checkpointing import STATE_FILE, list_checkpoints, save_checkpoint
+from mslddm.training.discriminator import SourceDiscriminator
+from mslddm.training.runner import (clip_grad, common_arguments, load_run_recipe, log_audio, logger,
+                                    make_accelerator, resume_step, tensorboard)
+from mslddm.training.seeding import step_dataloader, step_generator
+
+
+class VAEForTraining(nn.Module):
+    """Encode -> posterior sample -> decode in one ``forward``, so that DDP sees (and syncs) the whole VAE."""
+
+    def __init__(self, vae: SourceVAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, audio: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        posterior = self.vae.encode(audio).latent_dist
+        recon = self.vae.decode(posterior.sample(generator)).sample
+        return recon[..., : audio.shape[-1]], posterior.kl()
+
+
+def split_halves(features):
+    """Discriminator features of ``cat([a, b])`` -> features of ``a``, features of ``b``."""
+    first = [[f.chunk(2)[0] for f in d] for d in features]
+    second = [[f.chunk(2)[1] for f in d] for d in features]
+    return first, second
+
+
+@torch.no_grad()
+def validate(vae: SourceVAE, segments: torch.Tensor, stem_names, mel_loss, writer, step: int, sample_rate: int):
+    """Per-stem reconstruction quality of fixed validation segments (posterior means): mel distance, SI-SDR."""
+    vae.eval()
+    n, k, t = segments.shape
+    recon = vae(segments.reshape(n * k, 1, t).to(vae.device, vae.dtype)).sample.float().cpu()
+    t = recon.shape[-1]  # hop * frames - 8 samples
+    recon, segments = recon.reshape(n, k, t), segments[..., :t]
+    metrics = {}
+    for i, stem in enumerate(stem_names):
+        ref, est = segments[:, i], recon[:, i]
+        sounding = ref.pow(2).mean(-1) > 1e-8
+        metrics[f"mel_distance/{stem}"] = float(mel_loss(est, ref, reduce=False).mean())
+        if sounding.any():
+            metrics[f"si_sdr/{stem}"] = float(losses.si_sdr(est[sounding], ref[sounding]).mean())
+    metrics["mel_distance/mean"] = sum(metrics[f"mel_distance/{s}"] for s in stem_names) / k
+    sdrs = [v for key, v in metrics.items() if key.startswith("si_sdr/")]
+    if sdrs:
+        metrics["si_sdr/mean"] = sum(sdrs) / len(sdrs)
+    if writer is not None:
+        for i, stem in enumerate(stem_names):
+            log_audio(writer, f"validation/{stem}/reconstruction", recon[0, i], step, sample_rate)
+            if step == 0 or not getattr(validate, "_logged_reference", False):
+                log_audio(writer, f"validation/{stem}/reference", segments[0, i], step, sample_rate)
+        validate._logged_reference = True
+        log_audio(writer, "validation/mixture/reconstruction", recon[0].sum(0), step, sample_rate)
+    vae.train()
+    return metrics
+
+
+def main(argv=None):
+    args = common_arguments(__doc__.splitlines()[0]).parse_args(argv)
+    recipe, cfg = load_run_recipe(args, "vae")
+    accelerator = make_accelerator(args, cfg)
+    seed, max_steps, batch_size = int(recipe.get("seed", 0)), int(cfg["max_steps"]), int(cfg["batch_size"])
+    data_cfg = recipe["data"]
+
+    # 1. Models, optimizers, LR schedules (the reference's: AdamW / Adam, betas (0.8, 0.99), ExponentialLR)
+    torch.manual_seed(seed)
+    vae = SourceVAE(**{**PRESETS[recipe["preset"]]["vae"], **cfg.get("model", {})})
+    discriminator = SourceDiscriminator(**cfg.get("discriminator", {}))
+    betas = tuple(cfg.get("betas", (0.8, 0.99)))
+    opt_g = torch.optim.AdamW(vae.parameters(), lr=float(cfg["learning_rate"]), betas=betas)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=float(cfg.get("discriminator_learning_rate",
+                                                                            cfg["learning_rate"])), betas=betas)
+    gamma = float(cfg.get("lr_gamma", 0.999996))
+    sched_g = torch.optim.lr_scheduler.ExponentialLR(opt_g, gamma)
+    sched_d = torch.optim.lr_scheduler.ExponentialLR(opt_d, gamma)
+    model, discriminator, opt_g, opt_d, sched_g, sched_d = accelerator.prepare(
+        VAEForTraining(vae), discriminator, opt_g, opt_d, sched_g, sched_d)
+    mel_loss = losses.MultiScaleMelLoss(vae.config.sampling_rate, **cfg.get("mel", {})).to(accelerator.device)
+    weights = {"mel": 15.0, "feature": 2.0, "adversarial": 1.0, "kl": 10.0, **cfg.get("loss_weights", {})}
+
+    # 2. Resume, data
+    start_step, _, _ = resume_step(accelerator, args)
+    stem_names = data_cfg.get("stems") or ["bass", "drums", "guitar", "piano"]
+    sr = vae.config.sampling_rate
+    tracks = load_tracks(data_cfg["root"], "train", stem_names)
+    def hop_multiple(seconds):  # whole latent frames, so that the reconstruction has the input's length
+        return max(1, round(float(seconds) * sr / vae.hop_length)) * vae.hop_length
+
+    clips = SourceClipDataset(tracks, clip_length=hop_multiple(cfg.get("clip_seconds", 1.0)),
+                              clips_per_epoch=cfg.get("clips_per_epoch", 10_000), seed=seed)
+    loader = step_dataloader(clips, batch_size, start_step, max_steps, accelerator, int(cfg.get("num_workers", 0)))
+    val_tracks = load_tracks(data_cfg["root"], data_cfg.get("validation_split", "validation"), stem_names)
+    val_set = MultiSourceSegmentDataset(val_tracks, hop_multiple(cfg.get("validation_seconds", 2.0)),
+                                        random_offsets=False)
+    # Evenly spread fixed segments of the validation tracks.
+    picks = torch.linspace(0, len(val_set) - 1, min(int(cfg.get("validation_segments", 8)), len(val_set))).long()
+    val_segments = torch.stack([val_set[int(i)] for i in picks])
+    writer = tensorboard(accelerator)
+    if accelerator.is_main_process:
+        accelerator.init_trackers("train_vae")
+        writer = tensorboard(accelerator)
+
+    def state(step, validation):
+        return {"kind": "vae", "recipe": recipe, "stem_names": stem_names, "validation": validation,
+                "data": {"root": str(data_cfg["root"]), "train_tracks": len(tracks),
+                         "train_hours": round(sum(t.num_samples for t in tracks) / sr / 3600, 3),
+                         "validation_tracks": len(val_tracks)}}
+
+    def save_models(folder: Path):
+        accelerator.unwrap_model(model).vae.save_pretrained(folder / "vae")
+
+    # 3. Loop
+    validation, step = {}, start_step
+    model.train()
+    discriminator.train()
+    for batch in loader:
+        audio = batch.to(accelerator.device)
+        gen = step_generator(seed, step, accelerator.process_index, "posterior")
+        with accelerator.autocast():
+            recon, kl = model(audio, generator=gen)
+            audio = audio[..., : recon.shape[-1]]  # the decoder returns hop * frames - 8 samples
+            # Discriminator step on detached reconstructions; real and fake share one forward (one DDP call).
+            fake_f, real_f = split_halves(discriminator(torch.cat([recon.detach(), audio])))
+            loss_d = losses.discriminator_loss(fake_f, real_f)
+        opt_d.zero_grad(set_to_none=True)
+        accelerator.backward(loss_d)
+        grad_d = clip_grad(accelerator, discriminator.parameters(), cfg.get("discriminator_grad_clip", 10.0))
+        opt_d.step()
+        sched_d.step()
+
+        with accelerator.autocast():
+            fake_f, real_f = split_halves(discriminator(torch.cat([recon, audio])))
+            terms = {"mel": mel_loss(recon, audio), "feature": losses.feature_matching_loss(fake_f, real_f),
+                     "adversarial": losses.generator_adversarial_loss(fake_f), "kl": kl.mean()}
+            loss_g = sum(weights[k] * v for k, v in terms.items())
+        opt_g.zero_grad(set_to_none=True)
+        accelerator.backward(loss_g)
+        grad_g = clip_grad(accelerator, model.parameters(), cfg.get("grad_clip", 1000.0))
+        opt_g.step()
+        sched_g.step()
+        step += 1
+
+        if not math.isfinite(loss_g.item()):
+            raise FloatingPointError(f"Generator loss is {float(loss_g)} at step {step}.")
+        if step % int(cfg.get("log_every", 10)) == 0 or step == max_steps:
+            logs = {f"train/{k}": v.item() for k, v in terms.items()}
+            logs.update({"train/loss_g": loss_g.item(), "train/loss_d": loss_d.item(), "train/grad_norm_g": grad_g,
+                         "train/grad_norm_d": grad_d, "train/lr": sched_g.get_last_lr()[0]})
+            accelerator.log(logs, step=step)
+            logger.info("step %d: %s", step, " ".join(f"{k[6:]}={v:.4g}" for k, v in logs.items()))
+        if step % int(cfg.get("validate_every", 500)) == 0 or step == max_steps:
+            if accelerator.is_main_process:
+                validation = validate(accelerator.unwrap_model(model).vae, val_segments, stem_names, mel_loss,
+                                      writer, step, sr)
+                accelerator.log({f"validation/{k}": v for k, v in validation.items()}, step=step)
+                logger.info("validation at step %d: %s", step, validation)
+            accelerator.wait_for_everyone()
+        if step % int(cfg.get("checkpointing_steps", 500)) == 0 or step == max_steps:
+            save_checkpoint(accelerator, args.output_dir, step, state(step, validation), save_models,
+                            cfg.get("checkpoints_total_limit"))
+
+    # 4. Export the trained VAE with how it was made (train_msldm.py records it in the pipeline's model card)
+    if accelerator.is_main_process:
+        last = list_checkpoints(args.output_dir)[-1]
+        out = Path(args.output_dir) / "vae"
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(last / "vae", out)
+        shutil.copy(last / STATE_FILE, out / STATE_FILE)
+        logger.info("Exported the SourceVAE to %s", out)
+        if args.push_to_hub:
+            if not args.hub_model_id:
+                raise ValueError("--push_to_hub needs --hub_model_id owner/name.")
+            SourceVAE.from_pretrained(out).push_to_hub(args.hub_model_id)
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()
