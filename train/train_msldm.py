@@ -100,6 +100,8 @@ def main(argv=None):
     recipe, cfg = load_run_recipe(args, "msldm")
     accelerator = make_accelerator(args, cfg)
     seed, max_steps, batch_size = int(recipe.get("seed", 0)), int(cfg["max_steps"]), int(cfg["batch_size"])
+    logger.info("%d process(es) (%s), batch %d per process", accelerator.num_processes,
+                accelerator.distributed_type, batch_size)
     if not cfg.get("vae"):
         raise ValueError("The recipe's msldm.vae is not set: pass --set msldm.vae=PATH (a SourceVAE folder such as "
                          "train_vae.py's OUTPUT/vae, or a pipeline folder).")
@@ -115,8 +117,9 @@ def main(argv=None):
     torch.manual_seed(seed)
     unet = MultiSourceUNet1DModel(**{**PRESETS[recipe["preset"]]["unet"], **cfg.get("model", {}),
                                      "in_channels": len(stem_names) * vae.config.latent_channels})
-    if frames % unet.length_multiple:
-        raise ValueError(f"msldm.segment_frames={frames} must be a multiple of the UNet's {unet.length_multiple}.")
+    length_multiple = unet.length_multiple
+    if frames % length_multiple:
+        raise ValueError(f"msldm.segment_frames={frames} must be a multiple of the UNet's {length_multiple}.")
     if cfg.get("gradient_checkpointing"):
         unet.enable_gradient_checkpointing()
     scheduler = EDMScheduler(**cfg.get("scheduler", {}))
@@ -141,7 +144,7 @@ def main(argv=None):
     loader = step_dataloader(train_set, batch_size, start_step, max_steps, accelerator, int(cfg.get("num_workers", 0)))
     picks = torch.linspace(0, len(val_set) - 1, min(int(cfg.get("validation_segments", 4)), len(val_set))).long()
     val_frames = val_set.segment if cfg.get("latents") else val_set.segment // vae.hop_length
-    val_frames -= val_frames % unet.length_multiple
+    val_frames -= val_frames % length_multiple
     val_latents = torch.cat([to_latents(val_set[int(i)][None].to(accelerator.device), vae, val_frames)
                              for i in picks])[..., :val_frames].cpu()
     writer = None

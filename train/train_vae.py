@@ -84,6 +84,8 @@ def main(argv=None):
     accelerator = make_accelerator(args, cfg)
     seed, max_steps, batch_size = int(recipe.get("seed", 0)), int(cfg["max_steps"]), int(cfg["batch_size"])
     data_cfg = recipe["data"]
+    logger.info("%d process(es) (%s), batch %d per process", accelerator.num_processes,
+                accelerator.distributed_type, batch_size)
 
     # 1. Models, optimizers, LR schedules (the reference's: AdamW / Adam, betas (0.8, 0.99), ExponentialLR)
     torch.manual_seed(seed)

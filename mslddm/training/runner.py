@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -46,7 +47,11 @@ def make_accelerator(args, cfg: dict):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
+    # Several processes on a machine without GPUs (accelerate launch --multi_gpu there): accelerate only sets up
+    # gloo DDP (MULTI_CPU) when told it runs on CPU; otherwise every process would train alone as rank 0.
+    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
+        cpu=multi_cpu,
         mixed_precision=cfg.get("mixed_precision", "no"),
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(Path(args.output_dir) / "logs")),

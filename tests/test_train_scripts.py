@@ -1,0 +1,167 @@
+"""The training scripts end to end through real ``accelerate launch`` on CPU, with the tiny recipe shrunk further
+by ``--set`` overrides: checkpoints, exact resume, export, and a 2-process run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
+STEMS = ["bass", "drums", "guitar", "piano"]
+SR = 22050
+
+VAE_SET = [
+    "vae.model={encoder_dim: 4, decoder_dim: 16, latent_channels: 4}",
+    "vae.discriminator={periods: [2, 3], period_widths: [2, 2, 2, 2, 2], fft_sizes: [512], stft_channels: 2}",
+    "vae.batch_size=2", "vae.clip_seconds=0.25", "vae.validation_seconds=0.5", "vae.validation_segments=1",
+    "vae.checkpointing_steps=2", "vae.validate_every=100", "vae.log_every=1", "vae.checkpoints_total_limit=5",
+]
+UNET_SET = [
+    "msldm.model={channels: 16, patch_factor: 2, multipliers: [1, 2, 1], factors: [2, 2], num_blocks: [1, 1], "
+    "attentions: [false, true], attention_heads: 2, attention_features: 8, resnet_groups: 4}",
+    "msldm.batch_size=2", "msldm.segment_frames=16", "msldm.validation_seconds=0.5", "msldm.validation_segments=1",
+    "msldm.validation_steps=2", "msldm.checkpointing_steps=2", "msldm.validate_every=100", "msldm.log_every=1",
+    "msldm.checkpoints_total_limit=5", "msldm.ema_decay=0.9",
+]
+
+
+def launch(script, out, data, extra=(), sets=(), processes=1, check=True):
+    # On a machine without GPUs, --multi_gpu starts torchrun processes that accelerate runs as MULTI_CPU (gloo DDP).
+    cmd = ACCELERATE + ["--multi_gpu" if processes > 1 else "--cpu", "--num_processes", str(processes), "--num_machines", "1",
+                        "--mixed_precision", "no", "--dynamo_backend", "no",
+                        str(REPO / "train" / script), "--config", "tiny", "--output_dir", str(out),
+                        "--data_root", str(data), *extra]
+    for s in sets:
+        cmd += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Two train tracks and one validation track of 2 s, four stems of decaying tones and noise bursts."""
+    root = tmp_path_factory.mktemp("stems")
+    rng = np.random.default_rng(0)
+    t = np.arange(2 * SR) / SR
+    for split, n in (("train", 2), ("validation", 1)):
+        for i in range(n):
+            folder = root / split / f"Track{split[0]}{i}"
+            folder.mkdir(parents=True)
+            for k, stem in enumerate(STEMS):
+                tone = 0.2 * np.sin(2 * np.pi * (55 * (k + 1) + 10 * i) * t) * np.exp(-3 * (t % 0.5))
+                audio = tone + 0.02 * rng.standard_normal(t.size) * (k == 1)
+                sf.write(folder / f"{stem}.wav", audio.astype(np.float32), SR)
+    return root
+
+
+@pytest.fixture(scope="module")
+def vae_runs(tmp_path_factory, data):
+    """VAE: 4 steps straight, and 2 steps + resume to 4."""
+    base = tmp_path_factory.mktemp("vae")
+    launch("train_vae.py", base / "straight", data, ["--max_steps", "4"], VAE_SET)
+    launch("train_vae.py", base / "split", data, ["--max_steps", "2"], VAE_SET)
+    resumed = launch("train_vae.py", base / "split", data, ["--max_steps", "4", "--resume_from_checkpoint", "latest"],
+                     VAE_SET)
+    return base, resumed
+
+
+def _same_tensors(a: Path, b: Path):
+    ta, tb = load_file(a), load_file(b)
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        assert torch.equal(ta[key], tb[key]), f"{a.name}: {key} differs"
+
+
+def test_vae_checkpoints_and_export(vae_runs):
+    base, _ = vae_runs
+    run = base / "straight"
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert not list(run.glob(".checkpoint-*"))
+    state = json.loads((run / "checkpoint-4" / "training_state.json").read_text())
+    assert state["step"] == 4 and state["kind"] == "vae" and state["stem_names"] == STEMS
+    assert set(state["validation"]) >= {"mel_distance/mean", "si_sdr/mean", "si_sdr/bass", "mel_distance/piano"}
+    from mslddm import SourceVAE
+
+    vae = SourceVAE.from_pretrained(run / "vae")
+    assert vae.config.latent_channels == 4
+    assert (run / "vae" / "training_state.json").is_file()
+    assert list((run / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_vae_resume_is_exact(vae_runs):
+    base, resumed = vae_runs
+    assert "Resumed from" in resumed.stderr
+    for name in ("model.safetensors", "model_1.safetensors"):  # the VAE and the discriminator
+        _same_tensors(base / "straight" / "checkpoint-4" / name, base / "split" / "checkpoint-4" / name)
+    straight = torch.load(base / "straight" / "checkpoint-4" / "optimizer.bin", weights_only=False)
+    split = torch.load(base / "split" / "checkpoint-4" / "optimizer.bin", weights_only=False)
+    for sa, sb in zip(straight["state"].values(), split["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"])
+
+
+@pytest.fixture(scope="module")
+def msldm_runs(tmp_path_factory, data, vae_runs):
+    base = tmp_path_factory.mktemp("msldm")
+    sets = UNET_SET + [f"msldm.vae={vae_runs[0] / 'straight' / 'vae'}"]
+    launch("train_msldm.py", base / "straight", data, ["--max_steps", "4"], sets)
+    launch("train_msldm.py", base / "split", data, ["--max_steps", "2"], sets)
+    launch("train_msldm.py", base / "split", data, ["--max_steps", "4", "--resume_from_checkpoint", "latest"], sets)
+    return base
+
+
+def test_msldm_resume_is_exact_for_weights_and_ema(msldm_runs):
+    a, b = msldm_runs / "straight" / "checkpoint-4", msldm_runs / "split" / "checkpoint-4"
+    _same_tensors(a / "model.safetensors", b / "model.safetensors")
+    _same_tensors(a / "unet_ema" / "diffusion_pytorch_model.safetensors",
+                  b / "unet_ema" / "diffusion_pytorch_model.safetensors")
+    ema = load_file(a / "unet_ema" / "diffusion_pytorch_model.safetensors")
+    raw = load_file(a / "unet" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(ema[k], raw[k]) for k in raw), "EMA weights should lag the raw weights"
+
+
+def test_msldm_export_loads_and_generates(msldm_runs, tmp_path):
+    from mslddm import MultiSourceLatentPipeline
+    from mslddm.cli import main
+
+    final = msldm_runs / "straight" / "pipeline"
+    card = (final / "README.md").read_text()
+    assert "Diffusion training steps: 4" in card and "| diffusion | loss |" in card and "si_sdr/mean" in card
+    for flag, weights in (("--ema", "unet_ema"), ("--no-ema", "unet")):
+        out = tmp_path / flag
+        assert main(["export", str(msldm_runs / "straight"), "--out", str(out), flag]) == 0
+        exported = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+        source = load_file(msldm_runs / "straight" / "checkpoint-4" / weights / "diffusion_pytorch_model.safetensors")
+        assert all(torch.equal(exported[k], source[k]) for k in source)
+    pipe = MultiSourceLatentPipeline.from_pretrained(tmp_path / "--ema")
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(audio_length_in_s=0.5, num_inference_steps=2, sampler="dpmpp_2m", generator=torch.Generator().manual_seed(0))
+    assert out.stems.shape == (1, 4, SR // 2) and np.isfinite(out.stems).all()
+    assert pipe.stem_names == STEMS
+
+
+def test_export_refuses_a_vae_checkpoint(vae_runs, tmp_path):
+    from mslddm.cli import main
+
+    with pytest.raises(SystemExit, match="without a UNet"):
+        main(["export", str(vae_runs[0] / "straight" / "checkpoint-4"), "--out", str(tmp_path / "x")])
+
+
+def test_two_process_ddp_run(tmp_path, data, vae_runs):
+    """2 CPU processes (gloo DDP): each process draws its own share of the batch; checkpoints and export work."""
+    sets = UNET_SET + [f"msldm.vae={vae_runs[0] / 'straight' / 'vae'}", "msldm.batch_size=1"]
+    result = launch("train_msldm.py", tmp_path / "ddp", data, ["--max_steps", "2"], sets, processes=2, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (tmp_path / "ddp" / "checkpoint-2" / "random_states_1.pkl").is_file()
+    assert (tmp_path / "ddp" / "pipeline" / "model_index.json").is_file()
