@@ -10,6 +10,7 @@ and skip where those are not installed; the loading, inference and error tests n
 
 import importlib
 import importlib.util
+import json
 import math
 import sys
 import textwrap
@@ -71,6 +72,9 @@ class Throwaway:
             class AttributeDict(dict):
                 pass
 
+            class ListConfig(list):  # how Hydra hands list options to the model
+                pass
+
             def _rebuild(vmin, vmax):
                 open({str(self.log)!r}, "a").write("executed\\n")
                 return UniformDistribution(vmin, vmax)
@@ -92,7 +96,8 @@ class Throwaway:
             learning_rate=2e-5, beta1=0.9, beta2=0.99, kernel_sizes_init=[1, 3, 7], diffusion_sigma_data=0.4,
             diffusion_sigma_distribution=self.module.UniformDistribution(0.0, 3.0),
         )
-        hparams.update({k: list(v) if isinstance(v, tuple) else v for k, v in unet_config.items()})
+        hparams.update({k: self.module.ListConfig(v) if isinstance(v, (list, tuple)) else v
+                        for k, v in unet_config.items()})
         return hparams
 
     def forget(self, delete_file=True):
@@ -163,7 +168,7 @@ def test_reading_never_imports_or_runs_pickled_objects(tiny_files, throwaway):
     assert not throwaway.loaded()
     assert "model.diffusion.net.to_mapping.0.weight" not in state_dict and "to_mapping.0.weight" in state_dict
     assert hparams["attention_heads"] == 2 and hparams["resnet_groups"] == 4  # plain values survive
-    assert "diffusion_sigma_distribution" not in hparams  # the pickled object does not
+    assert "diffusion_sigma_distribution" not in hparams and "multipliers" not in hparams  # pickled objects do not
     # The hazard that the restricted loader avoids:
     torch.load(unet_path, weights_only=False)
     assert throwaway.executed() == ["imported", "executed"]
@@ -177,6 +182,21 @@ def test_reading_a_checkpoint_whose_module_no_longer_exists(tiny_files, throwawa
     checkpoint = load_checkpoint(unet_path)
     assert isinstance(checkpoint["state_dict"]["model.unet.to_mapping.0.weight"], torch.Tensor)
     assert "inert stand-in" in repr(checkpoint["hyper_parameters"])
+
+
+def test_legacy_torch_save_format_is_read(tmp_path):
+    """Files written with torch's pre-1.6 format (no zip) are read too, by both loaders."""
+    unet = tiny_unet()
+    vae_path, unet_path = tmp_path / "sourcevae_ckpt", tmp_path / "msldm.ckpt"
+    torch.save({"generator": tiny_vae().state_dict()}, vae_path, _use_new_zipfile_serialization=False)
+    torch.save({"state_dict": {f"model.unet.{k}": v for k, v in unet.state_dict().items()},
+                "hyper_parameters": Inert({**unet.config})}, unet_path, _use_new_zipfile_serialization=False)
+    pipe = convert_original(vae_path, unet_path).pipeline
+    assert torch.equal(pipe.unet.to_mapping[0].weight, unet.to_mapping[0].weight)
+
+
+class Inert(dict):
+    """A dict subclass of this test module: torch's weights_only loader refuses it, so the fallback loader runs."""
 
 
 @pytest.mark.parametrize("name", sorted(UNET_PRESETS))
@@ -263,8 +283,17 @@ def test_clear_errors_for_wrong_files(tiny_files, tmp_path):
     save_lightning_file(bare, unet.state_dict())
     assert "--unet-config" in convert_error(vae_path, bare)
     config = {"attention_heads": 2, "attention_features": 8, "resnet_groups": 4}
-    converted = convert_original(vae_path, bare, unet_config=config).pipeline
-    assert torch.equal(converted.unet.to_mapping[0].weight, unet.to_mapping[0].weight)
+    (tmp_path / "unet.json").write_text(json.dumps(config))
+    for given in (json.dumps(config), str(tmp_path / "unet.json")):
+        out = tmp_path / f"with_config_{len(given)}"
+        cli(["convert-original", "--vae", str(vae_path), "--unet", str(bare), "--out", str(out), "--unet-config", given])
+        converted = MultiSourceLatentPipeline.from_pretrained(out)
+        assert torch.equal(converted.unet.to_mapping[0].weight, unet.to_mapping[0].weight)
+        assert converted.unet.config.resnet_groups == 4
+    with pytest.raises(SystemExit, match="JSON object"):
+        cli(["convert-original", "--vae", str(vae_path), "--unet", str(bare), "--out", str(tmp_path / "x"),
+             "--unet-config", "[2]"])
+    assert "not a MultiSourceUNet1DModel argument" in convert_error(vae_path, bare, unet_config={"heads": 2})
     assert "does not match the checkpoint's attention width" in convert_error(
         vae_path, bare, unet_config={**config, "attention_features": 4})
     assert "not those of msldm-large" in convert_error(vae_path, bare, variant="msldm-large")
