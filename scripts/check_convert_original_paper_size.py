@@ -18,16 +18,15 @@ from pathlib import Path
 
 import torch
 
-sys.modules.setdefault("torchaudio", types.ModuleType("torchaudio"))  # dac's model code never calls it
-
-import audio_diffusion_pytorch.modules as adp  # noqa: E402
-from dac.model.dac import Decoder, Encoder  # noqa: E402
-
-from mslddm import MultiSourceLatentPipeline  # noqa: E402
-from mslddm.models.unet_1d_multisource import UNET_PRESETS  # noqa: E402
+from mslddm import MultiSourceLatentPipeline
+from mslddm.models.unet_1d_multisource import UNET_PRESETS
 
 
 def write_original_files(variant: str, folder: Path) -> tuple[Path, Path, torch.nn.Module, torch.nn.Module]:
+    sys.modules.setdefault("torchaudio", types.ModuleType("torchaudio"))  # dac's model code never calls it
+    import audio_diffusion_pytorch.modules as adp
+    from dac.model.dac import Decoder, Encoder
+
     torch.manual_seed(0)
     encoder, decoder = Encoder(64, [2, 4, 5, 8], 160), Decoder(80, 1536, [8, 5, 4, 2], 1)
     decoder.model = decoder.model[:-1]  # MSLDM's SourceVAE has no final tanh
