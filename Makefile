@@ -21,7 +21,9 @@ $(PY):
 # One stamp per set of extras, redone when pyproject.toml changes.
 $(VENV)/.stamp-%: pyproject.toml | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[$*]"
+	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/torch-constraint.txt
+	$(PIP) install -q -c $(VENV)/torch-constraint.txt -e ".[$*]"
+	$(PIP) uninstall -y -q torchaudio 2>/dev/null || true
 	touch $@
 
 # musicnn ships the offline FAD embedder's weights; its metadata pins numpy<1.17 and TensorFlow, which the
