@@ -52,7 +52,7 @@ def make_accelerator(args, cfg: dict):
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
         cpu=multi_cpu,
-        mixed_precision=cfg.get("mixed_precision", "no"),
+        mixed_precision=cfg.get("mixed_precision") or "no",  # YAML reads a bare `no` as False
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(Path(args.output_dir) / "logs")),
     )
