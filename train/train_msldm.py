@@ -161,12 +161,14 @@ def main(argv=None):
         vae_state = json.loads(vae_state_file.read_text())
         vae_state = {k: vae_state.get(k) for k in ("step", "recipe", "validation", "data")}
 
+    def ema_unet() -> MultiSourceUNet1DModel:
+        """A UNet holding the EMA weights (a clean config: EMAModel.save_pretrained adds its own keys)."""
+        model = MultiSourceUNet1DModel.from_config(accelerator.unwrap_model(unet).config)
+        ema.copy_to(model.parameters())
+        return model.to(accelerator.device)
+
     def pipeline(use_ema: bool) -> MultiSourceLatentPipeline:
-        model = accelerator.unwrap_model(unet)
-        if use_ema and ema is not None:
-            model = MultiSourceUNet1DModel.from_config(model.config)
-            ema.copy_to(model.parameters())
-            model.to(accelerator.device)
+        model = ema_unet() if use_ema and ema is not None else accelerator.unwrap_model(unet)
         pipe = MultiSourceLatentPipeline(vae=vae, unet=model, scheduler=EDMScheduler.from_config(scheduler.config),
                                          stem_names=stem_names)
         pipe.set_progress_bar_config(disable=True)
@@ -181,7 +183,7 @@ def main(argv=None):
         accelerator.unwrap_model(unet).save_pretrained(folder / "unet")
         scheduler.save_pretrained(folder / "scheduler")
         if ema is not None:
-            ema.save_pretrained(folder / "unet_ema")
+            ema_unet().save_pretrained(folder / "unet_ema")
 
     # 3. Loop: x0 -> sigma ~ U[0, 3) -> D(x0 + sigma n) -> lambda(sigma)-weighted MSE
     validation, step = {}, start_step
