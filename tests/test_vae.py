@@ -24,7 +24,8 @@ def paper_vae():
 
 @pytest.fixture
 def tiny():
-    """A tiny VAE with the paper's rates; alphas moved off 1 and g off ||v|| so every parameter matters."""
+    """A tiny VAE with the paper's rates; alphas moved off 1, g off ||v|| and biases off 0 so every parameter
+    matters."""
     torch.manual_seed(0)
     vae = SourceVAE(**TINY).eval()
     with torch.no_grad():
@@ -33,6 +34,8 @@ def tiny():
                 p.uniform_(0.5, 2.0)
             elif name.endswith("weight_g"):
                 p.mul_(torch.empty_like(p).uniform_(0.5, 1.5))
+            elif name.endswith("bias"):
+                p.uniform_(-0.1, 0.1)
     return vae
 
 
@@ -124,6 +127,18 @@ def test_weight_norm_is_torchs(cls):
     x = torch.randn(2, 3, 11)
     torch.testing.assert_close(conv(x), reference(x))
     assert conv(x).shape[-1] == conv.output_length(11)
+
+
+def test_fresh_vae_has_zero_biases_and_maps_silence_to_the_zero_latent():
+    """DAC's init: conv biases start at 0, so a fresh encoder's latent is all signal (no constant offset that would
+    drown quiet stems) and silence encodes to mean 0, logvar 0."""
+    torch.manual_seed(0)
+    vae = SourceVAE(**TINY)
+    biases = [name for name, _ in vae.named_parameters() if name.endswith("bias")]
+    assert len(biases) > 20 and all(not vae.get_parameter(name).any() for name in biases)
+    posterior = vae.encode(torch.zeros(1, 1, 3200)).latent_dist
+    assert not posterior.mean.any() and not posterior.logvar.any()
+    assert vae.encode(0.01 * torch.randn(1, 1, 3200)).latent_dist.mean.abs().max() > 0
 
 
 def test_snake_formula():

@@ -81,10 +81,11 @@ class _WeightNormConv(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """torch's default conv init for ``v`` and the bias, then ``g = ||v||`` so that ``weight == v``."""
+        """torch's default conv init for ``v``, then ``g = ||v||`` so that ``weight == v``; zero bias, as DAC's
+        ``init_weights`` does. (With random biases the encoder's output of quiet stems is mostly bias, and a VAE
+        trained from there decodes one average sound whatever its latent.)"""
         nn.init.kaiming_uniform_(self.weight_v, a=math.sqrt(5))
-        bound = 1 / math.sqrt(self.weight_v.shape[1] * self.weight_v.shape[2])
-        nn.init.uniform_(self.bias, -bound, bound)
+        nn.init.zeros_(self.bias)
         with torch.no_grad():
             self.weight_g.copy_(torch.linalg.vector_norm(self.weight_v, dim=(1, 2), keepdim=True))
 
