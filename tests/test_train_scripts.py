@@ -23,6 +23,8 @@ VAE_SET = [
     "vae.discriminator={periods: [2, 3], period_widths: [2, 2, 2, 2, 2], fft_sizes: [512], stft_channels: 2}",
     "vae.batch_size=2", "vae.clip_seconds=0.25", "vae.validation_seconds=0.5", "vae.validation_segments=1",
     "vae.checkpointing_steps=2", "vae.validate_every=100", "vae.log_every=1", "vae.checkpoints_total_limit=5",
+    "vae.discriminator_start_step=1",  # step 0 is the adversarial warm-up (mel + KL only); resume crosses neither
+    "vae.posterior_logvar_init=-4",
 ]
 UNET_SET = [
     "msldm.model={channels: 16, patch_factor: 2, multipliers: [1, 2, 1], factors: [2, 2], num_blocks: [1, 1], "
@@ -70,11 +72,11 @@ def data(tmp_path_factory):
 def vae_runs(tmp_path_factory, data):
     """VAE: 4 steps straight, and 2 steps + resume to 4."""
     base = tmp_path_factory.mktemp("vae")
-    launch("train_vae.py", base / "straight", data, ["--max_steps", "4"], VAE_SET)
+    straight = launch("train_vae.py", base / "straight", data, ["--max_steps", "4"], VAE_SET)
     launch("train_vae.py", base / "split", data, ["--max_steps", "2"], VAE_SET)
     resumed = launch("train_vae.py", base / "split", data, ["--max_steps", "4", "--resume_from_checkpoint", "latest"],
                      VAE_SET)
-    return base, resumed
+    return base, resumed, straight
 
 
 def _same_tensors(a: Path, b: Path):
@@ -85,7 +87,7 @@ def _same_tensors(a: Path, b: Path):
 
 
 def test_vae_checkpoints_and_export(vae_runs):
-    base, _ = vae_runs
+    base, *_ = vae_runs
     run = base / "straight"
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert not list(run.glob(".checkpoint-*"))
@@ -96,12 +98,14 @@ def test_vae_checkpoints_and_export(vae_runs):
 
     vae = SourceVAE.from_pretrained(run / "vae")
     assert vae.config.latent_channels == 4
+    logvar_bias = vae.encoder.block[-1].bias[4:]  # set by posterior_logvar_init, moved by 4 small steps only
+    assert torch.allclose(logvar_bias, torch.full_like(logvar_bias, -4.0), atol=0.05)
     assert (run / "vae" / "training_state.json").is_file()
     assert list((run / "logs").rglob("events.out.tfevents.*"))
 
 
 def test_vae_resume_is_exact(vae_runs):
-    base, resumed = vae_runs
+    base, resumed, _ = vae_runs
     assert "Resumed from" in resumed.stderr
     for name in ("model.safetensors", "model_1.safetensors"):  # the VAE and the discriminator
         _same_tensors(base / "straight" / "checkpoint-4" / name, base / "split" / "checkpoint-4" / name)
@@ -121,6 +125,16 @@ def msldm_runs(tmp_path_factory, data, vae_runs):
     return base
 
 
+def test_vae_adversarial_warm_up(vae_runs):
+    """Before discriminator_start_step the discriminator neither runs nor learns; from it on, both GAN terms count."""
+    log = vae_runs[2].stderr
+    warm_up = next(line for line in log.splitlines() if "step 1: " in line)
+    assert "loss_d=0 " in warm_up and "adversarial=" not in warm_up and "feature=" not in warm_up
+    for step in (2, 3, 4):
+        line = next(line for line in log.splitlines() if f"step {step}: " in line)
+        assert "adversarial=" in line and "feature=" in line and "loss_d=0 " not in line
+
+
 def test_msldm_resume_is_exact_for_weights_and_ema(msldm_runs):
     a, b = msldm_runs / "straight" / "checkpoint-4", msldm_runs / "split" / "checkpoint-4"
     _same_tensors(a / "model.safetensors", b / "model.safetensors")
@@ -129,6 +143,9 @@ def test_msldm_resume_is_exact_for_weights_and_ema(msldm_runs):
     ema = load_file(a / "unet_ema" / "diffusion_pytorch_model.safetensors")
     raw = load_file(a / "unet" / "diffusion_pytorch_model.safetensors")
     assert any(not torch.equal(ema[k], raw[k]) for k in raw), "EMA weights should lag the raw weights"
+    # unet_ema/ is a plain UNet folder: EMAModel's own bookkeeping (decay, optimization_step) stays out of its config
+    config = json.loads((a / "unet_ema" / "config.json").read_text())
+    assert config == json.loads((a / "unet" / "config.json").read_text())
 
 
 def test_msldm_export_loads_and_generates(msldm_runs, tmp_path):

@@ -90,6 +90,11 @@ def main(argv=None):
     # 1. Models, optimizers, LR schedules (the reference's: AdamW / Adam, betas (0.8, 0.99), ExponentialLR)
     torch.manual_seed(seed)
     vae = SourceVAE(**{**PRESETS[recipe["preset"]]["vae"], **cfg.get("model", {})})
+    if cfg.get("posterior_logvar_init") is not None:
+        # A narrow initial posterior (logvar bias of the encoder's last conv): with std 1 the sampled latent of a
+        # fresh encoder is all noise, the decoder learns to ignore it, and the posterior collapses.
+        with torch.no_grad():
+            vae.encoder.block[-1].bias[vae.config.latent_channels:] = float(cfg["posterior_logvar_init"])
     discriminator = SourceDiscriminator(**cfg.get("discriminator", {}))
     betas = tuple(cfg.get("betas", (0.8, 0.99)))
     opt_g = torch.optim.AdamW(vae.parameters(), lr=float(cfg["learning_rate"]), betas=betas)
@@ -134,29 +139,38 @@ def main(argv=None):
     def save_models(folder: Path):
         accelerator.unwrap_model(model).vae.save_pretrained(folder / "vae")
 
-    # 3. Loop
+    # 3. Loop. Before `discriminator_start_step` (default 0, the reference: adversarial from the start) the
+    # discriminator is not run at all and the VAE learns from mel + KL alone: an adversarial warm-up for short
+    # schedules, where a GAN that starts on noise costs more steps than it gives back.
+    disc_start = int(cfg.get("discriminator_start_step", 0))
     validation, step = {}, start_step
     model.train()
     discriminator.train()
     for batch in loader:
         audio = batch.to(accelerator.device)
         gen = step_generator(seed, step, accelerator.process_index, "posterior")
+        adversarial = step >= disc_start
         with accelerator.autocast():
             recon, kl = model(audio, generator=gen)
             audio = audio[..., : recon.shape[-1]]  # the decoder returns hop * frames - 8 samples
-            # Discriminator step on detached reconstructions; real and fake share one forward (one DDP call).
-            fake_f, real_f = split_halves(discriminator(torch.cat([recon.detach(), audio])))
-            loss_d = losses.discriminator_loss(fake_f, real_f)
-        opt_d.zero_grad(set_to_none=True)
-        accelerator.backward(loss_d)
-        grad_d = clip_grad(accelerator, discriminator.parameters(), cfg.get("discriminator_grad_clip", 10.0))
-        opt_d.step()
-        sched_d.step()
+        loss_d, grad_d = torch.zeros(()), float("nan")
+        if adversarial:
+            with accelerator.autocast():
+                # Discriminator step on detached reconstructions; real and fake share one forward (one DDP call).
+                fake_f, real_f = split_halves(discriminator(torch.cat([recon.detach(), audio])))
+                loss_d = losses.discriminator_loss(fake_f, real_f)
+            opt_d.zero_grad(set_to_none=True)
+            accelerator.backward(loss_d)
+            grad_d = clip_grad(accelerator, discriminator.parameters(), cfg.get("discriminator_grad_clip", 10.0))
+            opt_d.step()
+            sched_d.step()
 
         with accelerator.autocast():
-            fake_f, real_f = split_halves(discriminator(torch.cat([recon, audio])))
-            terms = {"mel": mel_loss(recon, audio), "feature": losses.feature_matching_loss(fake_f, real_f),
-                     "adversarial": losses.generator_adversarial_loss(fake_f), "kl": kl.mean()}
+            terms = {"mel": mel_loss(recon, audio), "kl": kl.mean()}
+            if adversarial:
+                fake_f, real_f = split_halves(discriminator(torch.cat([recon, audio])))
+                terms.update(feature=losses.feature_matching_loss(fake_f, real_f),
+                             adversarial=losses.generator_adversarial_loss(fake_f))
             loss_g = sum(weights[k] * v for k, v in terms.items())
         opt_g.zero_grad(set_to_none=True)
         accelerator.backward(loss_g)
