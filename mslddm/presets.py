@@ -13,14 +13,15 @@ PRESETS = {
                      num_blocks=(1, 1, 1), attentions=(False, False, True), attention_heads=2,
                      attention_features=16, resnet_groups=8),
     },
-    # small: 12 s of 4 stems in about 2 s on 2 CPU cores once warm (dpmpp_2m x 20: 0.36 s of UNet, 1.6 s of
-    # decoding; benchmarks/benchmark_generation.py --presets small --samplers dpmpp_2m:20 --repeats 2). The
-    # decoder's full-rate layers dominate, hence decoder_dim 128 (was 256: 3.5-7 s of decoding alone).
+    # small: the bundled pipeline's size. 12 s of 4 stems in about 2 s on 2 CPU cores once warm (the decoder's
+    # full-rate layers dominate, hence decoder_dim 128: 256 took 3.5-7 s of decoding alone). VAE 1.5M + UNet 11.7M
+    # parameters: 26 MB in fp16, under the 30 MB a bundled pipeline may take (the time mapping's width, 256 instead
+    # of 512, and a 128-channel last level took the UNet down from 17.9M).
     "small": {
         "vae": dict(encoder_dim=16, latent_channels=32, decoder_dim=128),
-        "unet": dict(channels=128, patch_factor=8, multipliers=(1, 2, 2, 2, 1), factors=(1, 2, 1, 2),
+        "unet": dict(channels=128, patch_factor=8, multipliers=(1, 2, 2, 1, 1), factors=(1, 2, 1, 2),
                      num_blocks=(2, 2, 2, 2), attentions=(False, True, True, True), attention_heads=4,
-                     attention_features=32, resnet_groups=8),
+                     attention_features=32, resnet_groups=8, mapping_features=256),
     },
     "msldm": {"vae": {}, "unet": {}},
     "msldm-large": {
