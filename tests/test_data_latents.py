@@ -40,7 +40,7 @@ def test_latents_are_the_posterior_means_of_every_stem(setup):
     root, vae, out = setup
     header = json.loads((out / "latents.json").read_text())
     assert header["stems"] == STEMS and header["hop_length"] == vae.hop_length and header["latent_channels"] == 8
-    assert len(header["silence_latent"]) == 8
+    assert len(header["silence_latent"]) == 8 and len(header["vae_fingerprint"]) == 8
     for split in ("train", "test"):
         for track in load_tracks(root / "data", split):
             from safetensors.torch import load_file
@@ -64,10 +64,30 @@ def test_resume_and_option_mismatch(setup, capsys):
     assert target.read_bytes() == before and not list(out.rglob(".*partial*"))
     with pytest.raises(SystemExit, match="made differently"):
         main(args + ["--stems", "bass,drums"])
+    # Another fresh VAE: the same latent of silence (zero biases: 0), other weights. The fingerprint tells them apart.
     torch.manual_seed(1)
     SourceVAE(encoder_dim=4, decoder_dim=16, latent_channels=8).save_pretrained(root / "other_vae")
     with pytest.raises(SystemExit, match="made differently"):
         main(args[:3] + [str(root / "other_vae")] + args[4:])
+
+
+def test_folders_without_a_fingerprint_are_checked_on_silence(setup, tmp_path):
+    """Latent folders written before the fingerprint existed resume with the same VAE and refuse another one."""
+    import shutil
+
+    root, _, out = setup
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    header = json.loads((old / "latents.json").read_text())
+    del header["vae_fingerprint"]
+    (old / "latents.json").write_text(json.dumps(header))
+    args = ["encode-latents", str(root / "data"), "--vae", str(root / "pipeline" / "vae"), str(old), "--quiet",
+            "--device", "cpu"]
+    assert main(args) == 0
+    header["silence_latent"] = [v + 1.0 for v in header["silence_latent"]]
+    (old / "latents.json").write_text(json.dumps(header))
+    with pytest.raises(SystemExit, match="made differently"):
+        main(args)
 
 
 def test_latent_dataset(setup):

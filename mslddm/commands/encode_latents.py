@@ -37,6 +37,14 @@ def add_arguments(parser):
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _close(found, measured) -> bool:
+    import torch
+
+    if not isinstance(found, list) or len(found) != len(measured):
+        return False
+    return torch.allclose(torch.tensor(found), torch.tensor(measured), rtol=1e-3, atol=1e-4)
+
+
 def _default_stems(vae_path: str) -> list[str]:
     index = Path(vae_path) / "model_index.json"
     if index.is_file():
@@ -66,7 +74,7 @@ def run(args) -> int:
     import torch
 
     from mslddm.data.datasets import load_tracks
-    from mslddm.data.latents import HEADER_FILE, encode_tracks, load_vae, silence_latent
+    from mslddm.data.latents import HEADER_FILE, encode_tracks, load_vae, silence_latent, vae_fingerprint
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.batch_size < 1:
@@ -92,15 +100,16 @@ def run(args) -> int:
               "save_dtype": args.save_dtype}
     header_path = out / HEADER_FILE
     if rank == 0:
-        # The latent of silence doubles as the VAE's fingerprint: other weights, other latents.
         header["silence_latent"] = silence_latent(vae, device, dtype)
+        header["vae_fingerprint"] = vae_fingerprint(vae, device, dtype)
         if header_path.is_file():
             found = json.loads(header_path.read_text())
+            measured = ("silence_latent", "vae_fingerprint")
             differ = {k: (found.get(k), v) for k, v in header.items()
-                      if k not in ("vae", "data", "silence_latent") and found.get(k) != v}
-            if not torch.allclose(torch.tensor(found.get("silence_latent", [])[:len(header["silence_latent"])]
-                                               or [float("nan")]),
-                                  torch.tensor(header["silence_latent"]), rtol=1e-3, atol=1e-4):
+                      if k not in ("vae", "data", *measured) and found.get(k) != v}
+            # Same VAE, same numbers (to a tolerance: another device or dtype may round differently). Folders
+            # written before the fingerprint existed are checked on the silence latent alone.
+            if not all(_close(found.get(k), header[k]) for k in measured if k in found or k == "silence_latent"):
                 differ["vae"] = (found.get("vae"), header["vae"])
             if differ:
                 raise SystemExit(f"{out} holds latents made differently ({differ}); use another OUT folder.")

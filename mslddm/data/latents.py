@@ -66,12 +66,25 @@ def load_vae(path: str, subfolder: str | None = None, torch_dtype=None):
 
 
 @torch.no_grad()
+def _centre_latent(vae, audio: torch.Tensor, device, dtype) -> list[float]:
+    mean = vae.encode(audio.to(device=device, dtype=dtype)).latent_dist.mean
+    return mean[0, :, mean.shape[-1] // 2].float().cpu().tolist()
+
+
+def _probe_length(vae) -> int:
+    return (2 * vae.encoder_context_frames() + 1) * vae.hop_length
+
+
 def silence_latent(vae, device, dtype) -> list[float]:
     """The posterior mean of a frame of silence, far from the edges: the value to pad latents with."""
-    frames = 2 * vae.encoder_context_frames() + 1
-    zeros = torch.zeros(1, 1, frames * vae.hop_length, device=device, dtype=dtype)
-    mean = vae.encode(zeros).latent_dist.mean
-    return mean[0, :, mean.shape[-1] // 2].float().cpu().tolist()
+    return _centre_latent(vae, torch.zeros(1, 1, _probe_length(vae)), device, dtype)
+
+
+def vae_fingerprint(vae, device, dtype) -> list[float]:
+    """The posterior mean of a frame of fixed noise: other weights, other numbers. (Silence cannot tell VAEs apart:
+    one with zero biases, as a fresh SourceVAE, encodes it to 0 whatever its weights.)"""
+    probe = 0.1 * torch.randn(1, 1, _probe_length(vae), generator=torch.Generator().manual_seed(0))
+    return _centre_latent(vae, probe, device, dtype)
 
 
 @torch.no_grad()
