@@ -118,3 +118,14 @@ def test_pipeline_none_evaluates_only_existing_audio(tmp_path):
     with pytest.raises(SystemExit, match="clips are missing"):
         main(args + ["--clip-seconds", "1", "--num-clips", "2", "--tasks", "partial", "--num-chunks", "2"])
     assert json.loads((out / "state" / "chunks-partial.json").read_text())["chunks"]
+
+
+def test_few_step_sampler_runs_without_a_churn_flag(tmp_path, saved_pipeline):
+    """--churn defaults to the sampler's own (euler: the paper's 20; dpmpp_2m takes none), and is recorded."""
+    data = write_dataset(tmp_path / "data", num_tracks=2, seconds=4.0)
+    args = ["evaluate", "--pipeline", str(saved_pipeline), "--data", str(data), "--out", str(tmp_path / "out"),
+            "--tasks", "total", "--num-clips", "2", "--clip-seconds", "2", "--steps", "2", "--sampler", "dpmpp_2m",
+            "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    assert main(args) == 0
+    protocol = json.loads((tmp_path / "out" / "results.json").read_text())["protocol"]
+    assert protocol["sampler"] == "dpmpp_2m" and protocol["s_churn"] == 0.0

@@ -57,7 +57,9 @@ def add_arguments(parser):
         default=d.sampler,
         help="euler: the paper's churned Euler; heun / dpmpp_2m: few-step samplers",
     )
-    parser.add_argument("--churn", type=float, default=d.s_churn, help="s_churn for euler/heun (paper: 20)")
+    parser.add_argument("--churn", type=float, default=None,
+                        help=f"s_churn for euler/heun; None means the sampler's own: {d.s_churn:g} for euler (the "
+                             "paper's), 0 for heun; dpmpp_2m takes none")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="clips generated at once")
     parser.add_argument(
         "--embedder",
@@ -125,7 +127,7 @@ def run(args) -> int:
         seed=args.seed,
         num_inference_steps=args.steps,
         sampler=args.sampler,
-        s_churn=args.churn,
+        s_churn=args.churn if args.churn is not None else (ProtocolConfig().s_churn if args.sampler == "euler" else 0.0),
         batch_size=args.batch_size,
         tasks=tasks,
         subsets=_split(args.subsets),
