@@ -225,3 +225,9 @@ def test_subset_selection_and_unknown_labels(tmp_path, data):
             small(tasks=("partial",), subsets=("XY",)),
             log=lambda m: None,
         )
+
+
+def test_churn_defaults_to_the_samplers_own():
+    assert ProtocolConfig().s_churn == 20.0  # the paper's Euler
+    assert ProtocolConfig(sampler="dpmpp_2m").s_churn == 0.0 and ProtocolConfig(sampler="heun").s_churn == 0.0
+    assert ProtocolConfig(sampler="heun", s_churn=5.0).generation()["s_churn"] == 5.0

@@ -13,7 +13,7 @@ HELP = "FAD, sub-FAD and stem-coherence metrics of a pipeline against a dataset'
 
 def add_arguments(parser):
     from mslddm.evaluation.embedders import EMBEDDERS
-    from mslddm.evaluation.protocol import TASKS, ProtocolConfig
+    from mslddm.evaluation.protocol import PAPER_CHURN, TASKS, ProtocolConfig
     from mslddm.hub import default_pipeline
 
     d = ProtocolConfig()
@@ -58,7 +58,7 @@ def add_arguments(parser):
         help="euler: the paper's churned Euler; heun / dpmpp_2m: few-step samplers",
     )
     parser.add_argument("--churn", type=float, default=None,
-                        help=f"s_churn for euler/heun; None means the sampler's own: {d.s_churn:g} for euler (the "
+                        help=f"s_churn for euler/heun; None means the sampler's own: {PAPER_CHURN:g} for euler (the "
                              "paper's), 0 for heun; dpmpp_2m takes none")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="clips generated at once")
     parser.add_argument(
@@ -127,7 +127,7 @@ def run(args) -> int:
         seed=args.seed,
         num_inference_steps=args.steps,
         sampler=args.sampler,
-        s_churn=args.churn if args.churn is not None else (ProtocolConfig().s_churn if args.sampler == "euler" else 0.0),
+        s_churn=args.churn,
         batch_size=args.batch_size,
         tasks=tasks,
         subsets=_split(args.subsets),

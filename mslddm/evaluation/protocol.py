@@ -39,6 +39,9 @@ PROTOCOL_VERSION = 1
 TASKS = ("total", "partial")
 
 
+PAPER_CHURN = 20.0
+
+
 @dataclass(frozen=True)
 class ProtocolConfig:
     """Parameters of one evaluation; the defaults are the paper's (200 x 12 s, 150 Euler steps, churn 20)."""
@@ -50,11 +53,15 @@ class ProtocolConfig:
     seed: int = 0
     num_inference_steps: int = 150
     sampler: str = "euler"
-    s_churn: float = 20.0
+    s_churn: float | None = None  # None: the sampler's own (euler: the paper's 20; heun: 0; dpmpp_2m has none)
     batch_size: int = 4
     tasks: tuple[str, ...] = TASKS
     subsets: tuple[str, ...] | None = None  # partial generation: subset labels to run (default: all)
     silence_db: float = -50.0  # below this RMS (dBFS) a stem counts as silent
+
+    def __post_init__(self):
+        if self.s_churn is None:  # resolved here so that results and resume checks record the value used
+            object.__setattr__(self, "s_churn", PAPER_CHURN if self.sampler == "euler" else 0.0)
 
     def generation(self) -> dict:
         """The settings generated audio depends on: a resumed run must match them."""
