@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "SourceVAE": "mslddm.models.autoencoder_source",
+    "SpectralSourceVAE": "mslddm.models.autoencoder_spectral",
     "MultiSourceUNet1DModel": "mslddm.models.unet_1d_multisource",
     "EDMScheduler": "mslddm.schedulers.scheduling_edm",
     "MultiSourceLatentPipeline": "mslddm.pipelines.pipeline_multisource_latent",

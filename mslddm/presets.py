@@ -1,6 +1,7 @@
 """Named model sizes: ``tiny`` (tests, CI smoke training), ``small`` (CPU-friendly default pipeline),
-``msldm`` and ``msldm-large`` (the paper's). Each preset gives the SourceVAE and UNet constructor arguments;
-the UNet's ``in_channels`` follows from the number of stems and the VAE's latent channels."""
+``msldm`` and ``msldm-large`` (the paper's). Each preset gives the VAE class (``vae_class``, default the paper's
+DAC-style ``SourceVAE``), the VAE and UNet constructor arguments; the UNet's ``in_channels`` follows from the
+number of stems and the VAE's latent channels."""
 
 from __future__ import annotations
 
@@ -23,6 +24,17 @@ PRESETS = {
                      num_blocks=(2, 2, 2, 2), attentions=(False, True, True, True), attention_heads=4,
                      attention_features=32, resnet_groups=8, mapping_features=256),
     },
+    # small-spectral: the small UNet on the frame-rate SpectralSourceVAE (STFT + ConvNeXt encoder, ConvNeXt + iSTFT
+    # decoder; 5.7M parameters): every layer runs at 69 frames/s, so a training step costs about half of the DAC
+    # small VAE's and decoding 4 x 12 s about a quarter (docs/vae_comparison.md).
+    "small-spectral": {
+        "vae_class": "SpectralSourceVAE",
+        "vae": dict(latent_channels=64, encoder_dim=256, encoder_blocks=4, decoder_dim=256, decoder_blocks=8,
+                    intermediate_multiplier=3),
+        "unet": dict(channels=128, patch_factor=8, multipliers=(1, 2, 2, 1, 1), factors=(1, 2, 1, 2),
+                     num_blocks=(2, 2, 2, 2), attentions=(False, True, True, True), attention_heads=4,
+                     attention_features=32, resnet_groups=8, mapping_features=256),
+    },
     "msldm": {"vae": {}, "unet": {}},
     "msldm-large": {
         "vae": {},
@@ -33,18 +45,28 @@ PRESETS = {
 }
 
 
+def build_vae(preset: str, **overrides):
+    """A randomly initialised VAE of the named preset (its ``vae_class``), with ``overrides`` on its arguments."""
+    from mslddm.models import vae_class
+
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
+    cls = vae_class(PRESETS[preset].get("vae_class", "SourceVAE"))
+    return cls(**{**PRESETS[preset]["vae"], **overrides})
+
+
 def build_pipeline(preset: str, stem_names: Optional[Sequence[str]] = None, seed: int = 0, scheduler_kwargs=None):
     """A randomly initialised pipeline of the named size (for training from scratch and for benchmarks)."""
     import torch
 
-    from mslddm import EDMScheduler, MultiSourceLatentPipeline, MultiSourceUNet1DModel, SourceVAE
+    from mslddm import EDMScheduler, MultiSourceLatentPipeline, MultiSourceUNet1DModel
     from mslddm.pipelines.pipeline_multisource_latent import DEFAULT_STEMS
 
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
     stem_names = list(stem_names or DEFAULT_STEMS)
     torch.manual_seed(seed)
-    vae = SourceVAE(**PRESETS[preset]["vae"])
+    vae = build_vae(preset)
     unet = MultiSourceUNet1DModel(
         **{**PRESETS[preset]["unet"], "in_channels": len(stem_names) * vae.config.latent_channels}
     )

@@ -23,7 +23,7 @@ from mslddm.schedulers.scheduling_edm import sample_training_sigmas
 from mslddm.training import losses
 from mslddm.training.checkpointing import STATE_FILE, export_pipeline, list_checkpoints, save_checkpoint
 from mslddm.training.runner import (clip_grad, common_arguments, load_run_recipe, log_audio, logger,
-                                    make_accelerator, resume_step, tensorboard)
+                                    make_accelerator, resume_step, tensorboard, TimeBudget)
 from mslddm.training.seeding import step_dataloader, step_generator
 
 
@@ -140,7 +140,7 @@ def main(argv=None):
         ema.to(accelerator.device)
 
     # 2. Resume, loaders, fixed validation latents
-    start_step, _, _ = resume_step(accelerator, args)
+    start_step, _, resumed = resume_step(accelerator, args)
     loader = step_dataloader(train_set, batch_size, start_step, max_steps, accelerator, int(cfg.get("num_workers", 0)))
     picks = torch.linspace(0, len(val_set) - 1, min(int(cfg.get("validation_segments", 4)), len(val_set))).long()
     val_frames = val_set.segment if cfg.get("latents") else val_set.segment // vae.hop_length
@@ -176,7 +176,7 @@ def main(argv=None):
 
     def state(validation):
         return {"kind": "msldm", "recipe": recipe, "stem_names": stem_names, "validation": validation,
-                "data": {**data_info, **val_info}, "vae_training": vae_state}
+                "data": {**data_info, **val_info}, "vae_training": vae_state, "timing": timing(step)}
 
     def save_models(folder: Path):
         vae.save_pretrained(folder / "vae")
@@ -188,6 +188,15 @@ def main(argv=None):
     # 3. Loop: x0 -> sigma ~ U[0, 3) -> D(x0 + sigma n) -> lambda(sigma)-weighted MSE
     validation, step = {}, start_step
     unet.train()
+    budget = TimeBudget(accelerator, args.time_budget_minutes)
+    earlier_minutes = float((resumed.get("timing") or {}).get("train_minutes_total", 0.0))
+
+    def timing(step):  # wall-clock minutes of training, over all resumed runs, and this run's speed
+        minutes = budget.elapsed_minutes()
+        return {"train_minutes_total": round(earlier_minutes + minutes, 2), "run_minutes": round(minutes, 2),
+                "run_steps": step - start_step,
+                "run_steps_per_second": round((step - start_step) / max(minutes * 60, 1e-9), 4)}
+
     for batch in loader:
         x0 = to_latents(batch.to(accelerator.device), vae, frames)
         rank = accelerator.process_index
@@ -209,15 +218,16 @@ def main(argv=None):
         if ema is not None:
             ema.step(unet.parameters())
         step += 1
+        last = step == max_steps or budget.expired()
 
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"Diffusion loss is {loss.item()} at step {step}.")
-        if step % int(cfg.get("log_every", 10)) == 0 or step == max_steps:
+        if step % int(cfg.get("log_every", 10)) == 0 or last:
             logs = {"train/loss": accelerator.gather(loss.detach()[None]).mean().item(), "train/grad_norm": grad_norm,
                     "train/lr": lr_schedule.get_last_lr()[0]}
             accelerator.log(logs, step=step)
             logger.info("step %d: %s", step, " ".join(f"{k[6:]}={v:.4g}" for k, v in logs.items()))
-        if step % int(cfg.get("validate_every", 500)) == 0 or step == max_steps:
+        if step % int(cfg.get("validate_every", 500)) == 0 or last:
             if accelerator.is_main_process:
                 validation = validate(pipeline(use_ema=True), val_latents, cfg, seed, writer, step)
                 if ema is not None:
@@ -226,9 +236,11 @@ def main(argv=None):
                 accelerator.log({f"validation/{k}": v for k, v in validation.items()}, step=step)
                 logger.info("validation at step %d: %s", step, validation)
             accelerator.wait_for_everyone()
-        if step % int(cfg.get("checkpointing_steps", 500)) == 0 or step == max_steps:
+        if step % int(cfg.get("checkpointing_steps", 500)) == 0 or last:
             save_checkpoint(accelerator, args.output_dir, step, state(validation), save_models,
                             cfg.get("checkpoints_total_limit"))
+        if last:
+            break
 
     # 4. Export the complete pipeline (EMA weights) with its model card
     if accelerator.is_main_process:

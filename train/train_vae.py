@@ -18,20 +18,20 @@ import torch
 from torch import nn
 
 from mslddm.data.datasets import MultiSourceSegmentDataset, SourceClipDataset, load_tracks
-from mslddm.models.autoencoder_source import SourceVAE
-from mslddm.presets import PRESETS
+from mslddm.data.latents import load_vae
+from mslddm.presets import build_vae
 from mslddm.training import losses
 from mslddm.training.checkpointing import STATE_FILE, list_checkpoints, save_checkpoint
 from mslddm.training.discriminator import SourceDiscriminator
 from mslddm.training.runner import (clip_grad, common_arguments, load_run_recipe, log_audio, logger,
-                                    make_accelerator, resume_step, tensorboard)
+                                    make_accelerator, resume_step, tensorboard, TimeBudget)
 from mslddm.training.seeding import step_dataloader, step_generator
 
 
 class VAEForTraining(nn.Module):
     """Encode -> posterior sample -> decode in one ``forward``, so that DDP sees (and syncs) the whole VAE."""
 
-    def __init__(self, vae: SourceVAE):
+    def __init__(self, vae):
         super().__init__()
         self.vae = vae
 
@@ -49,7 +49,7 @@ def split_halves(features):
 
 
 @torch.no_grad()
-def validate(vae: SourceVAE, segments: torch.Tensor, stem_names, mel_loss, writer, step: int, sample_rate: int):
+def validate(vae, segments: torch.Tensor, stem_names, mel_loss, writer, step: int, sample_rate: int):
     """Per-stem reconstruction quality of fixed validation segments (posterior means): mel distance, SI-SDR."""
     vae.eval()
     n, k, t = segments.shape
@@ -89,12 +89,15 @@ def main(argv=None):
 
     # 1. Models, optimizers, LR schedules (the reference's: AdamW / Adam, betas (0.8, 0.99), ExponentialLR)
     torch.manual_seed(seed)
-    vae = SourceVAE(**{**PRESETS[recipe["preset"]]["vae"], **cfg.get("model", {})})
-    if cfg.get("posterior_logvar_init") is not None:
-        # A narrow initial posterior (logvar bias of the encoder's last conv): with std 1 the sampled latent of a
-        # fresh encoder is all noise, the decoder learns to ignore it, and the posterior collapses.
-        with torch.no_grad():
-            vae.encoder.block[-1].bias[vae.config.latent_channels:] = float(cfg["posterior_logvar_init"])
+    if args.init_from:
+        # Continue from trained weights (a pipeline folder, a VAE folder or a Hub id) with fresh optimizers:
+        # a later session goes on from the bundled pipeline instead of starting over.
+        vae = load_vae(args.init_from)
+        logger.info("Initialised the VAE from %s (%s)", args.init_from, type(vae).__name__)
+    else:
+        vae = build_vae(recipe["preset"], **cfg.get("model", {}))
+        if cfg.get("posterior_logvar_init") is not None:
+            vae.set_posterior_logvar_bias(cfg["posterior_logvar_init"])
     discriminator = SourceDiscriminator(**cfg.get("discriminator", {}))
     betas = tuple(cfg.get("betas", (0.8, 0.99)))
     opt_g = torch.optim.AdamW(vae.parameters(), lr=float(cfg["learning_rate"]), betas=betas)
@@ -109,7 +112,7 @@ def main(argv=None):
     weights = {"mel": 15.0, "feature": 2.0, "adversarial": 1.0, "kl": 10.0, **cfg.get("loss_weights", {})}
 
     # 2. Resume, data
-    start_step, _, _ = resume_step(accelerator, args)
+    start_step, _, resumed = resume_step(accelerator, args)
     stem_names = data_cfg.get("stems") or ["bass", "drums", "guitar", "piano"]
     sr = vae.config.sampling_rate
     tracks = load_tracks(data_cfg["root"], "train", stem_names)
@@ -134,7 +137,8 @@ def main(argv=None):
         return {"kind": "vae", "recipe": recipe, "stem_names": stem_names, "validation": validation,
                 "data": {"root": str(data_cfg["root"]), "train_tracks": len(tracks),
                          "train_hours": round(sum(t.num_samples for t in tracks) / sr / 3600, 3),
-                         "validation_tracks": len(val_tracks)}}
+                         "validation_tracks": len(val_tracks)}, "timing": timing(step),
+                "model_class": type(vae).__name__}
 
     def save_models(folder: Path):
         accelerator.unwrap_model(model).vae.save_pretrained(folder / "vae")
@@ -146,6 +150,15 @@ def main(argv=None):
     validation, step = {}, start_step
     model.train()
     discriminator.train()
+    budget = TimeBudget(accelerator, args.time_budget_minutes)
+    earlier_minutes = float((resumed.get("timing") or {}).get("train_minutes_total", 0.0))
+
+    def timing(step):  # wall-clock minutes of training, over all resumed runs, and this run's speed
+        minutes = budget.elapsed_minutes()
+        return {"train_minutes_total": round(earlier_minutes + minutes, 2), "run_minutes": round(minutes, 2),
+                "run_steps": step - start_step,
+                "run_steps_per_second": round((step - start_step) / max(minutes * 60, 1e-9), 4)}
+
     for batch in loader:
         audio = batch.to(accelerator.device)
         gen = step_generator(seed, step, accelerator.process_index, "posterior")
@@ -178,25 +191,28 @@ def main(argv=None):
         opt_g.step()
         sched_g.step()
         step += 1
+        last = step == max_steps or budget.expired()
 
         if not math.isfinite(loss_g.item()):
             raise FloatingPointError(f"Generator loss is {float(loss_g)} at step {step}.")
-        if step % int(cfg.get("log_every", 10)) == 0 or step == max_steps:
+        if step % int(cfg.get("log_every", 10)) == 0 or last:
             logs = {f"train/{k}": v.item() for k, v in terms.items()}
             logs.update({"train/loss_g": loss_g.item(), "train/loss_d": loss_d.item(), "train/grad_norm_g": grad_g,
                          "train/grad_norm_d": grad_d, "train/lr": sched_g.get_last_lr()[0]})
             accelerator.log(logs, step=step)
             logger.info("step %d: %s", step, " ".join(f"{k[6:]}={v:.4g}" for k, v in logs.items()))
-        if step % int(cfg.get("validate_every", 500)) == 0 or step == max_steps:
+        if step % int(cfg.get("validate_every", 500)) == 0 or last:
             if accelerator.is_main_process:
                 validation = validate(accelerator.unwrap_model(model).vae, val_segments, stem_names, mel_loss,
                                       writer, step, sr)
                 accelerator.log({f"validation/{k}": v for k, v in validation.items()}, step=step)
                 logger.info("validation at step %d: %s", step, validation)
             accelerator.wait_for_everyone()
-        if step % int(cfg.get("checkpointing_steps", 500)) == 0 or step == max_steps:
+        if step % int(cfg.get("checkpointing_steps", 500)) == 0 or last:
             save_checkpoint(accelerator, args.output_dir, step, state(step, validation), save_models,
                             cfg.get("checkpoints_total_limit"))
+        if last:
+            break
 
     # 4. Export the trained VAE with how it was made (train_msldm.py records it in the pipeline's model card)
     if accelerator.is_main_process:
@@ -209,7 +225,7 @@ def main(argv=None):
         if args.push_to_hub:
             if not args.hub_model_id:
                 raise ValueError("--push_to_hub needs --hub_model_id owner/name.")
-            SourceVAE.from_pretrained(out).push_to_hub(args.hub_model_id)
+            load_vae(str(out)).push_to_hub(args.hub_model_id)
     accelerator.end_training()
 
 

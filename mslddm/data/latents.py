@@ -52,8 +52,9 @@ def read_dataset_header(root) -> dict:
 
 
 def load_vae(path: str, subfolder: str | None = None, torch_dtype=None):
-    """A SourceVAE from a pipeline folder (its ``vae/``), a VAE folder, or a Hub repo id (``subfolder="vae"``)."""
-    from mslddm.models.autoencoder_source import SourceVAE
+    """A VAE (any class of ``mslddm.models.VAE_CLASSES``) from a pipeline folder (its ``vae/``), a VAE folder, or a
+    Hub repo id (``subfolder="vae"``)."""
+    from mslddm.models import load_vae_folder
 
     if subfolder is None:
         local = Path(path)
@@ -62,7 +63,7 @@ def load_vae(path: str, subfolder: str | None = None, torch_dtype=None):
         elif not (local / "config.json").is_file() and not local.exists():
             subfolder = "vae"  # a Hub repo id of a pipeline
     kwargs = {"subfolder": subfolder} if subfolder else {}
-    return SourceVAE.from_pretrained(path, torch_dtype=torch_dtype, **kwargs)
+    return load_vae_folder(path, torch_dtype=torch_dtype, **kwargs)
 
 
 @torch.no_grad()

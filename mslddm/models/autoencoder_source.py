@@ -299,9 +299,140 @@ class SourceVAEDecoderOutput(BaseOutput):
 
 
 # ------------------------------------------------------------------------------------------------------------
+# What every mslddm VAE shares: tiling, slicing, input checks, encode / decode / forward
+# ------------------------------------------------------------------------------------------------------------
+class TiledAudioAutoencoder:
+    """Encode / decode for VAEs between mono audio ``(B, 1, T)`` and latents ``(B, C, F)`` at ``hop_length``.
+
+    A subclass provides ``encoder`` (audio -> ``2C`` moments), ``decoder`` (latents -> audio), ``hop_length``,
+    ``num_frames``, ``num_samples`` and the receptive fields ``encoder_context_frames`` /
+    ``decoder_context_frames``; tiling of long inputs follows from those. The pipeline uses only this interface.
+    """
+
+    def _init_memory_options(self) -> None:
+        self.use_slicing = False
+        self.use_tiling = True
+        self.tile_frames = DEFAULT_TILE_FRAMES
+        self.tile_overlap_frames: int | None = None
+
+    def enable_tiling(
+        self, tile_frames: int = DEFAULT_TILE_FRAMES, overlap_frames: int | None = None
+    ) -> None:
+        """Encodes and decodes inputs longer than ``tile_frames`` frames (x ``hop_length`` samples) in tiles.
+
+        ``overlap_frames`` frames of context are added on each side of every tile and discarded; the default
+        is the receptive field (:meth:`encoder_context_frames`, :meth:`decoder_context_frames`), which makes
+        tiled output equal to untiled output up to float rounding. A smaller overlap (at least 1: a decoded
+        tile is a few samples shorter than ``hop_length`` times its frames) trades exactness for speed.
+        """
+        if overlap_frames is not None and overlap_frames < 1:
+            raise ValueError(
+                f"overlap_frames must be at least 1 (or None for the receptive field), got {overlap_frames}."
+            )
+        overlap = max(self.encoder_context_frames(), self.decoder_context_frames())
+        overlap = overlap if overlap_frames is None else overlap_frames
+        if tile_frames - 2 * overlap < 1:
+            raise ValueError(
+                f"tile_frames={tile_frames} must exceed twice the overlap ({overlap} frames on each side)."
+            )
+        self.use_tiling, self.tile_frames, self.tile_overlap_frames = True, int(tile_frames), overlap_frames
+
+    def _tiled(
+        self, fn: Callable, x: torch.Tensor, unit_in: int, unit_out: int, overlap: int
+    ) -> torch.Tensor:
+        """Applies ``fn`` to overlapping tiles of ``x`` (edges on multiples of ``unit_in``) and stitches."""
+        units = _ceil_div(x.shape[-1], unit_in)
+        if not self.use_tiling or units <= self.tile_frames:
+            return fn(x)
+        step = self.tile_frames - 2 * overlap
+        if step < 1:
+            raise ValueError(
+                f"tile_frames={self.tile_frames} must exceed twice the overlap ({overlap} frames)."
+            )
+        pieces = []
+        for start in range(0, units, step):
+            stop = min(start + step, units)
+            a, b = max(start - overlap, 0), min(stop + overlap, units)
+            y = fn(x[..., a * unit_in : b * unit_in])
+            # Tile output position j is global position a * unit_out + j (the network is shift-equivariant).
+            end = (stop - a) * unit_out if stop < units else y.shape[-1]
+            pieces.append(y[..., (start - a) * unit_out : end])
+        return torch.cat(pieces, dim=-1)
+
+    def _encode(self, audio: torch.Tensor) -> torch.Tensor:
+        overlap = self.tile_overlap_frames or self.encoder_context_frames()
+        return self._tiled(self.encoder, audio, self.hop_length, 1, overlap)
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        overlap = self.tile_overlap_frames or self.decoder_context_frames()
+        return self._tiled(self.decoder, latents, 1, self.hop_length, overlap)
+
+    def encode(
+        self, audio: torch.Tensor, return_dict: bool = True
+    ) -> SourceVAEEncoderOutput | tuple[DiagonalGaussian]:
+        """Encodes mono audio ``(B, 1, T)`` to the posterior over latents ``(B, C, num_frames(T))``."""
+        if not isinstance(audio, torch.Tensor) or audio.ndim != 3 or audio.shape[1] != 1:
+            shape = tuple(audio.shape) if hasattr(audio, "shape") else type(audio).__name__
+            raise ValueError(
+                f"{type(self).__name__}.encode expects audio of shape (batch, 1, samples), got {shape}."
+            )
+        if self.num_frames(audio.shape[-1]) < 1:
+            raise ValueError(
+                f"Audio of {audio.shape[-1]} samples is too short to encode: at least "
+                f"{self.hop_length} are needed."
+            )
+        if self.use_slicing and audio.shape[0] > 1:
+            moments = torch.cat([self._encode(item) for item in audio.split(1)])
+        else:
+            moments = self._encode(audio)
+        posterior = DiagonalGaussian(moments, self.config.logvar_min, self.config.logvar_max)
+        return SourceVAEEncoderOutput(latent_dist=posterior) if return_dict else (posterior,)
+
+    def decode(
+        self, latents: torch.Tensor, return_dict: bool = True
+    ) -> SourceVAEDecoderOutput | tuple[torch.Tensor]:
+        """Decodes latents ``(B, C, F)`` to audio ``(B, 1, num_samples(F))``."""
+        c = self.config.latent_channels
+        if not isinstance(latents, torch.Tensor) or latents.ndim != 3 or latents.shape[1] != c:
+            shape = tuple(latents.shape) if hasattr(latents, "shape") else type(latents).__name__
+            raise ValueError(
+                f"{type(self).__name__}.decode expects latents of shape (batch, {c}, frames), got {shape}."
+            )
+        if latents.shape[-1] < 1:
+            raise ValueError(
+                f"{type(self).__name__}.decode needs at least one latent frame, got shape "
+                f"{tuple(latents.shape)}."
+            )
+        if self.use_slicing and latents.shape[0] > 1:
+            audio = torch.cat([self._decode(item) for item in latents.split(1)])
+        else:
+            audio = self._decode(latents)
+        return SourceVAEDecoderOutput(sample=audio) if return_dict else (audio,)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        sample_posterior: bool = False,
+        generator: Generator = None,
+        return_dict: bool = True,
+    ) -> SourceVAEDecoderOutput | tuple[torch.Tensor]:
+        """Reconstructs audio ``(B, 1, T)``: decodes the posterior mean, or a posterior sample if asked."""
+        posterior = self.encode(sample).latent_dist
+        latents = posterior.sample(generator) if sample_posterior else posterior.mode()
+        return self.decode(latents, return_dict=return_dict)
+
+    def set_posterior_logvar_bias(self, value: float) -> None:
+        """Sets the bias of the log-variance half of the encoder's output layer: a narrow initial posterior for
+        short training schedules (with std 1 a fresh encoder's sampled latent is all noise, the decoder learns
+        to ignore it, and the posterior collapses)."""
+        with torch.no_grad():
+            self.posterior_output_layer().bias[self.config.latent_channels:] = float(value)
+
+
+# ------------------------------------------------------------------------------------------------------------
 # The model
 # ------------------------------------------------------------------------------------------------------------
-class SourceVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
+class SourceVAE(TiledAudioAutoencoder, ModelMixin, AutoencoderMixin, ConfigMixin):
     r"""MSLDM's SourceVAE: one DAC-style VAE shared by all stems (mono audio <-> ``latent_channels`` x T/hop).
 
     Args:
@@ -353,10 +484,7 @@ class SourceVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
         self.encoder = Encoder(encoder_dim, encoder_rates, 2 * latent_channels)
         self.decoder = Decoder(latent_channels, decoder_dim, decoder_rates)
 
-        self.use_slicing = False
-        self.use_tiling = True
-        self.tile_frames = DEFAULT_TILE_FRAMES
-        self.tile_overlap_frames: int | None = None
+        self._init_memory_options()
 
     # --------------------------------------------------------------------------------------------------------
     # Length arithmetic
@@ -387,109 +515,5 @@ class SourceVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
         _, last = self.decoder.input_span(f * hop - 1, f * hop - 1)
         return max(f - first, last + 1 - f, 0)
 
-    # --------------------------------------------------------------------------------------------------------
-    # Memory options (diffusers' AutoencoderMixin names)
-    # --------------------------------------------------------------------------------------------------------
-    def enable_tiling(
-        self, tile_frames: int = DEFAULT_TILE_FRAMES, overlap_frames: int | None = None
-    ) -> None:
-        """Encodes and decodes inputs longer than ``tile_frames`` frames (x ``hop_length`` samples) in tiles.
-
-        ``overlap_frames`` frames of context are added on each side of every tile and discarded; the default
-        is the receptive field (:meth:`encoder_context_frames`, :meth:`decoder_context_frames`), which makes
-        tiled output equal to untiled output up to float rounding. A smaller overlap (at least 1: a decoded
-        tile is a few samples shorter than ``hop_length`` times its frames) trades exactness for speed.
-        """
-        if overlap_frames is not None and overlap_frames < 1:
-            raise ValueError(
-                f"overlap_frames must be at least 1 (or None for the receptive field), got {overlap_frames}."
-            )
-        overlap = max(self.encoder_context_frames(), self.decoder_context_frames())
-        overlap = overlap if overlap_frames is None else overlap_frames
-        if tile_frames - 2 * overlap < 1:
-            raise ValueError(
-                f"tile_frames={tile_frames} must exceed twice the overlap ({overlap} frames on each side)."
-            )
-        self.use_tiling, self.tile_frames, self.tile_overlap_frames = True, int(tile_frames), overlap_frames
-
-    def _tiled(
-        self, fn: Callable, x: torch.Tensor, unit_in: int, unit_out: int, overlap: int
-    ) -> torch.Tensor:
-        """Applies ``fn`` to overlapping tiles of ``x`` (edges on multiples of ``unit_in``) and stitches."""
-        units = _ceil_div(x.shape[-1], unit_in)
-        if not self.use_tiling or units <= self.tile_frames:
-            return fn(x)
-        step = self.tile_frames - 2 * overlap
-        if step < 1:
-            raise ValueError(
-                f"tile_frames={self.tile_frames} must exceed twice the overlap ({overlap} frames)."
-            )
-        pieces = []
-        for start in range(0, units, step):
-            stop = min(start + step, units)
-            a, b = max(start - overlap, 0), min(stop + overlap, units)
-            y = fn(x[..., a * unit_in : b * unit_in])
-            # Tile output position j is global position a * unit_out + j (the network is shift-equivariant).
-            end = (stop - a) * unit_out if stop < units else y.shape[-1]
-            pieces.append(y[..., (start - a) * unit_out : end])
-        return torch.cat(pieces, dim=-1)
-
-    # --------------------------------------------------------------------------------------------------------
-    # Encode / decode
-    # --------------------------------------------------------------------------------------------------------
-    def _encode(self, audio: torch.Tensor) -> torch.Tensor:
-        overlap = self.tile_overlap_frames or self.encoder_context_frames()
-        return self._tiled(self.encoder, audio, self.hop_length, 1, overlap)
-
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        overlap = self.tile_overlap_frames or self.decoder_context_frames()
-        return self._tiled(self.decoder, latents, 1, self.hop_length, overlap)
-
-    def encode(
-        self, audio: torch.Tensor, return_dict: bool = True
-    ) -> SourceVAEEncoderOutput | tuple[DiagonalGaussian]:
-        """Encodes mono audio ``(B, 1, T)`` to the posterior over latents ``(B, C, num_frames(T))``."""
-        if not isinstance(audio, torch.Tensor) or audio.ndim != 3 or audio.shape[1] != 1:
-            shape = tuple(audio.shape) if hasattr(audio, "shape") else type(audio).__name__
-            raise ValueError(f"SourceVAE.encode expects audio of shape (batch, 1, samples), got {shape}.")
-        if self.num_frames(audio.shape[-1]) < 1:
-            raise ValueError(
-                f"Audio of {audio.shape[-1]} samples is too short to encode: at least "
-                f"{self.hop_length} are needed."
-            )
-        if self.use_slicing and audio.shape[0] > 1:
-            moments = torch.cat([self._encode(item) for item in audio.split(1)])
-        else:
-            moments = self._encode(audio)
-        posterior = DiagonalGaussian(moments, self.config.logvar_min, self.config.logvar_max)
-        return SourceVAEEncoderOutput(latent_dist=posterior) if return_dict else (posterior,)
-
-    def decode(
-        self, latents: torch.Tensor, return_dict: bool = True
-    ) -> SourceVAEDecoderOutput | tuple[torch.Tensor]:
-        """Decodes latents ``(B, C, F)`` to audio ``(B, 1, num_samples(F))``."""
-        c = self.config.latent_channels
-        if not isinstance(latents, torch.Tensor) or latents.ndim != 3 or latents.shape[1] != c:
-            shape = tuple(latents.shape) if hasattr(latents, "shape") else type(latents).__name__
-            raise ValueError(f"SourceVAE.decode expects latents of shape (batch, {c}, frames), got {shape}.")
-        if latents.shape[-1] < 1:
-            raise ValueError(
-                f"SourceVAE.decode needs at least one latent frame, got shape {tuple(latents.shape)}."
-            )
-        if self.use_slicing and latents.shape[0] > 1:
-            audio = torch.cat([self._decode(item) for item in latents.split(1)])
-        else:
-            audio = self._decode(latents)
-        return SourceVAEDecoderOutput(sample=audio) if return_dict else (audio,)
-
-    def forward(
-        self,
-        sample: torch.Tensor,
-        sample_posterior: bool = False,
-        generator: Generator = None,
-        return_dict: bool = True,
-    ) -> SourceVAEDecoderOutput | tuple[torch.Tensor]:
-        """Reconstructs audio ``(B, 1, T)``: decodes the posterior mean, or a posterior sample if asked."""
-        posterior = self.encode(sample).latent_dist
-        latents = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return self.decode(latents, return_dict=return_dict)
+    def posterior_output_layer(self) -> nn.Module:
+        return self.encoder.block[-1]

@@ -17,6 +17,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..audio import AudioLike, load_audio
 from ..hub import model_card, push_folder_to_hub, resolve_pretrained_path
 from ..models.autoencoder_source import SourceVAE
+from ..models.autoencoder_spectral import SpectralSourceVAE
 from ..models.unet_1d_multisource import MultiSourceUNet1DModel
 from ..schedulers.scheduling_edm import SAMPLERS, EDMScheduler
 
@@ -51,7 +52,8 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
     on channels (in ``stem_names`` order) and ``unet`` denoises them jointly under the EDM ``scheduler``.
 
     Args:
-        vae: the :class:`SourceVAE` shared by all stems.
+        vae: the VAE shared by all stems: the paper's DAC-style :class:`SourceVAE` or the frame-rate
+            :class:`SpectralSourceVAE` (any class with their interface).
         unet: the :class:`MultiSourceUNet1DModel` with ``in_channels = len(stem_names) * vae latent_channels``.
         scheduler: the :class:`EDMScheduler`.
         stem_names: names of the stems, any number (default: the paper's bass, drums, guitar, piano).
@@ -63,7 +65,7 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
 
     def __init__(
         self,
-        vae: SourceVAE,
+        vae: Union[SourceVAE, SpectralSourceVAE],
         unet: MultiSourceUNet1DModel,
         scheduler: EDMScheduler,
         stem_names: Optional[Sequence[str]] = None,

@@ -123,7 +123,8 @@ def export_pipeline(checkpoint, out, ema: bool = True, dtype: Optional[str] = No
     ``unet/``), with a model card from its ``training_state.json``; optionally uploads it. Returns the pipeline."""
     import torch
 
-    from mslddm import EDMScheduler, MultiSourceLatentPipeline, MultiSourceUNet1DModel, SourceVAE
+    from mslddm import EDMScheduler, MultiSourceLatentPipeline, MultiSourceUNet1DModel
+    from mslddm.models import load_vae_folder
 
     checkpoint = Path(checkpoint)
     state = read_state(checkpoint)
@@ -134,7 +135,7 @@ def export_pipeline(checkpoint, out, ema: bool = True, dtype: Optional[str] = No
     weights = "EMA of the UNet weights" if unet_dir.name == "unet_ema" else "raw (non-EMA) UNet weights"
     torch_dtype = getattr(torch, dtype) if dtype else None
     pipe = MultiSourceLatentPipeline(
-        vae=SourceVAE.from_pretrained(checkpoint / "vae", torch_dtype=torch_dtype),
+        vae=load_vae_folder(checkpoint / "vae", torch_dtype=torch_dtype),
         unet=MultiSourceUNet1DModel.from_pretrained(unet_dir, torch_dtype=torch_dtype),
         scheduler=EDMScheduler.from_pretrained(checkpoint / "scheduler"),
         stem_names=state["stem_names"],

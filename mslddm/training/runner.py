@@ -26,6 +26,12 @@ def common_arguments(description: str) -> argparse.ArgumentParser:
                    help="'latest' (newest complete checkpoint of --output_dir, or a fresh start if none) or a path")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a recipe value (parsed as YAML), e.g. --set vae.batch_size=4; repeatable")
+    p.add_argument("--init_from", default=None, metavar="PIPELINE",
+                   help="start from the weights of a pipeline folder (or Hub id) instead of a random init; fresh "
+                        "optimizer; ignored when resuming from a checkpoint")
+    p.add_argument("--time_budget_minutes", type=float, default=None,
+                   help="stop (checkpoint, validate, export) after this many wall-clock minutes of training, "
+                        "even before --max_steps")
     p.add_argument("--push_to_hub", action="store_true", help="upload the final export to the Hub")
     p.add_argument("--hub_model_id", default=None, help="Hub repo id for --push_to_hub (owner/name)")
     return p
@@ -71,6 +77,31 @@ def resume_step(accelerator, args) -> tuple[int, Optional[Path], dict]:
     state = read_state(checkpoint)
     logger.info("Resumed from %s at step %d.", checkpoint, state["step"])
     return int(state["step"]), checkpoint, state
+
+
+class TimeBudget:
+    """Wall-clock budget of a run: ``expired()`` once ``minutes`` have passed since it was made (never for None).
+    All processes agree (the main process's clock decides)."""
+
+    def __init__(self, accelerator, minutes: Optional[float]):
+        import time
+
+        self.accelerator, self.minutes, self.start = accelerator, minutes, time.monotonic()
+
+    def elapsed_minutes(self) -> float:
+        import time
+
+        return (time.monotonic() - self.start) / 60
+
+    def expired(self) -> bool:
+        if self.minutes is None:
+            return False
+        flag = torch.tensor([float(self.elapsed_minutes() >= self.minutes)], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast
+
+            flag = broadcast(flag, 0)
+        return bool(flag.item())
 
 
 def tensorboard(accelerator):
