@@ -73,7 +73,10 @@ def test_evaluate_runs_the_protocol_and_resumes(tmp_path, saved_pipeline, capsys
     assert set(results["total"]["fad"]) == {"bass", "drums", "guitar", "piano", "mix"}
     assert list(results["partial"]["sub_fad"]) == ["B", "DGP"]
     assert (out / "audio" / "total" / "00002" / "piano.wav").is_file()
-    assert {p.name for p in out.glob("*.png")} == {"fad_total.png", "subfad.png", "coherence.png"}
+    assert {p.name for p in out.glob("*.png")} == {"fad_total.png", "subfad.png", "coherence.png", "fad_quality.png"}
+    # beside the generations: the VAE's reconstruction of the same chunks (no train split here: no floor)
+    assert set(results["reconstruction"]["fad"]) == set(results["total"]["fad"]) and results["floor"] is None
+    assert "| VAE reconstruction |" in printed and "No train split" in printed
     # the rerun loads no pipeline (all audio is there) and gives the same numbers
     from mslddm import MultiSourceLatentPipeline
 

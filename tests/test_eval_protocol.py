@@ -78,7 +78,9 @@ def data(tmp_path_factory):
 
 
 def small(**kw):
-    return ProtocolConfig(**{"num_clips": 5, "num_chunks": 4, "clip_seconds": 2.0, "batch_size": 2, **kw})
+    """The paper's two generation tasks at a small size (FakePipeline has no VAE to reconstruct with)."""
+    return ProtocolConfig(**{"num_clips": 5, "num_chunks": 4, "clip_seconds": 2.0, "batch_size": 2,
+                             "tasks": ("total", "partial"), **kw})
 
 
 def test_fourteen_subsets_for_four_stems_in_the_papers_order():

@@ -59,6 +59,19 @@ def to_latents(batch: torch.Tensor, vae, frames: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def measure_sigma_data(cfg: dict, train_set, vae, frames: int, items: int = 64) -> float:
+    """The RMS of the training latents: recorded in ``latents.json`` by encode-latents, else measured on ``items``
+    evenly spread training segments encoded now."""
+    if cfg.get("latents"):
+        from mslddm.data.latents import measured_sigma_data
+
+        return round(measured_sigma_data(cfg["latents"]), 4)
+    picks = torch.linspace(0, len(train_set) - 1, min(items, len(train_set))).long()
+    squares = [to_latents(train_set[int(i)][None].to(vae.device), vae, frames).pow(2).mean() for i in picks]
+    return round(float(torch.stack(squares).mean().sqrt()), 4)
+
+
+@torch.no_grad()
 def validation_loss(unet, latents: torch.Tensor, sigma_data: float, seed: int, sigmas=(0.05, 0.2, 0.5, 1.0, 2.0)):
     """EDM loss of fixed latents at fixed sigmas with fixed noise: comparable across steps and runs."""
     gen = step_generator(seed, 0, 0, "validation")
@@ -102,8 +115,10 @@ def main(argv=None):
     seed, max_steps, batch_size = int(recipe.get("seed", 0)), int(cfg["max_steps"]), int(cfg["batch_size"])
     logger.info("%d process(es) (%s), batch %d per process", accelerator.num_processes,
                 accelerator.distributed_type, batch_size)
+    if not cfg.get("vae") and args.init_from:
+        cfg["vae"] = args.init_from  # continuing a pipeline: its own VAE, unless another one is named
     if not cfg.get("vae"):
-        raise ValueError("The recipe's msldm.vae is not set: pass --set msldm.vae=PATH (a SourceVAE folder such as "
+        raise ValueError("The recipe's msldm.vae is not set: pass --set msldm.vae=PATH (a VAE folder such as "
                          "train_vae.py's OUTPUT/vae, or a pipeline folder).")
 
     # 1. Frozen VAE, data (stem names and count come from the data), UNet, EMA, optimizer
@@ -115,14 +130,27 @@ def main(argv=None):
         raise ValueError(f"Training stems {stem_names} differ from validation stems {val_stems}.")
     frames = int(cfg["segment_frames"])
     torch.manual_seed(seed)
-    unet = MultiSourceUNet1DModel(**{**PRESETS[recipe["preset"]]["unet"], **cfg.get("model", {}),
-                                     "in_channels": len(stem_names) * vae.config.latent_channels})
+    in_channels = len(stem_names) * vae.config.latent_channels
+    if args.init_from:
+        # Continue from a pipeline's UNet (fresh optimizer and EMA): later sessions build on the bundled weights.
+        unet = MultiSourceUNet1DModel.from_pretrained(args.init_from, subfolder="unet")
+        if unet.config.in_channels != in_channels:
+            raise ValueError(f"--init_from {args.init_from}: its UNet takes {unet.config.in_channels} channels, but "
+                             f"{len(stem_names)} stems x {vae.config.latent_channels} latent channels = {in_channels}.")
+        logger.info("Initialised the UNet from %s", args.init_from)
+    else:
+        unet = MultiSourceUNet1DModel(**{**PRESETS[recipe["preset"]]["unet"], **cfg.get("model", {}),
+                                         "in_channels": in_channels})
     length_multiple = unet.length_multiple
     if frames % length_multiple:
         raise ValueError(f"msldm.segment_frames={frames} must be a multiple of the UNet's {length_multiple}.")
     if cfg.get("gradient_checkpointing"):
         unet.enable_gradient_checkpointing()
-    scheduler = EDMScheduler(**cfg.get("scheduler", {}))
+    scheduler_cfg = dict(cfg.get("scheduler") or {})
+    if scheduler_cfg.get("sigma_data") is None:
+        scheduler_cfg["sigma_data"] = measure_sigma_data(cfg, train_set, vae, frames)
+        logger.info("sigma_data = %.4f (the RMS of the training latents)", scheduler_cfg["sigma_data"])
+    scheduler = EDMScheduler(**scheduler_cfg)
     sigma_data = float(scheduler.config.sigma_data)
     ema = None
     if cfg.get("use_ema", True):

@@ -124,6 +124,19 @@ def run(args) -> int:
                            save_dtype=getattr(torch, args.save_dtype), batch_size=args.batch_size,
                            process_index=rank, num_processes=world, progress=not args.quiet)
     barrier()
+    if rank == 0 and not report.failed and "train" in tracks:
+        # Latent statistics (sigma_data for training, the per-stem and per-channel spread) into latents.json.
+        from mslddm.data.latents import latent_statistics
+
+        header = json.loads(header_path.read_text())
+        header["statistics"] = latent_statistics(out, "train")
+        tmp = header_path.with_name(f".{HEADER_FILE}.partial")
+        tmp.write_text(json.dumps(header, indent=1) + "\n")
+        tmp.replace(header_path)
+        stats = header["statistics"]
+        print(f"Training latents: RMS {stats['rms']:.4f} (the sigma_data train_msldm.py uses by default), mean "
+              f"{stats['mean']:.4f}, std {stats['std']:.4f}; per stem RMS "
+              + ", ".join(f"{k} {v['rms']:.3f}" for k, v in stats["per_stem"].items()) + ".")
     print(f"{out}: {len(report.encoded)} tracks encoded, {len(report.skipped)} already done, "
           f"{len(report.failed)} failed" + (f" (process {rank} of {world})" if world > 1 else "") + ".")
     for name, error in report.failed.items():

@@ -1,6 +1,7 @@
 """Evaluate a pipeline as the MSLDM paper does: FAD per stem and on the mix for total generation, sub-FAD for
 every non-empty proper subset of stems for partial generation, and whether the generated stems play together
-(rhythmic and harmonic agreement, silent stems). Writes results.json, results.md and bar charts into --out;
+(rhythmic and harmonic agreement, silent stems); beside them, on the same test chunks, the real-data floor
+(training chunks), the VAE's reconstruction and the level statistics of real, reconstructed and generated stems. Writes results.json, results.md and bar charts into --out;
 generated audio is kept under --out/audio so that an interrupted run resumes. See docs/evaluation.md."""
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ def add_arguments(parser):
     parser.add_argument("--split", default=d.split, help="dataset split holding the reference tracks")
     parser.add_argument(
         "--tasks", default=",".join(d.tasks), help=f"comma-separated tasks to run, from {', '.join(TASKS)}"
+    )
+    parser.add_argument(
+        "--vae-only", action="store_true",
+        help="only the real-data floor and the VAE's reconstruction (--tasks floor,reconstruction): minutes, no "
+        "sampling",
     )
     parser.add_argument(
         "--subsets",
@@ -105,10 +111,10 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from mslddm.evaluation.embedders import get_embedder
-    from mslddm.evaluation.protocol import TASKS, ProtocolConfig, evaluate
+    from mslddm.evaluation.protocol import TASKS, VAE_TASKS, ProtocolConfig, evaluate
     from mslddm.evaluation.report import markdown, write_report
 
-    tasks = _split(args.tasks) or ()
+    tasks = VAE_TASKS if args.vae_only else (_split(args.tasks) or ())
     if not tasks or any(t not in TASKS for t in tasks):
         raise SystemExit(f"--tasks must name some of {TASKS}, got {args.tasks!r}.")
     for name in ("num_clips", "num_chunks", "steps", "batch_size"):

@@ -112,6 +112,54 @@ def save_latents(path: Path, latents: torch.Tensor, stem_names, num_samples: int
     os.replace(tmp, path)
 
 
+@torch.no_grad()
+def latent_statistics(root, split: str | None = "train") -> dict:
+    """Statistics of the latents of ``root/split``: the RMS (the ``sigma_data`` the EDM preconditioning assumes
+    for zero-mean data), mean and std over everything, per stem, and per channel (pooled over stems)."""
+    from safetensors.torch import load_file
+
+    files = latent_files(root, split)
+    if not files:
+        raise ValueError(f"No latent files under {Path(root) / (split or '')} to measure.")
+    total = total_sq = None
+    frames = 0
+    for path in files:
+        x = load_file(str(path))[LATENT_KEY].double()  # (K, C, F)
+        s, sq = x.sum(-1), x.pow(2).sum(-1)
+        total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
+        frames += x.shape[-1]
+    mean, mean_sq = total / frames, total_sq / frames  # (K, C)
+    channel_std = (mean_sq.mean(0) - mean.mean(0).pow(2)).clamp_min(0).sqrt()
+    stems = read_latent_header(files[0])["stems"]
+    per_stem = {name: {"rms": float(mean_sq[k].mean().sqrt()), "mean": float(mean[k].mean()),
+                       "std": float((mean_sq[k].mean() - mean[k].mean().pow(2)).clamp_min(0).sqrt())}
+                for k, name in enumerate(stems)}
+    overall_mean = float(mean.mean())
+    return {
+        "split": split, "files": len(files), "frames": frames,
+        "rms": float(mean_sq.mean().sqrt()), "mean": overall_mean,
+        "std": float((mean_sq.mean() - overall_mean ** 2) ** 0.5),
+        "per_stem": per_stem,
+        "channel_std": [round(float(v), 5) for v in channel_std],
+        "channel_mean": [round(float(v), 5) for v in mean.mean(0)],
+    }
+
+
+def measured_sigma_data(root) -> float:
+    """The ``sigma_data`` for latents in ``root``: the RMS of the training latents recorded in ``latents.json``
+    (measured now and recorded if it is not there yet)."""
+    header_path = Path(root) / HEADER_FILE
+    header = read_dataset_header(root)
+    stats = header.get("statistics")
+    if not stats:
+        stats = latent_statistics(root, "train" if (Path(root) / "train").is_dir() else None)
+        header["statistics"] = stats
+        tmp = header_path.with_name(f".{HEADER_FILE}.partial")
+        tmp.write_text(json.dumps(header, indent=1) + "\n")
+        tmp.replace(header_path)
+    return float(stats["rms"])
+
+
 @dataclass
 class EncodeReport:
     encoded: list[str] = field(default_factory=list)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ import numpy as np
 from ..audio import read_audio, write_audio
 from .coherence import CoherenceConfig, ShuffledAcrossSongs, coherence_metrics
 from .embedders.base import AudioEmbedder
+from .levels import level_statistics
 from .fad import (
     EmbeddingStatistics,
     StatisticsAccumulator,
@@ -36,7 +37,10 @@ from .fad import (
 from .reference import Chunk, ReferenceClips, list_tracks, select_chunks, split_fingerprint
 
 PROTOCOL_VERSION = 1
-TASKS = ("total", "partial")
+# floor: real training chunks against the test chunks (the best any model can score); reconstruction: the test
+# stems encoded and decoded by the pipeline's VAE (the best its latent model can score); total, partial: the paper's.
+TASKS = ("floor", "reconstruction", "total", "partial")
+VAE_TASKS = ("floor", "reconstruction")
 
 
 PAPER_CHURN = 20.0
@@ -265,6 +269,8 @@ def reference_statistics(
 @dataclass
 class EvaluationResult:
     protocol: dict
+    floor: dict | None = None
+    reconstruction: dict | None = None
     total: dict = field(default_factory=dict)
     partial: dict = field(default_factory=dict)
 
@@ -333,22 +339,39 @@ class _Run:
     pipeline: _LazyPipeline
     names: list[str]
     sample_rate: int
+    _reference_stats: list | None = None
 
-    def reference(self, task: str) -> tuple[ReferenceClips, dict]:
+    def reference(self, task: str, split: str | None = None) -> tuple[ReferenceClips, dict]:
+        """The task's reference chunks of the test split (or of ``split``: the floor draws training chunks the
+        same way, into their own state file)."""
+        config = self.config if split is None else replace(self.config, split=split)
         chunks, spec = reference_chunks(
             self.data_root,
             self.names,
             self.sample_rate,
-            self.config,
+            config,
             task,
-            self.out_dir / "state",
+            self.out_dir / "state" / ("" if split is None else split),
             self.progress,
         )
         wanted = self.config.num_clips if task == "total" else self.config.num_chunks
         if len(chunks) < wanted:
             what = "qualify" if task == "total" else "have every stem"
-            self.log(f"Only {len(chunks)} reference chunks {what} (asked for {wanted}); using them all.")
-        return ReferenceClips(self.data_root, self.config.split, chunks, self.names, self.sample_rate), spec
+            self.log(f"Only {len(chunks)} {config.split} chunks {what} (asked for {wanted}); using them all.")
+        return ReferenceClips(self.data_root, config.split, chunks, self.names, self.sample_rate), spec
+
+    def fad_parts(self, clips, desc: str) -> tuple[dict, list]:
+        """FAD of ``clips`` against the test reference, per stem and on the mix (the total task's chunks)."""
+        parts, labels = [*range(len(self.names)), None], [*self.names, "mix"]
+        if self._reference_stats is None:
+            reference, spec = self.reference("total")
+            self._reference_stats = reference_statistics(reference, spec, self.embedder, parts, labels,
+                                                         self.cache_dir, self.progress)
+        stats = clip_statistics(clips, self.embedder, self.sample_rate, parts, self.progress, desc)
+        return {label: fad(g, r) for label, g, r in zip(labels, stats, self._reference_stats)}, stats
+
+    def levels(self, clips) -> dict:
+        return level_statistics(clips, self.names, self.sample_rate, self.config.silence_db)
 
     def generated(self, folder: str, count: int, stems, given=None) -> GeneratedClips:
         """The generated clips of a task, made first if some are not on disk yet."""
@@ -364,21 +387,73 @@ class _Run:
         return clips
 
 
+def evaluate_floor(run: _Run) -> dict | None:
+    """The real-data floor: as many real chunks of the training split as the test reference has, scored against it
+    per stem and on the mix; two real sets differ by this much, so no model can be expected to score lower."""
+    if not (run.data_root / "train").is_dir():
+        run.log(f"No train split under {run.data_root}: the real-data floor is not measured.")
+        return None
+    test, _ = run.reference("total")
+    train, _ = run.reference("total", split="train")
+    train = ReferenceClips(run.data_root, "train", train.chunks[: len(test)], run.names, run.sample_rate)
+    fads, _ = run.fad_parts(train, "Embedding training chunks")
+    run.log("Real-data floor (train vs test) FAD: " + ", ".join(f"{k} {v:.3f}" for k, v in fads.items()))
+    return {"num_train_chunks": len(train), "num_reference_chunks": len(test), "fad": fads,
+            "levels": run.levels(train)}
+
+
+class ReconstructedClips(GeneratedClips):
+    """The test chunks encoded and decoded by the pipeline's VAE (posterior means), kept on disk like generations."""
+
+    def make_missing(self, pipe, reference: ReferenceClips, batch_size: int, progress):
+        import torch
+
+        todo = self.missing()
+        hop = pipe.vae.hop_length
+        for start in progress(range(0, len(todo), batch_size), desc="Reconstructing",
+                              total=-(-len(todo) // batch_size)):
+            batch = todo[start : start + batch_size]
+            audio = torch.from_numpy(np.stack([reference[i] for i in batch]))  # (B, K, T)
+            t = audio.shape[-1]
+            padded = torch.nn.functional.pad(audio, (0, -t % hop))
+            device = next(pipe.vae.parameters()).device
+            decoded = pipe.decode_latents(pipe.encode_stems(padded.to(device))).cpu()[..., :t]
+            decoded = torch.nn.functional.pad(decoded, (0, t - decoded.shape[-1]))
+            for j, i in enumerate(batch):
+                self.save(i, decoded[j].numpy())
+
+
+def evaluate_reconstruction(run: _Run) -> dict | None:
+    """The VAE's ceiling: the test chunks' stems encoded and decoded, FAD per stem and on the mix of the decoded
+    stems, and the level statistics of the reconstructions."""
+    reference, _ = run.reference("total")
+    clips = ReconstructedClips(run.out_dir / "audio" / "reconstruction", len(reference), run.names,
+                               run.sample_rate, run.names)
+    if clips.missing():
+        pipe = run.pipeline.get()
+        if pipe is None:
+            run.log("No pipeline and no reconstructions on disk: the VAE's reconstruction is not measured.")
+            return None
+        clips.make_missing(pipe, reference, run.config.batch_size, run.progress)
+    fads, _ = run.fad_parts(clips, "Embedding reconstructions")
+    run.log("VAE reconstruction FAD: " + ", ".join(f"{k} {v:.3f}" for k, v in fads.items()))
+    return {"num_reference_chunks": len(reference), "fad": fads, "levels": run.levels(clips),
+            "levels_reference": run.levels(reference)}
+
+
 def evaluate_total(run: _Run) -> dict:
     """Total generation: FAD per stem and on the mix, and the coherence metrics with their real and chance levels."""
-    reference, spec = run.reference("total")
+    reference, _ = run.reference("total")
     names, sr = run.names, run.sample_rate
-    parts, labels = [*range(len(names)), None], [*names, "mix"]
-    ref_stats = reference_statistics(
-        reference, spec, run.embedder, parts, labels, run.cache_dir, run.progress
-    )
     generated = run.generated("total", run.config.num_clips, names)
-    gen_stats = clip_statistics(generated, run.embedder, sr, parts, run.progress, "Embedding generated")
+    fads, _ = run.fad_parts(generated, "Embedding generated")
     coherence_config = CoherenceConfig(silence_db=run.config.silence_db)
     result = {
         "num_reference_chunks": len(reference),
         "num_generated": len(generated),
-        "fad": {label: fad(g, r) for label, g, r in zip(labels, gen_stats, ref_stats)},
+        "fad": fads,
+        "levels": run.levels(generated),
+        "levels_reference": run.levels(reference),
         "coherence": {
             "generated": coherence_metrics(generated, names, sr, coherence_config),
             "reference": coherence_metrics(reference, names, sr, coherence_config),
@@ -447,6 +522,10 @@ def evaluate(
     log("Protocol: " + json.dumps(protocol, indent=1))
     run = _Run(Path(data_root), out_dir, embedder, config, cache_dir, progress, log, pipeline, names, sr)
     result = EvaluationResult(protocol=protocol)
+    if "floor" in config.tasks:
+        result.floor = evaluate_floor(run)
+    if "reconstruction" in config.tasks:
+        result.reconstruction = evaluate_reconstruction(run)
     if "total" in config.tasks:
         result.total = evaluate_total(run)
     if "partial" in config.tasks:

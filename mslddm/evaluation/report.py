@@ -39,6 +39,7 @@ def markdown(results: dict) -> str:
         ),
     ]
     total, partial = results.get("total") or {}, results.get("partial") or {}
+    out += quality_tables(results)
     if total:
         labels = list(total["fad"])
         out += [
@@ -104,6 +105,52 @@ def markdown(results: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+LEVEL_COLUMNS = (
+    ("mean_dbfs", "mean dBFS"),
+    ("share_below_silence", "share < -50 dBFS"),
+    ("frame_energy_range_db", "frame-energy range (dB)"),
+    ("low_energy_share", "energy < 250 Hz"),
+)
+
+
+def quality_rows(results: dict) -> list[tuple[str, dict]]:
+    """``(row name, FAD per stem and mix)`` for the floor, the VAE reconstruction and the total generation."""
+    rows = []
+    for key, name in (("floor", "real training chunks (floor)"), ("reconstruction", "VAE reconstruction"),
+                      ("total", "total generation")):
+        if (results.get(key) or {}).get("fad"):
+            rows.append((name, results[key]["fad"]))
+    return rows
+
+
+def quality_tables(results: dict) -> list[str]:
+    """The side-by-side table (FAD of floor, reconstruction, generation against the same test chunks, with each
+    mix FAD as a multiple of the floor's) and the level statistics of real, reconstructed and generated stems."""
+    rows = quality_rows(results)
+    out = []
+    if rows:
+        labels = list(rows[0][1])
+        floor = (results.get("floor") or {}).get("fad", {}).get("mix")
+        table = [[name] + [_fmt(f.get(k)) for k in labels] + [_fmt(f["mix"] / floor) if floor else "n/a"]
+                 for name, f in rows]
+        out += ["", "## Quality against the floor: FAD vs the test chunks (lower is better)", "",
+                _table(["audio"] + labels + ["mix / floor"], table)]
+    levels = []
+    real = next((results[k].get("levels_reference") for k in ("reconstruction", "total")
+                 if (results.get(k) or {}).get("levels_reference")), None)
+    for name, block in (("real (test)", real), ("real (train)", (results.get("floor") or {}).get("levels")),
+                        ("reconstruction", (results.get("reconstruction") or {}).get("levels")),
+                        ("generation", (results.get("total") or {}).get("levels"))):
+        if block:
+            levels += [[name, part] + [_fmt(v[key]) for key, _ in LEVEL_COLUMNS] for part, v in block.items()]
+    if levels:
+        out += ["", "## Levels (per stem and mix)", "",
+                "Mean RMS level, share of clips under -50 dBFS, frame-energy range (95th - 10th percentile of 46-ms "
+                "frame energies: small means a noise floor fills the gaps) and share of energy under 250 Hz.", "",
+                _table(["audio", "part"] + [title for _, title in LEVEL_COLUMNS], levels)]
+    return out
+
+
 def bar_charts(results: dict, out_dir: Path) -> list[Path]:
     """One PNG per table; returns the files written (none when matplotlib is missing)."""
     try:
@@ -123,6 +170,19 @@ def bar_charts(results: dict, out_dir: Path) -> list[Path]:
         written.append(path)
 
     total, partial = results.get("total") or {}, results.get("partial") or {}
+    rows = quality_rows(results)
+    if len(rows) > 1:
+        import numpy as np
+
+        labels = list(rows[0][1])
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        width = 0.8 / len(rows)
+        for j, (name, fads) in enumerate(rows):
+            ax.bar(np.arange(len(labels)) + j * width, [fads[k] for k in labels], width, label=name)
+        ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, labels)
+        ax.set_ylabel("FAD vs test (lower is better)")
+        ax.legend(fontsize=8)
+        save(fig, "fad_quality.png")
     if total:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.bar(list(total["fad"]), list(total["fad"].values()), color="tab:blue")
