@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from mslddm.audio import AudioReadError, load_audio, read_audio, rms_db, to_mono
+from mslddm.schedulers import SAMPLER_DEFAULTS
 
 from .render import (
     MIX,
@@ -43,11 +44,7 @@ except ImportError:  # anywhere else the decorator is a no-op
         return fn if fn is not None else (lambda f: f)
 
 
-SAMPLERS = {  # value -> (label, default steps, default churn)
-    "euler": ("Euler with churn (the paper's)", 150, 20.0),
-    "heun": ("Heun, 2nd order", 50, 0.0),
-    "dpmpp_2m": ("DPM-Solver++(2M), fast", 25, 0.0),
-}
+SAMPLERS = {name: d.label for name, d in SAMPLER_DEFAULTS.items()}  # value -> label; defaults: the scheduler's
 
 
 @dataclass
@@ -120,7 +117,7 @@ class Studio:
         """Generates the stems ticked in ``generate`` around the uploaded ones (total generation when nothing is
         uploaded), writes the render and returns what the page shows for its first variation."""
         # 1. Check the settings, then the uploads
-        duration_s, steps, variations, churn = self._check_settings(duration_s, steps, sampler, churn, variations)
+        duration_s, sampling, variations = self._check_settings(duration_s, steps, sampler, churn, variations)
         seeds = self._seeds(seed, variations)
         given = {name: path for name, path in uploads.items() if path}
         unknown = sorted(set(uploads) - set(self.stem_names))
@@ -142,7 +139,8 @@ class Studio:
         with self._lock:
             result, evaluations = self._sample({
                 "stems": stems or None, "generate": to_generate, "audio_length_in_s": duration_s,
-                "num_inference_steps": steps, "sampler": sampler, "s_churn": churn, "num_samples": variations,
+                "num_inference_steps": sampling.num_inference_steps, "sampler": sampling.sampler,
+                "s_churn": sampling.s_churn, "num_samples": variations,
                 "generator": [torch.Generator().manual_seed(s) for s in seeds],
             }, progress)
         seconds = time.perf_counter() - tic
@@ -152,7 +150,8 @@ class Studio:
             "pipeline": self.pipeline_name, "given": {n: Path(p).name for n, p in given.items()},
             "generated": list(result.generated), "silent": [n for n in self.stem_names if n not in given
                                                             and n not in to_generate],
-            "duration_s": duration_s, "steps": steps, "sampler": sampler, "s_churn": churn,
+            "duration_s": duration_s, "steps": result.sampling["num_inference_steps"],
+            "sampler": result.sampling["sampler"], "s_churn": result.sampling["s_churn"],
             "model_evaluations": evaluations, "seconds": round(seconds, 3),
         }
         render = Render(result.stems, list(result.stem_names), int(result.sample_rate), seeds, settings)
@@ -194,19 +193,22 @@ class Studio:
         lim = self.limits
         if duration_s is None or not math.isfinite(float(duration_s)) or not 0 < float(duration_s) <= lim.max_duration_s:
             raise gr.Error(f"Duration must be between 0 and {lim.max_duration_s:g} seconds, got {duration_s}.")
-        if steps is None or int(steps) != float(steps) or not 1 <= int(steps) <= lim.max_steps:
+        if steps is not None and (int(steps) != float(steps) or not 1 <= int(steps) <= lim.max_steps):
             raise gr.Error(f"Steps must be a whole number from 1 to {lim.max_steps}, got {steps}.")
-        if sampler not in SAMPLERS:
-            raise gr.Error(f"Sampler must be one of {list(SAMPLERS)}, got {sampler!r}.")
-        churn = float(churn or 0.0)
-        if not math.isfinite(churn) or churn < 0:
-            raise gr.Error(f"Churn must be a number >= 0, got {churn}.")
-        if sampler == "dpmpp_2m" and churn > 0:
-            raise gr.Error("DPM-Solver++(2M) is deterministic and takes no churn: set churn to 0, or pick the "
-                           "Euler or Heun sampler.")
         if variations is None or int(variations) != float(variations) or not 1 <= int(variations) <= lim.max_variations:
             raise gr.Error(f"Variations must be a whole number from 1 to {lim.max_variations}, got {variations}.")
-        return float(duration_s), int(steps), int(variations), churn
+        try:  # unset steps or churn: the sampler's defaults, resolved by the scheduler as for every caller
+            sampling = self.pipe.scheduler.sampling_settings(sampler or None, None if steps is None else int(steps),
+                                                             None if churn is None else float(churn))
+        except ValueError as error:
+            raise gr.Error(str(error)) from None
+        if sampling.num_inference_steps > lim.max_steps:  # only a default can get here: this server's limit
+            sampling = self.pipe.scheduler.sampling_settings(sampling.sampler, lim.max_steps, sampling.s_churn)
+        return float(duration_s), sampling, int(variations)
+
+    def sampling_defaults(self, sampler: str | None = None):
+        """The pipeline's sampler (or ``sampler``) with its default steps and churn: what the page starts from."""
+        return self.pipe.scheduler.sampling_settings(sampler)
 
     @staticmethod
     def _seeds(seed, variations: int) -> list[int]:

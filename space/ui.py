@@ -18,7 +18,6 @@ from .handlers import SAMPLERS, Outputs, Studio
 from .render import MIX
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".m4a")
-DEFAULT_SAMPLER = "dpmpp_2m"
 DEFAULT_DURATION_S = 8.0
 CSS = ".stem-column {min-width: 220px} #generate-button {min-height: 3.2em}"
 USER_EXAMPLES_CACHE = os.environ.get("GRADIO_EXAMPLES_CACHE")  # honoured when set before this module is imported
@@ -112,24 +111,28 @@ def _layout(studio: Studio, title: str) -> Page:
                                               sources=["upload"], elem_id=f"upload-{name}")
                 page.generate[name] = gr.Checkbox(value=True, label=f"generate {name}", elem_id=f"generate-{name}")
     gr.Markdown("### Sampling")
-    _, steps, churn = SAMPLERS[DEFAULT_SAMPLER]
+    start = studio.sampling_defaults()  # the pipeline's sampler and its default steps and churn
     with gr.Row():
         duration = gr.Slider(0.5, lim.max_duration_s, value=min(DEFAULT_DURATION_S, lim.max_duration_s), step=0.5,
                              label="Duration (s)", elem_id="duration")
-        sampler = gr.Dropdown([(v[0], k) for k, v in SAMPLERS.items()], value=DEFAULT_SAMPLER, label="Sampler",
+        sampler = gr.Dropdown([(label, k) for k, label in SAMPLERS.items()], value=start.sampler, label="Sampler",
                               elem_id="sampler")
-        steps = gr.Slider(1, lim.max_steps, value=min(steps, lim.max_steps), step=1, label="Steps", elem_id="steps")
-        churn = gr.Slider(0, 100, value=churn, step=0.5, label="Churn (Euler, Heun)",
-                          interactive=DEFAULT_SAMPLER != "dpmpp_2m", elem_id="churn")
+        steps = gr.Slider(1, lim.max_steps, value=min(start.num_inference_steps, lim.max_steps), step=1,
+                          label="Steps", elem_id="steps")
+        churn = gr.Slider(0, 100, value=start.s_churn, step=0.5, label="Churn (Euler, Heun)",
+                          interactive=start.sampler != "dpmpp_2m", elem_id="churn")
     with gr.Row():
         # A Textbox, not a Number: an empty Number is sent as 0, and empty must mean "random".
         seed = gr.Textbox(value="", placeholder="random", label="Seed (empty: random)", max_lines=1, elem_id="seed")
         variations = gr.Slider(1, lim.max_variations, value=1, step=1, label="Variations", elem_id="variations")
         page.button = gr.Button("Generate", variant="primary", elem_id="generate-button", scale=2)
     page.settings = [duration, steps, sampler, churn, seed, variations]
-    sampler.change(lambda s: (gr.Slider(value=min(SAMPLERS[s][1], lim.max_steps)),
-                              gr.Slider(value=SAMPLERS[s][2], interactive=s != "dpmpp_2m")),
-                   sampler, [steps, churn], api_visibility="private", queue=False)
+    def on_sampler(name):
+        d = studio.sampling_defaults(name)
+        return (gr.Slider(value=min(d.num_inference_steps, lim.max_steps)),
+                gr.Slider(value=d.s_churn, interactive=name != "dpmpp_2m"))
+
+    sampler.change(on_sampler, sampler, [steps, churn], api_visibility="private", queue=False)
 
     gr.Markdown("### Result and mixer: the faders re-mix without generating again")
     page.info = gr.Markdown("Press **Generate**. The used seed is shown here.", label="summary", elem_id="info")
@@ -175,11 +178,12 @@ def _wire_generate(studio: Studio, page: Page) -> None:
                               progress=progress, session=_session(request))
         return _show(page, out)
 
-    # Named parameters (the stems' uploads first), so gradio_client callers can pass keywords.
+    # Named parameters (the stems' uploads first), so gradio_client callers can pass keywords. Unset steps and
+    # churn mean the chosen sampler's defaults, as in Python and the CLI (not the page's current slider values).
     params = api_names(names)
+    settings = dict(zip(("duration", "steps", "sampler", "churn", "seed", "variations"), page.settings))
     defaults = ([(p, None) for p in params] + [(f"generate_{p}", True) for p in params]
-                + [(n, c.value) for n, c in zip(("duration", "steps", "sampler", "churn", "seed", "variations"),
-                                                page.settings)]
+                + [(n, None if n in ("steps", "churn") else c.value) for n, c in settings.items()]
                 + [(f"gain_db_{p}", 0.0) for p in params] + [(f"mute_{p}", False) for p in params])
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
     run_generate.__signature__ = inspect.Signature(
@@ -232,9 +236,8 @@ def _wire_examples(studio: Studio, page: Page, examples: list[dict]) -> None:
 
     def run_example(*values, progress=gr.Progress(), request: gr.Request = None):  # noqa: B008 (Gradio's API)
         *ups, duration_s, seed_ = values
-        out = studio.generate(dict(zip(given, ups)), dict.fromkeys(names, True), duration_s,
-                              min(SAMPLERS[DEFAULT_SAMPLER][1], lim.max_steps), DEFAULT_SAMPLER, 0.0, seed_, 1,
-                              progress=progress, session=_session(request))
+        out = studio.generate(dict(zip(given, ups)), dict.fromkeys(names, True), duration_s, None, None, None, seed_,
+                              1, progress=progress, session=_session(request))
         return _show(page, out)[:-1]
 
     with warnings.catch_warnings():  # some examples leave some given stems empty: run_example takes None

@@ -3,7 +3,15 @@ import math
 import pytest
 import torch
 
-from mslddm.schedulers import EDMScheduler, edm_scalings, get_sigmas_karras, sample_training_sigmas
+from mslddm.schedulers import (
+    SAMPLER_DEFAULTS,
+    Denoiser,
+    EDMScheduler,
+    edm_scalings,
+    get_sigmas_karras,
+    sample_euler,
+    sample_training_sigmas,
+)
 
 SD = 0.4
 
@@ -14,12 +22,13 @@ def gaussian_denoiser(x, sigma):
 
 
 def run(scheduler, x, generator=None, denoiser=gaussian_denoiser):
-    evaluations = 0
-    for _ in scheduler.timesteps:
-        x_hat, sigma = scheduler.begin_step(x, generator)
-        x = scheduler.step(denoiser(x_hat, sigma), x_hat).prev_sample
-        evaluations += 1
-    return x, evaluations
+    evaluations = []
+
+    def counting(x, sigma):
+        evaluations.append(float(sigma))
+        return denoiser(x, sigma)
+
+    return scheduler.sample(counting, x, generator=generator), len(evaluations)
 
 
 def test_karras_sigmas_match_eq5():
@@ -39,11 +48,19 @@ def test_scalings_are_edm_table1():
     torch.testing.assert_close(c_out, sigma * SD / (sigma**2 + SD**2).sqrt())
     torch.testing.assert_close(c_in, 1 / (sigma**2 + SD**2).sqrt())
     torch.testing.assert_close(c_noise, sigma.log() / 4)
-    # With a network that outputs zero, D(x) = c_skip * x; the preconditioned output must equal that.
-    s = EDMScheduler()
-    x = torch.randn(2, 3, 4)
-    torch.testing.assert_close(s.precondition_outputs(x, torch.zeros_like(x), sigma[1]), x * c_skip[1])
-    torch.testing.assert_close(s.precondition_inputs(x, sigma[2]), x * c_in[2])
+    # The Denoiser applies them: the network sees c_in x and c_noise, and D = c_skip x + c_out F.
+    seen = {}
+
+    class Net(torch.nn.Module):
+        def forward(self, x, c_noise):
+            seen.update(x=x, c_noise=c_noise)
+            return type("Out", (), {"sample": torch.ones_like(x)})()
+
+    x = torch.randn(3, 2, 4)
+    out = Denoiser(Net(), SD)(x, sigma)
+    torch.testing.assert_close(seen["x"], x * c_in[:, None, None])
+    torch.testing.assert_close(seen["c_noise"], c_noise)
+    torch.testing.assert_close(out, x * c_skip[:, None, None] + c_out[:, None, None])
 
 
 def ode_error(sampler, steps):
@@ -81,21 +98,27 @@ def test_evaluation_counts():
         assert evaluations == len(s.timesteps) == expected
 
 
+def first_evaluation(s_churn, seed=3):
+    """The sample and sigma the model sees first in a 150-step Euler run from x = 0."""
+    seen = []
+
+    def denoiser(x, sigma):
+        seen.append((x.clone(), float(sigma)))
+        return x
+
+    sigmas = get_sigmas_karras(150, 0.01, 3.0)
+    sample_euler(denoiser, torch.zeros(1, 1, 20000), sigmas, s_churn=s_churn, generator=torch.Generator().manual_seed(seed))
+    return seen[0]
+
+
 def test_churn_matches_algorithm2_and_is_seeded():
-    s = EDMScheduler()
-    s.set_timesteps(150)  # paper: euler, s_churn 20
     gamma = min(20 / 150, math.sqrt(2) - 1)
-    x = torch.zeros(1, 1, 20000)
-    x_hat, sigma_hat = s.begin_step(x, torch.Generator().manual_seed(3))
-    assert sigma_hat.item() == pytest.approx(3.0 * (1 + gamma), rel=1e-6)
-    expected_std = math.sqrt(sigma_hat.item() ** 2 - 9.0)
-    assert x_hat.std().item() == pytest.approx(expected_std, rel=0.03)
-    s.set_timesteps(150)
-    again, _ = s.begin_step(x, torch.Generator().manual_seed(3))
-    torch.testing.assert_close(x_hat, again)
-    s.set_timesteps(150, s_churn=0.0)
-    unchanged, sigma = s.begin_step(x, torch.Generator().manual_seed(3))
-    assert torch.equal(unchanged, x) and sigma.item() == pytest.approx(3.0)
+    x_hat, sigma_hat = first_evaluation(20.0)  # the paper's churn
+    assert sigma_hat == pytest.approx(3.0 * (1 + gamma), rel=1e-6)
+    assert x_hat.std().item() == pytest.approx(math.sqrt(sigma_hat**2 - 9.0), rel=0.03)
+    torch.testing.assert_close(first_evaluation(20.0)[0], x_hat)
+    unchanged, sigma = first_evaluation(0.0)
+    assert torch.equal(unchanged, torch.zeros_like(unchanged)) and sigma == pytest.approx(3.0)
 
 
 def test_training_sigmas():
@@ -120,7 +143,23 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="s_churn"):
         s.set_timesteps(10, s_churn=float("nan"))
     with pytest.raises(RuntimeError, match="set_timesteps"):
-        EDMScheduler().begin_step(torch.zeros(1, 1, 1))
+        EDMScheduler().sample(gaussian_denoiser, torch.zeros(1, 1, 1))
+
+
+def test_defaults_come_from_one_table_and_explicit_values_win():
+    s = EDMScheduler()
+    for name, d in SAMPLER_DEFAULTS.items():
+        got = s.sampling_settings(name)
+        assert (got.num_inference_steps, got.s_churn) == (d.num_inference_steps, d.s_churn)
+    assert s.sampling_settings().sampler == "euler" and s.sampling_settings().s_churn == 20.0
+    assert s.sampling_settings("heun", 7, 3.0).to_dict() == {"sampler": "heun", "num_inference_steps": 7,
+                                                             "s_churn": 3.0, "model_evaluations": 13}
+    # a pipeline's own defaults apply to its own sampler only
+    own = EDMScheduler(sampler="dpmpp_2m", num_inference_steps=12)
+    assert own.sampling_settings().num_inference_steps == 12
+    assert own.sampling_settings("euler").num_inference_steps == 150
+    assert EDMScheduler(s_churn=5.0).sampling_settings("heun").s_churn == 0.0
+    assert own.set_timesteps() == own.settings and len(own.timesteps) == 12
 
 
 def test_config_round_trip(tmp_path):

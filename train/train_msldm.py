@@ -92,7 +92,8 @@ def validate(pipe: MultiSourceLatentPipeline, latents: torch.Tensor, cfg: dict, 
     pipe.unet.eval()
     metrics = {"loss": validation_loss(pipe.unet, latents, pipe.scheduler.config.sigma_data, seed)}
     names, sr, seconds = pipe.stem_names, pipe.sample_rate, float(cfg.get("validation_seconds", 12.0))
-    kwargs = dict(audio_length_in_s=seconds, num_inference_steps=int(cfg.get("validation_steps", 20)),
+    steps = cfg.get("validation_steps")  # None: the sampler's default (the scheduler's table)
+    kwargs = dict(audio_length_in_s=seconds, num_inference_steps=None if steps is None else int(steps),
                   sampler=cfg.get("validation_sampler", "dpmpp_2m"))
     total = pipe(generator=torch.Generator().manual_seed(seed), **kwargs)
     given = pipe.decode_latents(latents[:1])[0, 0].numpy()

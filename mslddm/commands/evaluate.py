@@ -14,7 +14,8 @@ HELP = "FAD, sub-FAD and stem-coherence metrics of a pipeline against a dataset'
 
 def add_arguments(parser):
     from mslddm.evaluation.embedders import EMBEDDERS
-    from mslddm.evaluation.protocol import PAPER_CHURN, TASKS, ProtocolConfig
+    from mslddm.evaluation.protocol import TASKS, ProtocolConfig
+    from mslddm.schedulers.sampling import SAMPLER_DEFAULTS
     from mslddm.hub import default_pipeline
 
     d = ProtocolConfig()
@@ -56,16 +57,17 @@ def add_arguments(parser):
     parser.add_argument(
         "--seed", type=int, default=d.seed, help="chunk draw seed; item i is generated with seed + i"
     )
-    parser.add_argument("--steps", type=int, default=d.num_inference_steps, help="sampler steps (paper: 150)")
+    defaults = ", ".join(f"{k} {v.num_inference_steps} / {v.s_churn:g}" for k, v in SAMPLER_DEFAULTS.items())
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"sampler steps; None means the sampler's own (steps / churn: {defaults})")
     parser.add_argument(
         "--sampler",
-        choices=("euler", "heun", "dpmpp_2m"),
+        choices=tuple(SAMPLER_DEFAULTS),
         default=d.sampler,
         help="euler: the paper's churned Euler; heun / dpmpp_2m: few-step samplers",
     )
     parser.add_argument("--churn", type=float, default=None,
-                        help=f"s_churn for euler/heun; None means the sampler's own: {PAPER_CHURN:g} for euler (the "
-                             "paper's), 0 for heun; dpmpp_2m takes none")
+                        help="s_churn for euler/heun; None means the sampler's own; dpmpp_2m takes none")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="clips generated at once")
     parser.add_argument(
         "--embedder",
@@ -106,26 +108,10 @@ def _split(value):
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
 
 
-def run(args) -> int:
-    import torch
-    from tqdm.auto import tqdm
+def _config(args, tasks):
+    from mslddm.evaluation.protocol import ProtocolConfig
 
-    from mslddm.evaluation.embedders import get_embedder
-    from mslddm.evaluation.protocol import TASKS, VAE_TASKS, ProtocolConfig, evaluate
-    from mslddm.evaluation.report import markdown, write_report
-
-    tasks = VAE_TASKS if args.vae_only else (_split(args.tasks) or ())
-    if not tasks or any(t not in TASKS for t in tasks):
-        raise SystemExit(f"--tasks must name some of {TASKS}, got {args.tasks!r}.")
-    for name in ("num_clips", "num_chunks", "steps", "batch_size"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be at least 1.")
-    if args.clip_seconds <= 0:
-        raise SystemExit("--clip-seconds must be positive.")
-    if not (Path(args.data) / args.split).is_dir():
-        raise SystemExit(f"--data: no {args.split!r} split at {Path(args.data) / args.split}.")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    config = ProtocolConfig(
+    return ProtocolConfig(
         split=args.split,
         num_clips=args.num_clips,
         num_chunks=args.num_chunks,
@@ -139,6 +125,31 @@ def run(args) -> int:
         subsets=_split(args.subsets),
         silence_db=args.silence_db,
     )
+
+
+def run(args) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from mslddm.evaluation.embedders import get_embedder
+    from mslddm.evaluation.protocol import TASKS, VAE_TASKS, evaluate
+    from mslddm.evaluation.report import markdown, write_report
+
+    tasks = VAE_TASKS if args.vae_only else (_split(args.tasks) or ())
+    if not tasks or any(t not in TASKS for t in tasks):
+        raise SystemExit(f"--tasks must name some of {TASKS}, got {args.tasks!r}.")
+    for name in ("num_clips", "num_chunks", "steps", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be at least 1.")
+    if args.clip_seconds <= 0:
+        raise SystemExit("--clip-seconds must be positive.")
+    if not (Path(args.data) / args.split).is_dir():
+        raise SystemExit(f"--data: no {args.split!r} split at {Path(args.data) / args.split}.")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    try:
+        config = _config(args, tasks)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     try:
         embedder = get_embedder(args.embedder, weights=args.embedder_weights, device=device)
     except (ValueError, ImportError, FileNotFoundError) as error:

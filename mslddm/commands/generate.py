@@ -22,11 +22,16 @@ def add_arguments(parser):
                         help="a stem to generate; repeat or comma-separate (default: every stem not given)")
     parser.add_argument("--duration", type=float, default=None,
                         help="seconds to generate (default: length of the given stems, else 12)")
-    parser.add_argument("--steps", type=int, default=150, help="sampler steps (paper: 150)")
-    parser.add_argument("--sampler", choices=("euler", "heun", "dpmpp_2m"), default="euler",
-                        help="euler: the paper's churned Euler; heun / dpmpp_2m: few-step samplers")
+    from mslddm.schedulers.sampling import SAMPLER_DEFAULTS
+
+    defaults = ", ".join(f"{k} {d.num_inference_steps} steps churn {d.s_churn:g}" for k, d in SAMPLER_DEFAULTS.items())
+    parser.add_argument("--sampler", choices=tuple(SAMPLER_DEFAULTS), default=None,
+                        help="euler: the paper's churned Euler; heun / dpmpp_2m: few-step samplers; None means the "
+                             "pipeline's (its scheduler config)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"sampler steps; None means the sampler's default ({defaults})")
     parser.add_argument("--churn", type=float, default=None,
-                        help="s_churn for euler/heun (default: 20 for euler, 0 otherwise)")
+                        help="s_churn for euler/heun; None means the sampler's default")
     parser.add_argument("--seed", type=int, action="append", default=None,
                         help="seed of a sample; repeat for several; with one seed and --num-samples N the seeds "
                              "are seed, seed+1, ... (default: 0)")
@@ -90,8 +95,10 @@ def run(args) -> int:
             settings = {
                 "pipeline": str(args.pipeline), "seed": seed, "given": given, "generated": result.generated,
                 "stem_names": result.stem_names, "sample_rate": result.sample_rate,
-                "duration_s": stems.shape[-1] / result.sample_rate, "steps": args.steps, "sampler": args.sampler,
-                "s_churn": pipe.scheduler.s_churn, "gain_applied": gain, "device": device, "dtype": args.dtype,
+                "duration_s": stems.shape[-1] / result.sample_rate, "steps": result.sampling["num_inference_steps"],
+                "sampler": result.sampling["sampler"], "s_churn": result.sampling["s_churn"],
+                "model_evaluations": result.sampling["model_evaluations"], "gain_applied": gain, "device": device,
+                "dtype": args.dtype,
                 "batch_seconds": round(seconds, 3),
             }
             (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")

@@ -43,9 +43,6 @@ TASKS = ("floor", "reconstruction", "total", "partial")
 VAE_TASKS = ("floor", "reconstruction")
 
 
-PAPER_CHURN = 20.0
-
-
 @dataclass(frozen=True)
 class ProtocolConfig:
     """Parameters of one evaluation; the defaults are the paper's (200 x 12 s, 150 Euler steps, churn 20)."""
@@ -55,7 +52,7 @@ class ProtocolConfig:
     num_chunks: int = 200  # partial generation: reference chunks with every stem present
     clip_seconds: float = 12.0
     seed: int = 0
-    num_inference_steps: int = 150
+    num_inference_steps: int | None = None  # None: the sampler's own (euler: the paper's 150)
     sampler: str = "euler"
     s_churn: float | None = None  # None: the sampler's own (euler: the paper's 20; heun: 0; dpmpp_2m has none)
     batch_size: int = 4
@@ -64,8 +61,12 @@ class ProtocolConfig:
     silence_db: float = -50.0  # below this RMS (dBFS) a stem counts as silent
 
     def __post_init__(self):
-        if self.s_churn is None:  # resolved here so that results and resume checks record the value used
-            object.__setattr__(self, "s_churn", PAPER_CHURN if self.sampler == "euler" else 0.0)
+        # Resolved here, from the samplers' one table, so that results and resume checks record the values used.
+        from ..schedulers.scheduling_edm import EDMScheduler
+
+        settings = EDMScheduler().sampling_settings(self.sampler, self.num_inference_steps, self.s_churn)
+        object.__setattr__(self, "num_inference_steps", settings.num_inference_steps)
+        object.__setattr__(self, "s_churn", settings.s_churn)
 
     def generation(self) -> dict:
         """The settings generated audio depends on: a resumed run must match them."""

@@ -215,9 +215,10 @@ class LearnedFourierFeatures(nn.Module):
         self.weights = nn.Parameter(torch.randn(num_frequencies))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        t = t.unsqueeze(-1)
-        phases = 2 * math.pi * t * self.weights
-        return torch.cat([t, phases.sin(), phases.cos()], dim=-1)
+        """Computed in float32 (phases of large frequencies need it), returned in the weights' dtype."""
+        t = t.float().unsqueeze(-1)
+        phases = 2 * math.pi * t * self.weights.float()
+        return torch.cat([t, phases.sin(), phases.cos()], dim=-1).to(self.weights.dtype)
 
 
 class CheckpointableBlock(nn.Module):
@@ -556,7 +557,9 @@ class MultiSourceUNet1DModel(ModelMixin, ConfigMixin):
                 f"length_multiple={self.length_multiple}."
             )
         batch_size = sample.shape[0]
-        timestep = torch.as_tensor(timestep, device=sample.device, dtype=sample.dtype)
+        # float32 whatever the model's dtype: the Fourier features of the time embedding need it (in bfloat16
+        # the phases 2 pi w t of the larger learned frequencies are off by up to ~0.07 rad).
+        timestep = torch.as_tensor(timestep, device=sample.device, dtype=torch.float32)
         if timestep.ndim == 0 or timestep.shape == (1,):
             return timestep.reshape(1).expand(batch_size)
         if timestep.shape != (batch_size,):

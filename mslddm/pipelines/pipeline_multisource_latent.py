@@ -19,7 +19,7 @@ from ..hub import model_card, push_folder_to_hub, resolve_pretrained_path
 from ..models.autoencoder_source import SourceVAE
 from ..models.autoencoder_spectral import SpectralSourceVAE
 from ..models.unet_1d_multisource import MultiSourceUNet1DModel
-from ..schedulers.scheduling_edm import SAMPLERS, EDMScheduler
+from ..schedulers.scheduling_edm import EDMScheduler
 
 DEFAULT_STEMS = ("bass", "drums", "guitar", "piano")
 Generator = Optional[Union[torch.Generator, List[torch.Generator]]]
@@ -36,6 +36,7 @@ class MultiSourceAudioPipelineOutput(BaseOutput):
         stem_names: names of the stems, in order.
         sample_rate: sample rate of the audio.
         generated: names of the stems the model generated (the others were given or held silent).
+        sampling: the sampler, steps, churn and number of model evaluations used (defaults resolved).
     """
 
     stems: Union[np.ndarray, torch.Tensor]
@@ -43,6 +44,7 @@ class MultiSourceAudioPipelineOutput(BaseOutput):
     stem_names: List[str]
     sample_rate: int
     generated: List[str]
+    sampling: Optional[Dict[str, Any]] = None
 
 
 class MultiSourceLatentPipeline(DiffusionPipeline):
@@ -171,12 +173,7 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
             or audio_length_in_s <= 0
         ):
             raise ValueError(f"audio_length_in_s must be a positive number of seconds, got {audio_length_in_s!r}.")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
-        if sampler is not None and sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
-        if s_churn is not None and (not math.isfinite(s_churn) or s_churn < 0):
-            raise ValueError(f"s_churn must be a finite number >= 0, got {s_churn!r}.")
+        self.scheduler.sampling_settings(sampler, num_inference_steps, s_churn)  # raises on bad values
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
         if output_type not in ("np", "pt", "latent"):
@@ -235,7 +232,7 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
         stems: Optional[Mapping[str, AudioLike]] = None,
         generate: Optional[Sequence[str]] = None,
         audio_length_in_s: Optional[float] = None,
-        num_inference_steps: int = 150,
+        num_inference_steps: Optional[int] = None,
         sampler: Optional[str] = None,
         s_churn: Optional[float] = None,
         num_samples: int = 1,
@@ -257,10 +254,11 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
             generate: the stems to generate (default: every stem not given). Stems neither given nor generated
                 are held silent.
             audio_length_in_s: length of the result (default: the longest given stem, else 12 s).
-            num_inference_steps: sampler steps (paper: 150).
+            num_inference_steps: sampler steps (default: the sampler's, see ``EDMScheduler.sampling_settings``:
+                150 for the paper's Euler, 50 Heun, 25 DPM-Solver++).
             sampler: ``"euler"`` (the paper's, churned), ``"heun"`` or ``"dpmpp_2m"`` (few-step); default: the
                 scheduler's.
-            s_churn: churn for Euler/Heun (default: the scheduler's, 20 for the paper's Euler).
+            s_churn: churn for Euler/Heun (default: the sampler's, 20 for the paper's Euler, 0 for Heun).
             num_samples: number of variations generated at once (the batch).
             generator: a ``torch.Generator``, or a list of ``num_samples`` generators: with a list, each sample
                 depends only on its own generator, so a seed reproduces its item in any batch.
@@ -318,8 +316,8 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
                 raise RuntimeError(f"The VAE encoded {padded} samples to {known.shape[-1]} frames, not {frames}.")
         mask = mask.expand(1, k, c, 1).reshape(1, k * c, 1)
 
-        # 4. Prepare the timesteps
-        self.scheduler.set_timesteps(num_inference_steps, device=device, sampler=sampler, s_churn=s_churn)
+        # 4. Prepare the timesteps (sampler, steps and churn resolved once, by the scheduler)
+        settings = self.scheduler.set_timesteps(num_inference_steps, device=device, sampler=sampler, s_churn=s_churn)
         timesteps = self.scheduler.timesteps
 
         # 5. Prepare the latents
@@ -330,34 +328,38 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
         latents = latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
 
-        # 6. Denoising loop: imputation (partial generation) and churn at the start of every step
+        # 6. Denoising loop: the scheduler's sampler, imputing the known stems before every model evaluation
+        impute = None
+        if known is not None:
+            def impute(x, sigma, gen):
+                noise = randn_tensor(shape, generator=gen, device=device, dtype=torch.float32)
+                return torch.where(mask, known + sigma * noise, x)
+
         with self.progress_bar(total=len(timesteps)) as progress_bar:
-            for i, t in enumerate(timesteps):
-                if known is not None and self.scheduler.is_step_start:
-                    noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-                    noisy_known = known + self.scheduler.current_sigma * noise
-                    latents = torch.where(mask, noisy_known, latents)
-                latents_hat, sigma = self.scheduler.begin_step(latents, generator)
-                model_input = self.scheduler.precondition_inputs(latents_hat, sigma).to(self.unet.dtype)
-                c_noise = self.scheduler.precondition_noise(sigma).to(device=device, dtype=self.unet.dtype)
-                model_output = self.unet(model_input, c_noise.expand(num_samples)).sample
-                denoised = self.scheduler.precondition_outputs(latents_hat, model_output.float(), sigma)
-                latents = self.scheduler.step(denoised, latents_hat).prev_sample
-                if callback_on_step_end is not None:
-                    tensors = {"latents": latents, "denoised": denoised}
-                    result = callback_on_step_end(self, i, t, {n: tensors[n] for n in callback_on_step_end_tensor_inputs})
-                    latents = (result or {}).get("latents", latents)
+            def on_evaluation(info):
                 progress_bar.update()
+                if callback_on_step_end is None:
+                    return None
+                tensors = {"latents": info["x"], "denoised": info["denoised"]}
+                result = callback_on_step_end(self, info["i"], timesteps[info["i"]],
+                                              {n: tensors[n] for n in callback_on_step_end_tensor_inputs})
+                return (result or {}).get("latents")
+
+            latents = self.scheduler.sample(self.scheduler.denoiser(self.unet), latents, generator=generator,
+                                            impute=impute, callback=on_evaluation)
         if known is not None:
             latents = torch.where(mask, known, latents)
         if not torch.isfinite(latents).all():
             raise FloatingPointError("Sampling produced NaN or infinite latents; try float32 or fewer churn.")
+        sampling = settings.to_dict()
 
         # 7. Decode, restore the given stems exactly, and mix
         if output_type == "latent":
             out = latents.reshape(num_samples, k, c, frames)
             self.maybe_free_model_hooks()
-            return MultiSourceAudioPipelineOutput(out, None, names, self.sample_rate, generate) if return_dict else (out, None)
+            if not return_dict:
+                return out, None
+            return MultiSourceAudioPipelineOutput(out, None, names, self.sample_rate, generate, sampling)
         audio = self.decode_latents(latents)[..., :num_samples_audio].cpu()
         if audio.shape[-1] < num_samples_audio:
             audio = torch.nn.functional.pad(audio, (0, num_samples_audio - audio.shape[-1]))
@@ -370,7 +372,7 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
             audio, mixture = audio.numpy(), mixture.numpy()
         if not return_dict:
             return audio, mixture
-        return MultiSourceAudioPipelineOutput(audio, mixture, names, self.sample_rate, generate)
+        return MultiSourceAudioPipelineOutput(audio, mixture, names, self.sample_rate, generate, sampling)
 
 
 def _fit(audio: np.ndarray, length: int) -> np.ndarray:

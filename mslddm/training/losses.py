@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mslddm.schedulers.scheduling_edm import edm_loss_weight, edm_scalings
+from mslddm.schedulers.sampling import Denoiser
+from mslddm.schedulers.scheduling_edm import edm_loss_weight
 
 # MSLDM's SourceVAE mel loss: 7 scales, hop = window / 4.
 MEL_WINDOW_LENGTHS = (32, 64, 128, 256, 512, 1024, 2048)
@@ -106,10 +107,8 @@ def edm_training_loss(denoised: torch.Tensor, clean: torch.Tensor, sigma: torch.
 
 
 def edm_denoise(model, noisy: torch.Tensor, sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
-    """``D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)`` for a batch of per-item sigmas ``(B,)``."""
-    c_skip, c_out, c_in, c_noise = (c.to(noisy.device) for c in edm_scalings(sigma, sigma_data))
-    out = model(noisy * c_in[:, None, None], c_noise).sample
-    return c_skip[:, None, None] * noisy + c_out[:, None, None] * out.float()
+    """``D(x; sigma)`` for a batch of per-item sigmas ``(B,)``: the sampler's :class:`Denoiser`, with gradients."""
+    return Denoiser(model, sigma_data)(noisy, sigma)
 
 
 def si_sdr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
