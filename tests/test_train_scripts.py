@@ -182,3 +182,47 @@ def test_two_process_ddp_run(tmp_path, data, vae_runs):
     assert result.returncode == 0, result.stderr[-4000:]
     assert (tmp_path / "ddp" / "checkpoint-2" / "random_states_1.pkl").is_file()
     assert (tmp_path / "ddp" / "pipeline" / "model_index.json").is_file()
+
+
+def test_spectral_vae_trains_with_init_from_and_a_time_budget(tmp_path, data, vae_runs):
+    """The frame-rate VAE through the same script; a time budget of 0 stops after one step with a full export;
+    --init_from starts from trained weights (a fresh run whose first weights are the given ones)."""
+    sets = [s for s in VAE_SET if not s.startswith("vae.model")] + [
+        "preset=small-spectral",
+        "vae.model={latent_channels: 4, encoder_dim: 8, encoder_blocks: 1, decoder_dim: 8, decoder_blocks: 1}"]
+    first = tmp_path / "spectral"
+    launch("train_vae.py", first, data, ["--max_steps", "3"], sets)
+    from mslddm.data.latents import load_vae
+    from mslddm.models.autoencoder_spectral import SpectralSourceVAE
+
+    trained = load_vae(str(first / "vae"))
+    assert type(trained) is SpectralSourceVAE
+    state = json.loads((first / "vae" / "training_state.json").read_text())
+    assert state["model_class"] == "SpectralSourceVAE" and state["timing"]["run_steps"] == 3
+    budget = launch("train_vae.py", tmp_path / "budget", data,
+                    ["--max_steps", "50", "--time_budget_minutes", "0", "--init_from", str(first / "vae")],
+                    sets + ["vae.learning_rate=0"])
+    assert "Initialised the VAE from" in budget.stderr
+    assert [p.name for p in (tmp_path / "budget").glob("checkpoint-*")] == ["checkpoint-1"]
+    # learning rate 0 keeps the initial weights: they are exactly the --init_from ones
+    _same_tensors(first / "vae" / "diffusion_pytorch_model.safetensors",
+                  tmp_path / "budget" / "vae" / "diffusion_pytorch_model.safetensors")
+
+
+def test_msldm_measures_sigma_data_and_continues_a_pipeline(tmp_path, data, msldm_runs):
+    """sigma_data null: the RMS of the training latents; --init_from a pipeline: its VAE and UNet weights."""
+    pipeline = msldm_runs / "straight" / "pipeline"
+    sets = UNET_SET + ["msldm.scheduler={sigma_data: null}", "msldm.learning_rate=0", "msldm.use_ema=false"]
+    result = launch("train_msldm.py", tmp_path / "more", data, ["--max_steps", "1", "--init_from", str(pipeline)],
+                    sets)
+    assert "Initialised the UNet from" in result.stderr
+    sigma_data = json.loads((tmp_path / "more" / "pipeline" / "scheduler" / "scheduler_config.json").read_text())[
+        "sigma_data"]
+    from mslddm import MultiSourceLatentPipeline
+
+    pipe = MultiSourceLatentPipeline.from_pretrained(pipeline)
+    audio = torch.from_numpy(np.stack([sf.read(data / "train" / "Trackt0" / f"{s}.wav")[0] for s in STEMS]))
+    rms = pipe.encode_stems(audio[None].float()).pow(2).mean().sqrt().item()
+    assert sigma_data == pytest.approx(rms, rel=0.15) and sigma_data != 0.4
+    _same_tensors(pipeline / "unet" / "diffusion_pytorch_model.safetensors",
+                  tmp_path / "more" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
