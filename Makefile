@@ -1,5 +1,5 @@
 # Two entry points do all the set-up on a fresh machine:
-#   make demo   - the Gradio demo on the bundled pipeline (http://127.0.0.1:7860)
+#   make demo   - the Gradio demo on the bundled pipeline (http://127.0.0.1:7860; make demo PORT=7861 for another)
 #   make test   - the test suite
 # Everything lives in .venv; torch is pinned to the CPU build 2.13.0 only when the venv has no torch yet
 # (an unpinned install would pull a multi-GB CUDA build).
@@ -43,7 +43,7 @@ sysdeps-test: sysdeps
 	$(SUDO) bash scripts/install_system_deps.sh --test
 
 demo: $(VENV)/.stamp-space
-	$(PY) app.py
+	$(PY) app.py $(if $(PORT),--port $(PORT))
 
 test: sysdeps-test venv
 	$(PY) -m pytest -q

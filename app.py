@@ -68,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _port_in_use(host: str, port: int) -> str:
+    """Why ``host:port`` cannot be served ("" when it can)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError as error:
+            return error.strerror or str(error)
+    return ""
+
+
 def main(argv=None) -> int:
     sys.path.insert(0, str(HERE))  # `space` is a folder next to this file, here and on the Space
     args = build_parser().parse_args(argv)
@@ -78,6 +90,11 @@ def main(argv=None) -> int:
     from space.handlers import Limits, Studio
     from space.ui import build_demo, launch_kwargs
 
+    busy = _port_in_use(args.host, args.port)
+    if busy:
+        print(f"Port {args.port} on {args.host} is in use ({busy}): pass another one with --port N "
+              "(make demo PORT=N).", file=sys.stderr)
+        return 2
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
         pipe = MultiSourceLatentPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype))

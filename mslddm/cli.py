@@ -22,6 +22,20 @@ COMMANDS = {
 }
 
 
+# The extra that installs a command's optional dependencies (pip install "mslddm[EXTRA]").
+EXTRAS = {"make-dataset": "data", "evaluate": "eval"}
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to an option's help unless the help already says what the default is."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if any(word in text.lower() for word in ("default", "none means", "unset")):
+            return text
+        return super()._get_help_string(action)
+
+
 def _available_commands():
     for name, module_name in COMMANDS.items():
         try:
@@ -46,13 +60,17 @@ def build_parser(argv_command: str | None = None) -> argparse.ArgumentParser:
             # Only the chosen command's module is imported; the others are listed by name.
             sub.add_parser(name, add_help=False)
             continue
-        module = importlib.import_module(module_name)
-        cmd = sub.add_parser(
-            name,
-            help=module.HELP,
-            description=(module.__doc__ or module.HELP).strip(),
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        )
+        try:  # a scratch parser first: add_arguments may import the command's optional dependencies
+            module = importlib.import_module(module_name)
+            module.add_arguments(argparse.ArgumentParser(add_help=False))
+        except ImportError as error:  # an optional dependency of this command is missing: the others still work
+            missing = f"needs {error.name or error}: pip install 'mslddm[{EXTRAS.get(name, 'dev')}]'"
+            if argv_command == name:
+                raise SystemExit(f"mslddm {name} {missing}.") from None
+            sub.add_parser(name, help=f"(unavailable here: {missing})", add_help=False)
+            continue
+        cmd = sub.add_parser(name, help=module.HELP, description=(module.__doc__ or module.HELP).strip(),
+                             formatter_class=_HelpFormatter)
         module.add_arguments(cmd)
         cmd.set_defaults(_run=module.run)
     return parser

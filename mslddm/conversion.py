@@ -33,8 +33,8 @@ import torch
 
 from .models.autoencoder_source import SourceVAE
 from .models.unet_1d_multisource import UNET_PRESETS, MultiSourceUNet1DModel
+from .stems import DEFAULT_STEMS as PAPER_STEMS
 
-PAPER_STEMS = ("bass", "drums", "guitar", "piano")
 PAPER_SAMPLE_RATE = 22050
 ORIGINAL_FILES_URL = "https://uofi.box.com/s/z2qxbdsxravhdg1n95khz8um3olgeya3"
 ORIGINAL_CODE_URL = "https://github.com/XZWY/MSLDM"

@@ -35,12 +35,21 @@ PRESETS = {
                      num_blocks=(2, 2, 2, 2), attentions=(False, True, True, True), attention_heads=4,
                      attention_features=32, resnet_groups=8, mapping_features=256),
     },
-    "msldm": {"vae": {}, "unet": {}},
+    # The paper's models (UPSTREAM.md): SourceVAE defaults (61,050,402 parameters) and the two released UNets
+    # (364,416,864 and 441,314,656 parameters with 4 stems x 80 channels).
+    "msldm": {
+        "vae": {},
+        "unet": dict(channels=512, patch_factor=16, patch_blocks=1, multipliers=[1, 2, 2, 2, 1, 1, 1],
+                     factors=[1, 1, 2, 1, 1, 2], num_blocks=[2, 2, 2, 2, 2, 4],
+                     attentions=[False, True, True, True, True, True], attention_heads=12, attention_features=64,
+                     attention_multiplier=2),
+    },
     "msldm-large": {
         "vae": {},
-        "unet": dict(multipliers=(1, 2, 2, 1, 1, 1, 1, 1, 1), factors=(1, 1, 2, 1, 1, 2, 2, 2),
-                     num_blocks=(2, 2, 2, 2, 2, 4, 4, 6), attentions=(False,) + (True,) * 7,
-                     attention_features=128),
+        "unet": dict(channels=512, patch_factor=16, patch_blocks=1, multipliers=[1, 2, 2, 1, 1, 1, 1, 1, 1],
+                     factors=[1, 1, 2, 1, 1, 2, 2, 2], num_blocks=[2, 2, 2, 2, 2, 4, 4, 6],
+                     attentions=[False, True, True, True, True, True, True, True], attention_heads=12,
+                     attention_features=128, attention_multiplier=2),
     },
 }
 
@@ -60,7 +69,7 @@ def build_pipeline(preset: str, stem_names: Optional[Sequence[str]] = None, seed
     import torch
 
     from mslddm import EDMScheduler, MultiSourceLatentPipeline, MultiSourceUNet1DModel
-    from mslddm.pipelines.pipeline_multisource_latent import DEFAULT_STEMS
+    from mslddm.stems import DEFAULT_STEMS
 
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")

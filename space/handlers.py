@@ -20,8 +20,9 @@ import gradio as gr
 import numpy as np
 import torch
 
-from mslddm.audio import AudioReadError, load_audio, read_audio, rms_db, to_mono
+from mslddm.audio import read_audio
 from mslddm.schedulers import SAMPLER_DEFAULTS
+from mslddm.stems import MAX_STEM_SECONDS, SILENCE_DBFS, StemError, load_stem
 
 from .render import (
     MIX,
@@ -44,6 +45,11 @@ except ImportError:  # anywhere else the decorator is a no-op
         return fn if fn is not None else (lambda f: f)
 
 
+def user_error(message: str) -> gr.Error:
+    """A bad request: shown on the page and returned by the API as one sentence, not logged as a traceback."""
+    return gr.Error(message, print_exception=False)
+
+
 SAMPLERS = {name: d.label for name, d in SAMPLER_DEFAULTS.items()}  # value -> label; defaults: the scheduler's
 
 
@@ -52,11 +58,11 @@ class Limits:
     """What one request may ask for; every limit is a flag of ``app.py``."""
 
     max_duration_s: float = 30.0  # longest generation
-    max_upload_s: float = 120.0  # longest upload (uploads are cropped to the duration)
+    max_upload_s: float = MAX_STEM_SECONDS  # longest upload (uploads are cropped to the duration)
     max_steps: int = 200
     max_variations: int = 4
     max_file_size: str = "50mb"  # enforced by Gradio's upload route
-    silence_dbfs: float = -60.0  # an upload quieter than this (RMS) is rejected as silent
+    silence_dbfs: float = SILENCE_DBFS  # an upload quieter than this (RMS) is rejected as silent
     gpu_duration_s: int = 120  # ZeroGPU time asked for one generation
 
 
@@ -107,6 +113,13 @@ class Studio:
     def stem_names(self) -> list[str]:
         return self.pipe.stem_names
 
+    @property
+    def public_pipeline_name(self) -> str:
+        """The pipeline as the files a user downloads name it: a Hub id, or a local folder's name (never the
+        server's absolute path)."""
+        path = Path(self.pipeline_name)
+        return path.name if path.is_absolute() or path.exists() else self.pipeline_name
+
     # ------------------------------------------------------------------------------------------------------
     # Events
     # ------------------------------------------------------------------------------------------------------
@@ -122,13 +135,13 @@ class Studio:
         given = {name: path for name, path in uploads.items() if path}
         unknown = sorted(set(uploads) - set(self.stem_names))
         if unknown:
-            raise gr.Error(f"Unknown stem(s) {unknown}: this pipeline's stems are {self.stem_names}.")
+            raise user_error(f"Unknown stem(s) {unknown}: this pipeline's stems are {self.stem_names}.")
         to_generate = [n for n in self.stem_names if n not in given and generate.get(n, False)]
         if len(given) == len(self.stem_names):
-            raise gr.Error("Every stem has an upload, so nothing is left to generate: remove the upload of a "
+            raise user_error("Every stem has an upload, so nothing is left to generate: remove the upload of a "
                            "stem you want generated.")
         if not to_generate:
-            raise gr.Error("Nothing to generate: tick 'generate' under at least one stem that has no upload.")
+            raise user_error("Nothing to generate: tick 'generate' under at least one stem that has no upload.")
         stems, notes = {}, []
         for name, path in given.items():
             stems[name], note = self._load_upload(name, path, duration_s)
@@ -147,7 +160,7 @@ class Studio:
 
         # 3. Write the render
         settings = {
-            "pipeline": self.pipeline_name, "given": {n: Path(p).name for n, p in given.items()},
+            "pipeline": self.public_pipeline_name, "given": {n: Path(p).name for n, p in given.items()},
             "generated": list(result.generated), "silent": [n for n in self.stem_names if n not in given
                                                             and n not in to_generate],
             "duration_s": duration_s, "steps": result.sampling["num_inference_steps"],
@@ -192,16 +205,16 @@ class Studio:
     def _check_settings(self, duration_s, steps, sampler, churn, variations):
         lim = self.limits
         if duration_s is None or not math.isfinite(float(duration_s)) or not 0 < float(duration_s) <= lim.max_duration_s:
-            raise gr.Error(f"Duration must be between 0 and {lim.max_duration_s:g} seconds, got {duration_s}.")
+            raise user_error(f"Duration must be between 0 and {lim.max_duration_s:g} seconds, got {duration_s}.")
         if steps is not None and (int(steps) != float(steps) or not 1 <= int(steps) <= lim.max_steps):
-            raise gr.Error(f"Steps must be a whole number from 1 to {lim.max_steps}, got {steps}.")
+            raise user_error(f"Steps must be a whole number from 1 to {lim.max_steps}, got {steps}.")
         if variations is None or int(variations) != float(variations) or not 1 <= int(variations) <= lim.max_variations:
-            raise gr.Error(f"Variations must be a whole number from 1 to {lim.max_variations}, got {variations}.")
+            raise user_error(f"Variations must be a whole number from 1 to {lim.max_variations}, got {variations}.")
         try:  # unset steps or churn: the sampler's defaults, resolved by the scheduler as for every caller
             sampling = self.pipe.scheduler.sampling_settings(sampler or None, None if steps is None else int(steps),
                                                              None if churn is None else float(churn))
         except ValueError as error:
-            raise gr.Error(str(error)) from None
+            raise user_error(str(error)) from None
         if sampling.num_inference_steps > lim.max_steps:  # only a default can get here: this server's limit
             sampling = self.pipe.scheduler.sampling_settings(sampling.sampler, lim.max_steps, sampling.s_churn)
         return float(duration_s), sampling, int(variations)
@@ -218,34 +231,22 @@ class Studio:
         try:
             seed = int(float(seed))
         except (TypeError, ValueError):
-            raise gr.Error(f"Seed must be a whole number (or empty for a random one), got {seed!r}.") from None
+            raise user_error(f"Seed must be a whole number (or empty for a random one), got {seed!r}.") from None
         if not 0 <= seed < 2**63 - variations:
-            raise gr.Error(f"Seed must be between 0 and 2^63, got {seed}.")
+            raise user_error(f"Seed must be between 0 and 2^63, got {seed}.")
         return [seed + i for i in range(variations)]
 
     def _load_upload(self, name: str, path: str, duration_s: float):
-        """Reads, checks and converts one uploaded stem; returns it at the pipeline's rate and a note or None."""
-        shown = Path(path).name
+        """Reads, checks and converts one uploaded stem (the library's checks and sentences, as in Python and the
+        CLI); returns it at the pipeline's rate, cut to the duration, and a note or None."""
+        sr = self.pipe.sample_rate
         try:
-            audio, sr = read_audio(path)
-        except (AudioReadError, FileNotFoundError, OSError) as error:
-            raise gr.Error(f"The {name} upload ({shown}) could not be read as audio: upload a WAV, FLAC, OGG or MP3 "
-                           f"file instead. ({error})") from None
-        length_s = audio.shape[-1] / sr
-        if length_s > self.limits.max_upload_s:
-            raise gr.Error(f"The {name} upload ({shown}) is {length_s:.1f} s long; uploads may be at most "
-                           f"{self.limits.max_upload_s:g} s. Trim it and upload it again.")
-        mono = to_mono(audio)
-        level = rms_db(mono[: math.ceil(duration_s * sr)])  # the part that will be used
-        if level < self.limits.silence_dbfs:
-            where = f" in its first {duration_s:g} s" if length_s > duration_s else ""
-            raise gr.Error(f"The {name} upload ({shown}) is silent{where} ({level:.0f} dBFS RMS): upload a stem "
-                           f"you can hear, or remove it to generate {name}.")
-        try:
-            # Resampled whole and cut after, as the pipeline would: no filter edge at the cut.
-            stem = load_audio((mono, sr), self.pipe.sample_rate)[: round(duration_s * self.pipe.sample_rate)]
-        except ValueError as error:
-            raise gr.Error(f"The {name} upload ({shown}) cannot be used: {error}") from None
+            audio = load_stem(name, path, sr, use_seconds=duration_s, max_seconds=self.limits.max_upload_s,
+                              silence_dbfs=self.limits.silence_dbfs, limit_hint=" Trim it and upload it again.")
+        except StemError as error:
+            raise user_error(str(error)) from None
+        length_s = len(audio) / sr
+        stem = audio[: round(duration_s * sr)]  # resampled whole and cut after: no filter edge at the cut
         note = None
         if length_s > duration_s + 1e-3:
             note = f"the {name} upload was cut to the first {duration_s:g} s of its {length_s:.1f} s"
@@ -264,18 +265,18 @@ class Studio:
         try:
             result = self.pipe(**kwargs, output_type="np", callback_on_step_end=on_step)
         except FloatingPointError as error:
-            raise gr.Error(f"{error} Try the Euler sampler with less churn, or more steps.") from None
+            raise user_error(f"{error} Try the Euler sampler with less churn, or more steps.") from None
         except ValueError as error:  # the pipeline's checks are sentences already
-            raise gr.Error(str(error)) from None
+            raise user_error(str(error)) from None
         return result, len(self.pipe.scheduler.timesteps)
 
     def _read(self, zip_path, reader):
         if not zip_path:
-            raise gr.Error("Nothing to re-mix yet: press Generate first.")
+            raise user_error("Nothing to re-mix yet: press Generate first.")
         try:
             return reader(zip_path)
         except (ValueError, KeyError, IndexError, OSError) as error:
-            raise gr.Error(f"The render ZIP could not be read back ({error}): press Generate again.") from None
+            raise user_error(f"The render ZIP could not be read back ({error}): press Generate again.") from None
 
     def _outputs(self, zip_path, players, settings, index, info, session, folder=None) -> Outputs:
         names = settings["stem_names"]

@@ -193,8 +193,10 @@ def plot_spectrograms(tracks: Mapping[str, np.ndarray], sample_rate: int, path: 
     duration = max(len(a) for a in tracks.values()) / sample_rate
     octaves = np.log2(sample_rate / 2 / lowest_hz)
     ticks = [f for f in (100, 1000, 10000) if lowest_hz < f < sample_rate / 2]
-    fig, axes = plt.subplots(len(spectra), 1, figsize=(10, 1.1 * len(spectra) + 0.5), sharex=True,
+    # Wide (the page shows it across its whole width), with its title inside the picture.
+    fig, axes = plt.subplots(len(spectra), 1, figsize=(16, 0.9 * len(spectra) + 0.9), sharex=True,
                              squeeze=False, constrained_layout=True)
+    fig.suptitle("Spectrograms, one colour scale for all rows", fontsize=9)
     for ax, (name, spec) in zip(axes[:, 0], spectra.items()):
         image = ax.imshow(spec, origin="lower", aspect="auto", cmap="magma", vmin=top - dynamic_range_db,
                           vmax=top, extent=(0.0, duration, 0.0, octaves), interpolation="nearest")

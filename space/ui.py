@@ -14,8 +14,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from .handlers import SAMPLERS, Outputs, Studio
-from .render import MIX
+from .handlers import SAMPLERS, Outputs, Studio, variation_label
+from .render import MIX, read_settings
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".m4a")
 DEFAULT_DURATION_S = 8.0
@@ -59,6 +59,7 @@ class Page:
     gains: dict = field(default_factory=dict)
     mutes: dict = field(default_factory=dict)
     settings: list = field(default_factory=list)  # duration, steps, sampler, churn, seed, variations
+    fill_defaults: tuple = ()  # (function, input, outputs) that shows the sampler's default steps and churn
     button: gr.Button | None = None
     info: gr.Markdown | None = None
     variation: gr.Radio | None = None
@@ -86,6 +87,8 @@ def build_demo(studio: Studio, examples_dir: str | None = None, title: str = "ms
         _wire_generate(studio, page)
         _wire_mixer(studio, page)
         _wire_examples(studio, page, find_examples(examples_dir, studio.stem_names))
+        fill, sampler, targets = page.fill_defaults
+        demo.load(fill, sampler, targets, api_visibility="private", queue=False)
 
         def end_session(request: gr.Request = None):
             studio.end_session(_session(request))
@@ -117,9 +120,11 @@ def _layout(studio: Studio, title: str) -> Page:
                              label="Duration (s)", elem_id="duration")
         sampler = gr.Dropdown([(label, k) for k, label in SAMPLERS.items()], value=start.sampler, label="Sampler",
                               elem_id="sampler")
-        steps = gr.Slider(1, lim.max_steps, value=min(start.num_inference_steps, lim.max_steps), step=1,
-                          label="Steps", elem_id="steps")
-        churn = gr.Slider(0, 100, value=start.s_churn, step=0.5, label="Churn (Euler, Heun)",
+        # Empty in the page's config (so that an API call that names only a sampler gets that sampler's own
+        # defaults, as in Python and the CLI); the page fills in the defaults when it loads and on every change.
+        steps = gr.Number(None, minimum=1, maximum=lim.max_steps, precision=0, label="Steps (empty: the sampler's)",
+                          elem_id="steps")
+        churn = gr.Number(None, minimum=0, maximum=100, step=0.5, label="Churn (Euler, Heun; empty: the sampler's)",
                           interactive=start.sampler != "dpmpp_2m", elem_id="churn")
     with gr.Row():
         # A Textbox, not a Number: an empty Number is sent as 0, and empty must mean "random".
@@ -129,10 +134,11 @@ def _layout(studio: Studio, title: str) -> Page:
     page.settings = [duration, steps, sampler, churn, seed, variations]
     def on_sampler(name):
         d = studio.sampling_defaults(name)
-        return (gr.Slider(value=min(d.num_inference_steps, lim.max_steps)),
-                gr.Slider(value=d.s_churn, interactive=name != "dpmpp_2m"))
+        return (gr.Number(value=min(d.num_inference_steps, lim.max_steps)),
+                gr.Number(value=d.s_churn, interactive=name != "dpmpp_2m"))
 
     sampler.change(on_sampler, sampler, [steps, churn], api_visibility="private", queue=False)
+    page.fill_defaults = (on_sampler, sampler, [steps, churn])
 
     gr.Markdown("### Result and mixer: the faders re-mix without generating again")
     page.info = gr.Markdown("Press **Generate**. The used seed is shown here.", label="summary", elem_id="info")
@@ -148,18 +154,24 @@ def _layout(studio: Studio, title: str) -> Page:
         with gr.Column(elem_classes="stem-column", min_width=220):
             page.players[MIX] = gr.Audio(label="mix", type="filepath", format="wav", interactive=False,
                                          elem_id="player-mix")
-            page.zip_file = gr.File(label="ZIP: stems, mix, settings", interactive=False, elem_id="zip")
-    page.spectrogram = gr.Image(label="spectrograms (one colour scale)", type="filepath", format="png",
-                                interactive=False, elem_id="spectrogram")
+    # Its own row: in a stem column the file name is elided to "m.zip".
+    page.zip_file = gr.File(label="ZIP: stems, mix, settings", interactive=False, elem_id="zip")
+    page.spectrogram = gr.Image(show_label=False, type="filepath", format="png", interactive=False,
+                                elem_id="spectrogram")
     return page
 
 
-def _show(page: Page, out: Outputs) -> list:
-    """An event's result as values for ``page.outputs``."""
+def _show(page: Page, out: Outputs, plain: bool = False) -> list:
+    """An event's result as values for ``page.outputs``; with ``plain`` the variation is its label alone (what the
+    public API returns: plain values, no component updates)."""
     labels = out.variation_labels
+    variation = labels[out.variation] if plain else _variation_update(labels, out.variation)
     return ([str(out.players[n]) for n in page.uploads] + [str(out.players[MIX]), str(out.spectrogram),
-            str(out.zip_path), out.info]
-            + [gr.update(choices=labels, value=labels[out.variation], visible=len(labels) > 1)])
+            str(out.zip_path), out.info, variation])
+
+
+def _variation_update(labels: list[str], index: int):
+    return gr.update(choices=labels, value=labels[index], visible=len(labels) > 1)
 
 
 def _mixer_values(names: list[str], values) -> dict:
@@ -176,14 +188,14 @@ def _wire_generate(studio: Studio, page: Page) -> None:
         out = studio.generate(dict(zip(names, values[:k])), dict(zip(names, values[k:2 * k])),
                               *values[2 * k:2 * k + 6], mixer=_mixer_values(names, values[2 * k + 6:]),
                               progress=progress, session=_session(request))
-        return _show(page, out)
+        return _show(page, out, plain=True)
 
     # Named parameters (the stems' uploads first), so gradio_client callers can pass keywords. Unset steps and
-    # churn mean the chosen sampler's defaults, as in Python and the CLI (not the page's current slider values).
+    # churn (None) mean the chosen sampler's defaults, as in Python and the CLI.
     params = api_names(names)
     settings = dict(zip(("duration", "steps", "sampler", "churn", "seed", "variations"), page.settings))
     defaults = ([(p, None) for p in params] + [(f"generate_{p}", True) for p in params]
-                + [(n, None if n in ("steps", "churn") else c.value) for n, c in settings.items()]
+                + [(n, c.value) for n, c in settings.items()]
                 + [(f"gain_db_{p}", 0.0) for p in params] + [(f"mute_{p}", False) for p in params])
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
     run_generate.__signature__ = inspect.Signature(
@@ -195,9 +207,18 @@ def _wire_generate(studio: Studio, page: Page) -> None:
         "Generates the stems that have no upload and generate_<stem> true, around the uploaded ones, and the mix. "
         "Returns a WAV per stem, the mix WAV, the spectrogram PNG, the ZIP (stems, mix, settings.json), a "
         "Markdown summary with the seeds, and the variation shown.")
+    def show_variations(zip_path):
+        """After a generation (which shows its first variation): the selector lists the render's variations; the
+        API itself returns plain values."""
+        if not zip_path:
+            return gr.skip()
+        labels = [variation_label(i, seed) for i, seed in enumerate(read_settings(zip_path)["seeds"])]
+        return _variation_update(labels, 0)
+
     page.button.click(run_generate, list(page.uploads.values()) + list(page.generate.values()) + page.settings
                       + page.mixer, page.outputs, api_name="generate", concurrency_limit=1,
-                      concurrency_id="sampling")
+                      concurrency_id="sampling").success(show_variations, page.zip_file, page.variation,
+                                                         api_visibility="private", queue=False)
     for name in names:  # an upload makes the stem a condition: its "generate" box no longer applies
         page.uploads[name].change(lambda path: gr.Checkbox(value=not path, interactive=not path),
                                   page.uploads[name], page.generate[name], api_visibility="private", queue=False)

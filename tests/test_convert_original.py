@@ -230,7 +230,8 @@ def test_cli_converts_to_a_loadable_pipeline_with_a_model_card(tiny_files, tmp_p
     assert "custom architecture" in printed and "ignored pickled objects" in printed
     pipe = MultiSourceLatentPipeline.from_pretrained(out)
     assert pipe.stem_names == ["bass", "drums", "guitar", "piano"] and pipe.sample_rate == 22050
-    assert pipe.scheduler.config.s_churn == 20.0
+    paper = pipe.scheduler.sampling_settings()  # the paper's sampler: churned Euler, 150 steps, churn 20
+    assert (paper.sampler, paper.num_inference_steps, paper.s_churn) == ("euler", 150, 20.0)
     assert (pipe.scheduler.config.sigma_min, pipe.scheduler.config.sigma_max) == (0.01, 3.0)
     assert pipe.scheduler.config.sigma_data == 0.4 and pipe.scheduler.config.sampler == "euler"
     for ours, theirs in ((pipe.vae, vae), (pipe.unet, unet)):

@@ -290,5 +290,8 @@ def test_bad_calls_raise_value_errors(pipe, kwargs, match):
 
 
 def test_missing_stem_file_is_a_clear_error(pipe):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    from mslddm.stems import StemError
+
+    with pytest.raises(StemError, match=r"^The bass stem \(bass.wav\) does not exist") as info:
         pipe(stems={"bass": "/nonexistent/bass.wav"}, num_inference_steps=1)
+    assert "/nonexistent" not in str(info.value)

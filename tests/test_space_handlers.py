@@ -118,7 +118,7 @@ def test_show_switches_variation(studio):
     ("nothing", "Nothing to generate"),
     ("unreadable", "could not be read as audio"),
     ("silent", "is silent"),
-    ("too_long", "uploads may be at most 3 s"),
+    ("too_long", "stems may be at most 3 s"),
     ("duration", "Duration must be between 0 and 4"),
     ("steps", "Steps must be a whole number from 1 to 10"),
     ("churn", "takes no churn"),

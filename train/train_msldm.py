@@ -20,6 +20,7 @@ from mslddm.data.datasets import LatentSegmentDataset, MultiSourceSegmentDataset
 from mslddm.data.latents import load_vae
 from mslddm.presets import PRESETS
 from mslddm.schedulers.scheduling_edm import sample_training_sigmas
+from mslddm.stems import DEFAULT_STEMS
 from mslddm.training import losses
 from mslddm.training.checkpointing import STATE_FILE, export_pipeline, list_checkpoints, save_checkpoint
 from mslddm.training.runner import (clip_grad, common_arguments, load_run_recipe, log_audio, logger,
@@ -39,7 +40,7 @@ def training_data(recipe: dict, cfg: dict, vae, split: str, random_offsets: bool
         return ds, list(ds.stem_names), {"latents": str(cfg["latents"]), f"{split}_files": len(ds.files),
                                          f"{split}_hours": round(hours, 3)}
     data = recipe["data"]
-    tracks = load_tracks(data["root"], split, data.get("stems") or ["bass", "drums", "guitar", "piano"])
+    tracks = load_tracks(data["root"], split, data.get("stems") or list(DEFAULT_STEMS))
     if frames is None:
         frames = int(round(float(cfg.get("validation_seconds", 12.0)) * vae.config.sampling_rate / vae.hop_length))
     ds = MultiSourceSegmentDataset(tracks, frames * vae.hop_length, random_offsets=random_offsets, seed=seed)

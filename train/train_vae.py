@@ -20,6 +20,7 @@ from torch import nn
 from mslddm.data.datasets import MultiSourceSegmentDataset, SourceClipDataset, load_tracks
 from mslddm.data.latents import load_vae
 from mslddm.presets import build_vae
+from mslddm.stems import DEFAULT_STEMS
 from mslddm.training import losses
 from mslddm.training.checkpointing import STATE_FILE, list_checkpoints, save_checkpoint
 from mslddm.training.discriminator import SourceDiscriminator
@@ -113,7 +114,7 @@ def main(argv=None):
 
     # 2. Resume, data
     start_step, _, resumed = resume_step(accelerator, args)
-    stem_names = data_cfg.get("stems") or ["bass", "drums", "guitar", "piano"]
+    stem_names = data_cfg.get("stems") or list(DEFAULT_STEMS)
     sr = vae.config.sampling_rate
     tracks = load_tracks(data_cfg["root"], "train", stem_names)
     def hop_multiple(seconds):  # whole latent frames, so that the reconstruction has the input's length

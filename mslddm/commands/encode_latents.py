@@ -51,7 +51,7 @@ def _default_stems(vae_path: str) -> list[str]:
         names = json.loads(index.read_text()).get("stem_names")
         if names:
             return list(names)
-    from mslddm.data.tracks import DEFAULT_STEMS
+    from mslddm.stems import DEFAULT_STEMS
 
     return list(DEFAULT_STEMS)
 
@@ -87,7 +87,7 @@ def run(args) -> int:
 
     device, rank, world, barrier = _processes(args.device)
     dtype = getattr(torch, args.dtype)
-    vae = load_vae(args.vae, torch_dtype=dtype).to(device).eval()
+    vae = load_vae(args.vae, dtype=dtype).to(device).eval()
     sample_rate = int(vae.config.sampling_rate)
     try:
         tracks = {split or ".": load_tracks(data, split, stems, args.layout, sample_rate=sample_rate,

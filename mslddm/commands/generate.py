@@ -32,6 +32,8 @@ def add_arguments(parser):
                         help=f"sampler steps; None means the sampler's default ({defaults})")
     parser.add_argument("--churn", type=float, default=None,
                         help="s_churn for euler/heun; None means the sampler's default")
+    parser.add_argument("--max-stem-seconds", type=float, default=None,
+                        help="longest given stem accepted, as on the web page; None means 120 s")
     parser.add_argument("--seed", type=int, action="append", default=None,
                         help="seed of a sample; repeat for several; with one seed and --num-samples N the seeds "
                              "are seed, seed+1, ... (default: 0)")
@@ -43,19 +45,40 @@ def add_arguments(parser):
                         help="model weights' precision (sampling math stays float32)")
 
 
+def _load_given(pipe, given: dict, duration, max_seconds) -> dict:
+    """The given stems read, checked and resampled with the library's checks (the page's sentences)."""
+    import sys
+
+    from mslddm.stems import load_stem
+
+    loaded = {}
+    for name, path in given.items():
+        print(f"Reading the {name} stem from {Path(path).name} ...", file=sys.stderr, flush=True)
+        loaded[name] = load_stem(name, path, pipe.sample_rate, use_seconds=duration, max_seconds=max_seconds,
+                                 limit_hint=" (--max-stem-seconds raises the limit)")
+        print(f"  {len(loaded[name]) / pipe.sample_rate:.1f} s at {pipe.sample_rate} Hz", file=sys.stderr, flush=True)
+    return loaded
+
+
 def run(args) -> int:
+    try:
+        return _run(args)
+    except ValueError as error:  # bad input: one sentence, exit code 1, no traceback
+        raise SystemExit(str(error)) from None
+
+
+def _run(args) -> int:
     import torch
 
     from mslddm import MultiSourceLatentPipeline
     from mslddm.audio import common_gain, write_audio
+    from mslddm.stems import MAX_STEM_SECONDS
 
     given = {}
     for item in args.stem:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise SystemExit(f"--stem expects NAME=FILE, got {item!r}.")
-        if not Path(path).is_file():
-            raise SystemExit(f"--stem {name}: file {path!r} does not exist.")
         given[name] = path
     generate = None
     if args.generate:
@@ -71,16 +94,20 @@ def run(args) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     dtype = getattr(torch, args.dtype)
 
-    pipe = MultiSourceLatentPipeline.from_pretrained(args.pipeline, torch_dtype=dtype).to(device)
+    pipe = MultiSourceLatentPipeline.from_pretrained(args.pipeline, dtype=dtype).to(device)
     unknown = [s for s in list(given) + list(generate or []) if s not in pipe.stem_names]
     if unknown:
         raise SystemExit(f"Unknown stem(s) {unknown}; this pipeline's stems are {pipe.stem_names}.")
+    names = dict(given)  # what settings.json records: the files' base names
+    max_seconds = MAX_STEM_SECONDS if args.max_stem_seconds is None else args.max_stem_seconds
+    given = _load_given(pipe, given, args.duration, max_seconds)
     out_root = Path(args.out)
     for start in range(0, num, args.batch_size):
         batch_seeds = seeds[start:start + args.batch_size]
         tic = time.perf_counter()
         result = pipe(
-            stems=given or None, generate=generate, audio_length_in_s=args.duration,
+            stems=given or None, input_sample_rate=pipe.sample_rate, generate=generate,
+            audio_length_in_s=args.duration,
             num_inference_steps=args.steps, sampler=args.sampler, s_churn=args.churn,
             num_samples=len(batch_seeds), generator=[torch.Generator().manual_seed(s) for s in batch_seeds],
         )
@@ -93,7 +120,8 @@ def run(args) -> int:
                 write_audio(folder / f"{name}.wav", audio * gain, result.sample_rate)
             write_audio(folder / "mix.wav", mix * gain, result.sample_rate)
             settings = {
-                "pipeline": str(args.pipeline), "seed": seed, "given": given, "generated": result.generated,
+                "pipeline": str(args.pipeline), "seed": seed, "given": {n: Path(p).name for n, p in names.items()},
+                "generated": result.generated,
                 "stem_names": result.stem_names, "sample_rate": result.sample_rate,
                 "duration_s": stems.shape[-1] / result.sample_rate, "steps": result.sampling["num_inference_steps"],
                 "sampler": result.sampling["sampler"], "s_churn": result.sampling["s_churn"],

@@ -51,7 +51,7 @@ def read_dataset_header(root) -> dict:
     return json.loads(path.read_text())
 
 
-def load_vae(path: str, subfolder: str | None = None, torch_dtype=None):
+def load_vae(path: str, subfolder: str | None = None, dtype=None):
     """A VAE (any class of ``mslddm.models.VAE_CLASSES``) from a pipeline folder (its ``vae/``), a VAE folder, or a
     Hub repo id (``subfolder="vae"``)."""
     from mslddm.models import load_vae_folder
@@ -63,7 +63,7 @@ def load_vae(path: str, subfolder: str | None = None, torch_dtype=None):
         elif not (local / "config.json").is_file() and not local.exists():
             subfolder = "vae"  # a Hub repo id of a pipeline
     kwargs = {"subfolder": subfolder} if subfolder else {}
-    return load_vae_folder(path, torch_dtype=torch_dtype, **kwargs)
+    return load_vae_folder(path, dtype=dtype, **kwargs)
 
 
 @torch.no_grad()

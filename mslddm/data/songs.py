@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from mslddm.data.grooves import SPLITS, families_of_split
+from mslddm.stems import DEFAULT_STEMS as STEMS  # the classes the generator renders
 
-STEMS = ("bass", "drums", "guitar", "piano")
 
 # Split shares of tracks (see iter_splits).
 SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}

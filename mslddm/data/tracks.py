@@ -23,10 +23,10 @@ import numpy as np
 import soundfile as sf
 
 from mslddm.audio import AudioReadError, resample
+from ..stems import DEFAULT_STEMS  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_STEMS = ("bass", "drums", "guitar", "piano")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 LENGTH_POLICIES = ("pad", "trim", "skip")
 # Margin (in source samples) read around a window that must be resampled, so the resampler's edges fall outside.

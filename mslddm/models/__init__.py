@@ -21,10 +21,10 @@ def vae_class(name: str):
     return getattr(importlib.import_module(VAE_CLASSES[name]), name)
 
 
-def load_vae_folder(path, torch_dtype=None, **kwargs):
+def load_vae_folder(path, dtype=None, **kwargs):
     """A VAE of whichever class its ``config.json`` names, from a local folder or a Hub repo (``subfolder=``)."""
     from mslddm.models.autoencoder_source import SourceVAE
 
     config = SourceVAE.load_config(path, **kwargs)
     cls = vae_class(config.get("_class_name", "SourceVAE"))
-    return cls.from_pretrained(path, torch_dtype=torch_dtype, **kwargs)
+    return cls.from_pretrained(path, dtype=dtype, **kwargs)

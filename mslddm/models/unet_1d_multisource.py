@@ -6,7 +6,7 @@ time embedding) and a transformer block, a ResNet/attention/ResNet bottleneck si
 consumes the skips scaled by 2^-0.5. Module names follow the reference so that a released checkpoint loads with
 `convert_reference_unet_state_dict` + `load_state_dict(strict=True)`.
 
-The model takes EDM's `c_noise = log(sigma) / 4` directly; preconditioning lives in the scheduler.
+The model takes EDM's `c_noise = log(sigma) / 4` directly; preconditioning lives in `schedulers.sampling.Denoiser`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_1d import UNet1DOutput
 from torch import nn
 
+from ..presets import PRESETS
+
 __all__ = [
     "UNET_PRESETS",
     "MultiSourceUNet1DModel",
@@ -30,34 +32,10 @@ __all__ = [
 ]
 
 
-# Architecture of the two released MSLDM models (UPSTREAM.md); the "msldm" entry equals the constructor defaults.
+# The two released MSLDM models (UPSTREAM.md), from the one table of model sizes (mslddm.presets), with the paper's
+# 4 stems x 80 latent channels as input; the "msldm" entry equals the constructor defaults.
 UNET_PRESETS: dict[str, dict[str, Any]] = {
-    "msldm": {
-        "in_channels": 320,
-        "channels": 512,
-        "patch_factor": 16,
-        "patch_blocks": 1,
-        "multipliers": [1, 2, 2, 2, 1, 1, 1],
-        "factors": [1, 1, 2, 1, 1, 2],
-        "num_blocks": [2, 2, 2, 2, 2, 4],
-        "attentions": [False, True, True, True, True, True],
-        "attention_heads": 12,
-        "attention_features": 64,
-        "attention_multiplier": 2,
-    },
-    "msldm-large": {
-        "in_channels": 320,
-        "channels": 512,
-        "patch_factor": 16,
-        "patch_blocks": 1,
-        "multipliers": [1, 2, 2, 1, 1, 1, 1, 1, 1],
-        "factors": [1, 1, 2, 1, 1, 2, 2, 2],
-        "num_blocks": [2, 2, 2, 2, 2, 4, 4, 6],
-        "attentions": [False, True, True, True, True, True, True, True],
-        "attention_heads": 12,
-        "attention_features": 128,
-        "attention_multiplier": 2,
-    },
+    name: {"in_channels": 320, **PRESETS[name]["unet"]} for name in ("msldm", "msldm-large")
 }
 
 

@@ -14,14 +14,14 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..audio import AudioLike, load_audio
+from ..audio import AudioLike
 from ..hub import model_card, push_folder_to_hub, resolve_pretrained_path
 from ..models.autoencoder_source import SourceVAE
 from ..models.autoencoder_spectral import SpectralSourceVAE
 from ..models.unet_1d_multisource import MultiSourceUNet1DModel
 from ..schedulers.scheduling_edm import EDMScheduler
+from ..stems import DEFAULT_STEMS, load_stem
 
-DEFAULT_STEMS = ("bass", "drums", "guitar", "piano")
 Generator = Optional[Union[torch.Generator, List[torch.Generator]]]
 
 
@@ -183,26 +183,25 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
         if latents is not None and latents.shape[0] != num_samples:
             raise ValueError(f"latents has batch size {latents.shape[0]} but num_samples is {num_samples}.")
 
-    def _load_given_stems(self, stems: Mapping[str, Any], num_samples: int, input_sample_rate) -> Dict[str, np.ndarray]:
-        """Loads every given stem as float32 ``(num_samples, T_stem)`` at the pipeline's sample rate."""
+    def _load_given_stems(self, stems: Mapping[str, Any], num_samples: int, input_sample_rate,
+                          use_seconds: Optional[float]) -> Dict[str, np.ndarray]:
+        """Loads every given stem as float32 ``(num_samples, T_stem)`` at the pipeline's sample rate; a stem that
+        cannot be read, or is silent over the part used, raises :class:`~mslddm.stems.StemError`."""
         loaded = {}
         for name, source in stems.items():
-            batch = None
+            items = None
             if isinstance(source, list):
                 if len(source) != num_samples:
                     raise ValueError(f"Given stem {name!r} is a list of {len(source)} items; pass one per sample "
                                      f"({num_samples}) or a single audio.")
-                batch = [load_audio(a, self.sample_rate, source_sample_rate=input_sample_rate) for a in source]
+                items = source
             elif not isinstance(source, (str, os.PathLike, bytes, tuple)):
                 array = source.detach().cpu().float().numpy() if hasattr(source, "detach") else np.asarray(source)
                 if array.ndim == 2 and array.shape[0] == num_samples and num_samples > 1:
-                    batch = [load_audio(a, self.sample_rate, source_sample_rate=input_sample_rate) for a in array]
-            if batch is None:
-                try:
-                    one = load_audio(source, self.sample_rate, source_sample_rate=input_sample_rate)
-                except ValueError as error:
-                    raise ValueError(f"Given stem {name!r}: {error}") from error
-                batch = [one] * num_samples
+                    items = list(array)
+            batch = [load_stem(name, a, self.sample_rate, source_sample_rate=input_sample_rate,
+                               use_seconds=use_seconds) for a in (items if items is not None else [source])]
+            batch = batch * (num_samples if items is None else 1)
             length = max(len(a) for a in batch)
             loaded[name] = np.stack([np.pad(a, (0, length - len(a))) for a in batch])
         return loaded
@@ -272,7 +271,9 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
 
         Returns:
             :class:`MultiSourceAudioPipelineOutput` or ``(stems, mixture)``. Given stems come back unchanged
-            (resampled and mono), sample-aligned with the generated ones.
+            (resampled and mono), sample-aligned with the generated ones. A given stem that cannot be read or is
+            silent (under -60 dBFS RMS over the part used) raises ``StemError`` (a ``ValueError``) naming the stem
+            and file; to hold a stem silent, leave it out of both ``stems`` and ``generate``.
         """
         # 1. Check inputs
         stems = dict(stems or {})
@@ -287,7 +288,7 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
         device = self._execution_device
 
         # 2. Load the given stems and fix the length
-        given = self._load_given_stems(stems, num_samples, input_sample_rate)
+        given = self._load_given_stems(stems, num_samples, input_sample_rate, audio_length_in_s)
         if audio_length_in_s is None:
             num_samples_audio = max((a.shape[1] for a in given.values()), default=round(12.0 * self.sample_rate))
         else:

@@ -133,10 +133,10 @@ def export_pipeline(checkpoint, out, ema: bool = True, dtype: Optional[str] = No
                          "needs a diffusion checkpoint (train/train_msldm.py). Its vae/ folder is a SourceVAE folder.")
     unet_dir = checkpoint / ("unet_ema" if ema and (checkpoint / "unet_ema").is_dir() else "unet")
     weights = "EMA of the UNet weights" if unet_dir.name == "unet_ema" else "raw (non-EMA) UNet weights"
-    torch_dtype = getattr(torch, dtype) if dtype else None
+    weights_dtype = getattr(torch, dtype) if dtype else None
     pipe = MultiSourceLatentPipeline(
-        vae=load_vae_folder(checkpoint / "vae", torch_dtype=torch_dtype),
-        unet=MultiSourceUNet1DModel.from_pretrained(unet_dir, torch_dtype=torch_dtype),
+        vae=load_vae_folder(checkpoint / "vae", dtype=weights_dtype),
+        unet=MultiSourceUNet1DModel.from_pretrained(unet_dir, dtype=weights_dtype),
         scheduler=EDMScheduler.from_pretrained(checkpoint / "scheduler"),
         stem_names=state["stem_names"],
     )

@@ -1,5 +1,7 @@
-"""Training recipes: one YAML (or JSON) file per recipe in ``train/recipes/``, read into nested dicts, with
-``--set section.key=value`` overrides from the command line (values parsed as YAML)."""
+"""Training recipes: one YAML (or JSON) file per recipe, read into nested dicts, with ``--set section.key=value``
+overrides from the command line (values parsed as YAML). The named recipes ship inside the package
+(``mslddm/recipes/``, package data, so that ``--config tiny`` works in a non-editable install); ``train/recipes``
+in the repository is a link to that folder."""
 
 from __future__ import annotations
 
@@ -8,11 +10,11 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-RECIPE_DIR = Path(__file__).resolve().parents[2] / "train" / "recipes"
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def recipe_path(name_or_path: str | Path) -> Path:
-    """A recipe file: the path itself, or ``train/recipes/NAME.{yaml,yml,json}`` of this checkout."""
+    """A recipe file: the path itself, or ``NAME.{yaml,yml,json}`` among the recipes shipped with mslddm."""
     path = Path(name_or_path)
     if path.is_file():
         return path
