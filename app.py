@@ -86,6 +86,8 @@ def main(argv=None) -> int:
 
     import torch
 
+    from mslddm.devices import resolve_device
+
     from mslddm import MultiSourceLatentPipeline
     from space.handlers import Limits, Studio
     from space.ui import build_demo, launch_kwargs
@@ -95,7 +97,7 @@ def main(argv=None) -> int:
         print(f"Port {args.port} on {args.host} is in use ({busy}): pass another one with --port N "
               "(make demo PORT=N).", file=sys.stderr)
         return 2
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     try:
         pipe = MultiSourceLatentPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype))
     except Exception as error:  # noqa: BLE001 - a missing folder, no network for a Hub id, a broken download

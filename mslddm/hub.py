@@ -46,7 +46,7 @@ def model_card(
     front = {
         "library_name": "mslddm",
         "license": "mit",
-        "pipeline_tag": "text-to-audio",
+        "pipeline_tag": "audio-to-audio",  # no text prompt: stems in (partial generation), stems out
         "tags": ["music", "stems", "multi-source", "latent-diffusion", "mslddm"],
     }
     if base_model:

@@ -64,7 +64,9 @@ def _processes(device: str):
         try:
             from accelerate import Accelerator
         except ImportError:
-            return ("cuda" if torch.cuda.is_available() else "cpu"), 0, 1, lambda: None
+            from mslddm.devices import resolve_device
+
+            return torch.device(resolve_device()), 0, 1, lambda: None
         acc = Accelerator()
         return acc.device, acc.process_index, acc.num_processes, acc.wait_for_everyone
     return torch.device(device), 0, 1, lambda: None

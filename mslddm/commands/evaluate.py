@@ -129,6 +129,8 @@ def _config(args, tasks):
 
 def run(args) -> int:
     import torch
+
+    from mslddm.devices import resolve_device
     from tqdm.auto import tqdm
 
     from mslddm.evaluation.embedders import get_embedder
@@ -145,7 +147,7 @@ def run(args) -> int:
         raise SystemExit("--clip-seconds must be positive.")
     if not (Path(args.data) / args.split).is_dir():
         raise SystemExit(f"--data: no {args.split!r} split at {Path(args.data) / args.split}.")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     try:
         config = _config(args, tasks)
     except ValueError as error:

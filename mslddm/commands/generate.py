@@ -70,6 +70,8 @@ def run(args) -> int:
 def _run(args) -> int:
     import torch
 
+    from mslddm.devices import resolve_device
+
     from mslddm import MultiSourceLatentPipeline
     from mslddm.audio import common_gain, write_audio
     from mslddm.stems import MAX_STEM_SECONDS
@@ -91,7 +93,7 @@ def _run(args) -> int:
         raise SystemExit(f"Got {len(seeds)} seeds for --num-samples {num}.")
     if args.batch_size < 1:
         raise SystemExit("--batch-size must be at least 1.")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     dtype = getattr(torch, args.dtype)
 
     pipe = MultiSourceLatentPipeline.from_pretrained(args.pipeline, dtype=dtype).to(device)

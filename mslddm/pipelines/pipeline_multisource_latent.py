@@ -210,7 +210,7 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
     def encode_stems(self, audio: torch.Tensor) -> torch.Tensor:
         """Encodes ``(batch, num_stems, samples)`` audio to ``(batch, num_stems * latent_channels, frames)`` means."""
         b, k, t = audio.shape
-        posterior = self.vae.encode(audio.reshape(b * k, 1, t).to(self.vae.dtype)).latent_dist
+        posterior = self.vae.encode(audio.reshape(b * k, 1, t).to(self.vae.device, self.vae.dtype)).latent_dist
         latents = posterior.mean.float()
         return latents.reshape(b, k * latents.shape[1], latents.shape[2])
 
@@ -219,7 +219,8 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
         """Decodes ``(batch, num_stems * latent_channels, frames)`` latents to ``(batch, num_stems, samples)``."""
         b, kc, f = latents.shape
         k = kc // self.latent_channels
-        audio = self.vae.decode(latents.reshape(b * k, self.latent_channels, f).to(self.vae.dtype)).sample
+        audio = self.vae.decode(latents.reshape(b * k, self.latent_channels, f).to(self.vae.device, self.vae.dtype))
+        audio = audio.sample
         return audio.float().reshape(b, k, audio.shape[-1])
 
     # ----------------------------------------------------------------------------------------------------------
@@ -361,16 +362,16 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
             if not return_dict:
                 return out, None
             return MultiSourceAudioPipelineOutput(out, None, names, self.sample_rate, generate, sampling)
-        audio = self.decode_latents(latents)[..., :num_samples_audio].cpu()
+        audio = self.decode_latents(latents)[..., :num_samples_audio]  # on the models' device: "pt" stays there
         if audio.shape[-1] < num_samples_audio:
             audio = torch.nn.functional.pad(audio, (0, num_samples_audio - audio.shape[-1]))
         for i, name in enumerate(names):
             if name not in generate:
-                audio[:, i] = torch.from_numpy(given[name]) if name in given else 0.0
+                audio[:, i] = torch.from_numpy(given[name]).to(audio.device) if name in given else 0.0
         mixture = audio.sum(dim=1)
         self.maybe_free_model_hooks()
         if output_type == "np":
-            audio, mixture = audio.numpy(), mixture.numpy()
+            audio, mixture = audio.cpu().numpy(), mixture.cpu().numpy()
         if not return_dict:
             return audio, mixture
         return MultiSourceAudioPipelineOutput(audio, mixture, names, self.sample_rate, generate, sampling)
