@@ -47,6 +47,7 @@ def test_bundled_pipeline_makes_sound(pipe):
     assert np.abs(out.mixture).max() < 4.0
 
 
+@pytest.mark.slow
 def test_bundled_pipeline_keeps_a_given_stem_and_fills_the_rest(pipe):
     from mslddm.audio import load_audio
 

@@ -199,6 +199,7 @@ class Inert(dict):
     """A dict subclass of this test module: torch's weights_only loader refuses it, so the fallback loader runs."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(UNET_PRESETS))
 def test_paper_configs_are_read_off_the_shapes(name):
     with torch.device("meta"):
@@ -399,6 +400,7 @@ def reference_decode(reference, latents, num_samples):
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_partial_generation_matches_the_reference_loop(reference, converted):
     """Paper sampler (churned Euler, s_churn 20): given drums, the other stems generated, audio out."""
     frames, steps = 2 * converted.unet.length_multiple, 8

@@ -9,6 +9,8 @@ from eval_fixtures import write_dataset
 
 from mslddm.cli import main
 
+pytestmark = pytest.mark.slow  # real subprocesses / servers: seconds each
+
 
 def test_every_option_has_help():
     from mslddm.commands import evaluate

@@ -60,6 +60,7 @@ def test_identity_vae_reconstructs_at_fad_zero_and_real_levels(tmp_path, data):
     assert "real training chunks (floor)" in text and "| 0.000 |" in text and "mix / floor" in text
 
 
+@pytest.mark.slow
 def test_a_random_vae_scores_far_above_the_floor_and_resumes(tmp_path, data):
     pipe = build_pipeline("tiny", STEMS)
     config = small(tasks=("floor", "reconstruction"))

@@ -86,6 +86,7 @@ def test_finite_200d_embeddings_one_per_3s_window(embedder):
     )
 
 
+@pytest.mark.slow
 def test_music_fad_ranks_degradations(embedder):
     from mslddm.evaluation.fad import EmbeddingStatistics, fad
 

@@ -124,6 +124,7 @@ def test_chunk_choice_is_seeded_and_requires_all_stems_when_asked(data):
     assert len(every) == 18  # 6 tracks x 3 non-overlapping 2-s chunks, all with sound
 
 
+@pytest.mark.slow
 def test_per_item_seeds_make_results_independent_of_batch_size(tmp_path):
     clips = {}
     for batch_size in (1, 3):
@@ -134,6 +135,7 @@ def test_per_item_seeds_make_results_independent_of_batch_size(tmp_path):
     assert not np.allclose(clips[1][0], clips[1][1], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_total_and_partial_protocol_end_to_end_and_resume(tmp_path, data):
     pipe = RecordingPipeline()
     out = tmp_path / "eval"
@@ -229,6 +231,7 @@ def test_fad_separates_a_coherent_model_from_a_garbled_one(tmp_path, data):
     assert good["harmony_mean"] > bad["harmony_mean"] + 0.1
 
 
+@pytest.mark.slow
 def test_subset_selection_and_unknown_labels(tmp_path, data):
     pipe = RecordingPipeline()
     result = evaluate(

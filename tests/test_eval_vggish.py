@@ -38,6 +38,7 @@ def test_state_dict_layout_is_torchvggish():
     assert keys == expected
 
 
+@pytest.mark.slow
 def test_loads_file_and_embeds_one_128d_vector_per_096s(weights):
     path, model = weights
     embedder = get_embedder("vggish", weights=str(path))

@@ -34,6 +34,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 SR = 22050
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.slow,
     pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),
 ]
 
@@ -111,6 +112,10 @@ def wait_for_new_href(page, selector, old):
 def test_page_end_to_end(app_url, page, tmp_path):
     page.goto(app_url)
     page.wait_for_selector("#generate-button")
+    # The page is live once its load event has shown the pipeline's sampler defaults (empty in its config, so that
+    # the API's unset steps and churn mean the sampler's own): euler, 150 steps, churn 20 for the tiny pipeline.
+    page.wait_for_function("() => document.querySelector('#steps input').value === '150'")
+    assert page.locator("#churn input").input_value() == "20"
 
     # A bad request is a message on the page, not a stack trace.
     for name in STEMS:

@@ -19,6 +19,8 @@ from conftest import STEMS, tiny_pipeline
 from space.handlers import Limits, Studio
 from space.ui import build_demo, launch_kwargs
 
+pytestmark = pytest.mark.slow  # real subprocesses / servers: seconds each
+
 
 def free_port() -> int:
     with socket.socket() as s:

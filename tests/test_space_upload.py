@@ -1,5 +1,6 @@
 """The Space as uploaded: its staged folder, front matter and requirements, and that its app.py starts there."""
 
+import pytest
 import os
 import subprocess
 import sys
@@ -9,6 +10,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from space.upload import PACKAGE_LINE, main
+
+pytestmark = pytest.mark.slow  # real subprocesses / servers: seconds each
 
 
 def front_matter(text: str) -> dict:

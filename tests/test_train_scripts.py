@@ -13,6 +13,8 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # real subprocesses / servers: seconds each
+
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
 STEMS = ["bass", "drums", "guitar", "piano"]
