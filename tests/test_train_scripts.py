@@ -228,3 +228,20 @@ def test_msldm_measures_sigma_data_and_continues_a_pipeline(tmp_path, data, msld
     assert sigma_data == pytest.approx(rms, rel=0.15) and sigma_data != 0.4
     _same_tensors(pipeline / "unet" / "diffusion_pytorch_model.safetensors",
                   tmp_path / "more" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def test_non_finite_loss_stops_before_the_weights_change(tmp_path, data, vae_runs):
+    """Infinite training sigmas (log-normal mean 200) make the loss NaN at the first step after a resume: the run
+    stops with one sentence naming the step and the last good checkpoint, which is left as it was."""
+    sets = UNET_SET + [f"msldm.vae={vae_runs[0] / 'straight' / 'vae'}"]
+    out = tmp_path / "nan"
+    launch("train_msldm.py", out, data, ["--max_steps", "2"], sets)
+    before = (out / "checkpoint-2" / "model.safetensors").read_bytes()
+    bad = sets + ["msldm.scheduler={training_sigma_distribution: log_normal, training_log_normal_mean: 200}"]
+    result = launch("train_msldm.py", out, data, ["--max_steps", "4", "--resume_from_checkpoint", "latest"], bad,
+                    check=False)
+    assert result.returncode != 0
+    assert "Non-finite training values at step 3 (loss" in result.stderr
+    assert f"the last good checkpoint is {out / 'checkpoint-2'}" in result.stderr
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert (out / "checkpoint-2" / "model.safetensors").read_bytes() == before

@@ -24,7 +24,8 @@ from mslddm.stems import DEFAULT_STEMS
 from mslddm.training import losses
 from mslddm.training.checkpointing import STATE_FILE, export_pipeline, list_checkpoints, save_checkpoint
 from mslddm.training.runner import (clip_grad, common_arguments, load_run_recipe, log_audio, logger,
-                                    make_accelerator, resume_step, tensorboard, TimeBudget)
+                                    make_accelerator, resume_step, stop_if_not_finite, tensorboard,
+                                    TimeBudget)
 from mslddm.training.seeding import step_dataloader, step_generator
 
 
@@ -97,7 +98,7 @@ def validate(pipe: MultiSourceLatentPipeline, latents: torch.Tensor, cfg: dict, 
     kwargs = dict(audio_length_in_s=seconds, num_inference_steps=None if steps is None else int(steps),
                   sampler=cfg.get("validation_sampler", "dpmpp_2m"))
     total = pipe(generator=torch.Generator().manual_seed(seed), **kwargs)
-    given = pipe.decode_latents(latents[:1])[0, 0].numpy()
+    given = pipe.decode_latents(latents[:1])[0, 0].float().cpu().numpy()
     partial = pipe(stems={names[0]: given}, generator=torch.Generator().manual_seed(seed + 1), **kwargs)
     metrics["total_rms"] = float((total.mixture ** 2).mean() ** 0.5)
     if writer is not None:
@@ -243,6 +244,8 @@ def main(argv=None):
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         grad_norm = clip_grad(accelerator, unet.parameters(), cfg.get("grad_clip"))
+        stop_if_not_finite(accelerator, step, args.output_dir, loss=loss.detach(),
+                           grad_norm=0.0 if math.isnan(grad_norm) and not cfg.get("grad_clip") else grad_norm)
         optimizer.step()
         lr_schedule.step()
         if ema is not None:
@@ -250,8 +253,6 @@ def main(argv=None):
         step += 1
         last = step == max_steps or budget.expired()
 
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"Diffusion loss is {loss.item()} at step {step}.")
         if step % int(cfg.get("log_every", 10)) == 0 or last:
             logs = {"train/loss": accelerator.gather(loss.detach()[None]).mean().item(), "train/grad_norm": grad_norm,
                     "train/lr": lr_schedule.get_last_lr()[0]}

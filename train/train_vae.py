@@ -25,7 +25,8 @@ from mslddm.training import losses
 from mslddm.training.checkpointing import STATE_FILE, list_checkpoints, save_checkpoint
 from mslddm.training.discriminator import SourceDiscriminator
 from mslddm.training.runner import (clip_grad, common_arguments, load_run_recipe, log_audio, logger,
-                                    make_accelerator, resume_step, tensorboard, TimeBudget)
+                                    make_accelerator, resume_step, stop_if_not_finite, tensorboard,
+                                    TimeBudget)
 from mslddm.training.seeding import step_dataloader, step_generator
 
 
@@ -176,26 +177,33 @@ def main(argv=None):
             opt_d.zero_grad(set_to_none=True)
             accelerator.backward(loss_d)
             grad_d = clip_grad(accelerator, discriminator.parameters(), cfg.get("discriminator_grad_clip", 10.0))
+            unclipped = math.isnan(grad_d) and not cfg.get("discriminator_grad_clip", 10.0)  # no norm measured
+            stop_if_not_finite(accelerator, step, args.output_dir, loss_d=loss_d.detach(),
+                               grad_norm_d=0.0 if unclipped else grad_d)
             opt_d.step()
             sched_d.step()
 
         with accelerator.autocast():
             terms = {"mel": mel_loss(recon, audio), "kl": kl.mean()}
             if adversarial:
-                fake_f, real_f = split_halves(discriminator(torch.cat([recon, audio])))
+                # The generator step needs no discriminator gradients: run the bare module (outside DDP, whose
+                # reducer would wait for them) with its weights frozen for this forward.
+                plain = accelerator.unwrap_model(discriminator).requires_grad_(False)
+                fake_f, real_f = split_halves(plain(torch.cat([recon, audio])))
+                plain.requires_grad_(True)
                 terms.update(feature=losses.feature_matching_loss(fake_f, real_f),
                              adversarial=losses.generator_adversarial_loss(fake_f))
             loss_g = sum(weights[k] * v for k, v in terms.items())
         opt_g.zero_grad(set_to_none=True)
         accelerator.backward(loss_g)
         grad_g = clip_grad(accelerator, model.parameters(), cfg.get("grad_clip", 1000.0))
+        stop_if_not_finite(accelerator, step, args.output_dir, loss_g=loss_g.detach(),
+                           grad_norm_g=0.0 if math.isnan(grad_g) and not cfg.get("grad_clip", 1000.0) else grad_g)
         opt_g.step()
         sched_g.step()
         step += 1
         last = step == max_steps or budget.expired()
 
-        if not math.isfinite(loss_g.item()):
-            raise FloatingPointError(f"Generator loss is {float(loss_g)} at step {step}.")
         if step % int(cfg.get("log_every", 10)) == 0 or last:
             logs = {f"train/{k}": v.item() for k, v in terms.items()}
             logs.update({"train/loss_g": loss_g.item(), "train/loss_d": loss_d.item(), "train/grad_norm_g": grad_g,

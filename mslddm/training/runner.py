@@ -104,6 +104,27 @@ class TimeBudget:
         return bool(flag.item())
 
 
+def stop_if_not_finite(accelerator, step: int, output_dir, **values) -> None:
+    """Raises ``FloatingPointError`` on every process together when any process has a NaN or infinite value among
+    ``values`` (losses, gradient norms), before the optimizer step and the EMA update touch the weights: the run
+    stops with the weights of the last good checkpoint on disk, and says which one."""
+    from mslddm.training.checkpointing import list_checkpoints
+
+    bad = [name for name, v in values.items() if not torch.isfinite(torch.as_tensor(v, dtype=torch.float32)).all()]
+    flag = torch.tensor([float(bool(bad))], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, reduction="sum")
+    if flag.item() == 0:
+        return
+    found = list_checkpoints(output_dir)
+    last = f"the last good checkpoint is {found[-1]}" if found else "no checkpoint was written yet"
+    where = f" ({', '.join(bad)} on process {accelerator.process_index})" if bad else " on another process"
+    raise FloatingPointError(
+        f"Non-finite training values at step {step + 1}{where}: stopping before the optimizer step, so no weight "
+        f"was changed; {last} (resume with --resume_from_checkpoint latest, perhaps with a lower learning rate "
+        "or mixed_precision no).")
+
+
 def tensorboard(accelerator):
     """The TensorBoard ``SummaryWriter`` on the main process, else None."""
     if not accelerator.is_main_process:
