@@ -363,13 +363,18 @@ class _Run:
 
     def fad_parts(self, clips, desc: str) -> tuple[dict, list]:
         """FAD of ``clips`` against the test reference, per stem and on the mix (the total task's chunks)."""
+        parts = [*range(len(self.names)), None]
+        stats = clip_statistics(clips, self.embedder, self.sample_rate, parts, self.progress, desc)
+        return self.fad_against_reference(stats), stats
+
+    def fad_against_reference(self, stats) -> dict:
+        """FAD of per-part statistics (stems, then the mix) against the test reference's, per stem and mix."""
         parts, labels = [*range(len(self.names)), None], [*self.names, "mix"]
         if self._reference_stats is None:
             reference, spec = self.reference("total")
             self._reference_stats = reference_statistics(reference, spec, self.embedder, parts, labels,
                                                          self.cache_dir, self.progress)
-        stats = clip_statistics(clips, self.embedder, self.sample_rate, parts, self.progress, desc)
-        return {label: fad(g, r) for label, g, r in zip(labels, stats, self._reference_stats)}, stats
+        return {label: fad(g, r) for label, g, r in zip(labels, stats, self._reference_stats)}
 
     def levels(self, clips) -> dict:
         return level_statistics(clips, self.names, self.sample_rate, self.config.silence_db)
@@ -395,9 +400,13 @@ def evaluate_floor(run: _Run) -> dict | None:
         run.log(f"No train split under {run.data_root}: the real-data floor is not measured.")
         return None
     test, _ = run.reference("total")
-    train, _ = run.reference("total", split="train")
+    train, train_spec = run.reference("total", split="train")
     train = ReferenceClips(run.data_root, "train", train.chunks[: len(test)], run.names, run.sample_rate)
-    fads, _ = run.fad_parts(train, "Embedding training chunks")
+    parts, labels = [*range(len(run.names)), None], [*run.names, "mix"]
+    # Real audio, like the test reference: its statistics are cached too (keyed by the chunks used).
+    train_stats = reference_statistics(train, {**train_spec, "used": len(train)}, run.embedder, parts, labels,
+                                       run.cache_dir, run.progress)
+    fads = run.fad_against_reference(train_stats)
     run.log("Real-data floor (train vs test) FAD: " + ", ".join(f"{k} {v:.3f}" for k, v in fads.items()))
     return {"num_train_chunks": len(train), "num_reference_chunks": len(test), "fad": fads,
             "levels": run.levels(train)}
