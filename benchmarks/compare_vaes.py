@@ -1,7 +1,7 @@
 """Compare VAEs on the same test chunks: reconstruction FAD (per stem and mix) against the real-data floor,
 multi-scale mel distance, level loss, noise floor (frame-energy range), training speed and decode time.
 
-    python benchmarks/compare_vaes.py runs/vae-small/vae runs/vae-small-spectral/vae --data data/synth \
+    python benchmarks/compare_vaes.py runs/vae-small-dac/vae runs/vae-small/vae --data data/synth \
         --num-clips 64 --out runs/vae-comparison
 
 Each VAE is a VAE folder (train_vae.py's OUTPUT/vae) or a pipeline folder. Prints one Markdown table (and writes it

@@ -14,23 +14,22 @@ PRESETS = {
                      num_blocks=(1, 1, 1), attentions=(False, False, True), attention_heads=2,
                      attention_features=16, resnet_groups=8),
     },
-    # small: the bundled pipeline's size. 12 s of 4 stems in about 2 s on 2 CPU cores once warm (the decoder's
-    # full-rate layers dominate, hence decoder_dim 128: 256 took 3.5-7 s of decoding alone). VAE 1.5M + UNet 11.7M
-    # parameters: 26 MB in fp16, under the 30 MB a bundled pipeline may take (the time mapping's width, 256 instead
-    # of 512, and a 128-channel last level took the UNet down from 17.9M).
+    # small: the bundled pipeline's size. The frame-rate SpectralSourceVAE (STFT + ConvNeXt encoder, ConvNeXt +
+    # iSTFT decoder, latent 64, 5.7M parameters): every layer runs at 69 frames/s, so on 2 CPU cores a training step
+    # costs about half of the DAC-style VAE's and it reconstructs better at equal CPU time (docs/vae_comparison.md).
+    # UNet 11.7M parameters (time mapping 256 wide, 128-channel last level): VAE + UNet about 35 MB in fp16.
     "small": {
-        "vae": dict(encoder_dim=16, latent_channels=32, decoder_dim=128),
+        "vae_class": "SpectralSourceVAE",
+        "vae": dict(latent_channels=64, encoder_dim=256, encoder_blocks=4, decoder_dim=256, decoder_blocks=8,
+                    intermediate_multiplier=3),
         "unet": dict(channels=128, patch_factor=8, multipliers=(1, 2, 2, 1, 1), factors=(1, 2, 1, 2),
                      num_blocks=(2, 2, 2, 2), attentions=(False, True, True, True), attention_heads=4,
                      attention_features=32, resnet_groups=8, mapping_features=256),
     },
-    # small-spectral: the small UNet on the frame-rate SpectralSourceVAE (STFT + ConvNeXt encoder, ConvNeXt + iSTFT
-    # decoder; 5.7M parameters): every layer runs at 69 frames/s, so a training step costs about half of the DAC
-    # small VAE's and decoding 4 x 12 s about a quarter (docs/vae_comparison.md).
-    "small-spectral": {
-        "vae_class": "SpectralSourceVAE",
-        "vae": dict(latent_channels=64, encoder_dim=256, encoder_blocks=4, decoder_dim=256, decoder_blocks=8,
-                    intermediate_multiplier=3),
+    # small-dac: the same UNet on the DAC-style SourceVAE at CPU size (decoder_dim 128: 256 took 3.5-7 s to decode
+    # 12 s of 4 stems on 2 cores), 1.5M parameters: the interim bundled pipeline's, kept for the comparison.
+    "small-dac": {
+        "vae": dict(encoder_dim=16, latent_channels=32, decoder_dim=128),
         "unet": dict(channels=128, patch_factor=8, multipliers=(1, 2, 2, 1, 1), factors=(1, 2, 1, 2),
                      num_blocks=(2, 2, 2, 2), attentions=(False, True, True, True), attention_heads=4,
                      attention_features=32, resnet_groups=8, mapping_features=256),

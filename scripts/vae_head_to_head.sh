@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The VAE head-to-head of docs/vae_comparison.md: the DAC-style `small` SourceVAE and the frame-rate `small-spectral`
+# The VAE head-to-head of docs/vae_comparison.md: the DAC-style `small-dac` SourceVAE and the frame-rate `small`
 # SpectralSourceVAE, trained side by side with the same recipe (train/recipes/small-cpu.yaml, discriminator from step
 # 200) and the same wall-clock budget, one core each, then compared on the same test chunks.
 #   bash scripts/vae_head_to_head.sh [MINUTES] [RUNS]      (default 60 minutes, runs/)
@@ -10,7 +10,7 @@ minutes=${1:-60}
 runs=${2:-runs}
 py=${PYTHON:-.venv/bin/python}
 mkdir -p "$runs"
-for preset in small small-spectral; do
+for preset in small-dac small; do
     out="$runs/vae-$preset"
     done_min=$("$py" - "$out" <<'PY'
 import json, sys, pathlib
@@ -27,4 +27,4 @@ PY
 done
 wait
 echo "Both VAEs trained; compare them with:"
-echo "  $py benchmarks/compare_vaes.py $runs/vae-small/vae $runs/vae-small-spectral/vae --data data/synth"
+echo "  $py benchmarks/compare_vaes.py $runs/vae-small-dac/vae $runs/vae-small/vae --data data/synth"

@@ -41,7 +41,7 @@ def test_installed_copy_has_recipes_and_runs_generate(installed, saved_pipeline)
             "load_recipe('small-cpu')['preset']]))")
     where, recipes, tiny, small = json.loads(run([sys.executable, "-c", code], tmp, env).stdout)
     assert where.startswith(str(tmp / "site")) and recipes.startswith(str(tmp / "site"))
-    assert (tiny, small) == ("tiny", "small-spectral")
+    assert (tiny, small) == ("tiny", "small")
     run([sys.executable, "-m", "mslddm", "generate", "--pipeline", str(saved_pipeline), "--duration", "0.5",
          "--steps", "2", "--out", str(tmp / "out")], tmp, env)
     settings = json.loads(next((tmp / "out").glob("*/settings.json")).read_text())

@@ -190,7 +190,7 @@ def test_spectral_vae_trains_with_init_from_and_a_time_budget(tmp_path, data, va
     """The frame-rate VAE through the same script; a time budget of 0 stops after one step with a full export;
     --init_from starts from trained weights (a fresh run whose first weights are the given ones)."""
     sets = [s for s in VAE_SET if not s.startswith("vae.model")] + [
-        "preset=small-spectral",
+        "preset=small",
         "vae.model={latent_channels: 4, encoder_dim: 8, encoder_blocks: 1, decoder_dim: 8, decoder_blocks: 1}"]
     first = tmp_path / "spectral"
     launch("train_vae.py", first, data, ["--max_steps", "3"], sets)
