@@ -10,6 +10,10 @@ from typing import Any, Mapping, Optional
 HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "force_download", "proxies")
 
 
+class PipelineLoadError(ValueError):
+    """A pipeline could not be found or loaded; the message is one sentence naming the path or id and what to do."""
+
+
 def resolve_pretrained_path(name_or_path: str | os.PathLike, **hub_kwargs) -> str:
     """Returns a local folder for ``name_or_path``: the folder itself, or a snapshot of the Hub repo id.
 
@@ -19,17 +23,36 @@ def resolve_pretrained_path(name_or_path: str | os.PathLike, **hub_kwargs) -> st
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
-            raise ValueError(f"{str(path)!r} is a folder but holds no model_index.json: not a pipeline folder.")
+            raise PipelineLoadError(f"{str(path)!r} is a folder but holds no model_index.json: not a pipeline "
+                                    "folder.")
         return str(path)
     name = str(name_or_path)
-    if name.count("/") != 1 or name.startswith((".", "/", "~")):
-        raise ValueError(
-            f"{name!r} is neither an existing pipeline folder nor a Hub repo id of the form 'owner/name'."
-        )
+    parent = path.parent
+    looks_local = str(parent) not in ("", ".") and parent.is_dir()
+    if name.count("/") != 1 or name.startswith((".", "/", "~")) or looks_local:
+        # A path (an 'owner/name' whose owner is a local folder is a mistyped path, not a repo id).
+        hint = ""
+        if parent.is_dir():
+            found = sorted(p.name for p in parent.iterdir() if (p / "model_index.json").is_file())
+            hint = f" {str(parent)!r} holds the pipelines {found}." if found else ""
+        raise PipelineLoadError(f"Pipeline folder {name!r} does not exist.{hint} Pass an existing pipeline folder "
+                                "or a Hub repo id of the form 'owner/name'.")
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     kwargs = {k: v for k, v in hub_kwargs.items() if k in HUB_KWARGS and v is not None}
-    return snapshot_download(name, **kwargs)
+    try:
+        return snapshot_download(name, **kwargs)
+    except LocalEntryNotFoundError:
+        raise PipelineLoadError(
+            f"Pipeline {name!r} is not in the local Hugging Face cache and the Hub cannot be reached (offline?): "
+            f"download it once where there is a network (huggingface-cli download {name}) or pass a local "
+            "pipeline folder.") from None
+    except RepositoryNotFoundError:
+        raise PipelineLoadError(f"There is no Hub repo {name!r} (or it is private: log in with "
+                                "huggingface-cli login).") from None
+    except (HfHubHTTPError, OSError) as error:
+        raise PipelineLoadError(f"Pipeline {name!r} could not be downloaded: {error}") from None
 
 
 def model_card(

@@ -227,8 +227,21 @@ def test_from_pretrained_hub_repo_id_uses_the_snapshot(saved_pipeline, tmp_path,
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     loaded = MultiSourceLatentPipeline.from_pretrained("someone/tiny-mslddm", cache_dir=tmp_path / "hub")
     assert loaded.stem_names == STEMS
-    with pytest.raises(Exception):
+    from mslddm.hub import PipelineLoadError
+
+    with pytest.raises(PipelineLoadError, match=r"^Pipeline 'someone/absent' is not in the local .*huggingface-cli "
+                                                r"download someone/absent"):
         MultiSourceLatentPipeline.from_pretrained("someone/absent", cache_dir=tmp_path / "hub")
+
+
+def test_a_mistyped_folder_is_named_as_a_folder(saved_pipeline, monkeypatch):
+    """'pipelines/mslddm-synth-smal' (no './') is a path whose parent exists, not a Hub repo id."""
+    from mslddm.hub import PipelineLoadError
+
+    monkeypatch.chdir(saved_pipeline.parent.parent)
+    typo = f"{saved_pipeline.parent.name}/{saved_pipeline.name}x"
+    with pytest.raises(PipelineLoadError, match=rf"^Pipeline folder '{typo}' does not exist\. .*\['tiny'\]"):
+        MultiSourceLatentPipeline.from_pretrained(typo)
 
 
 def test_push_to_hub_uploads_the_folder_with_the_mslddm_card(pipe):

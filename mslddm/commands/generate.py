@@ -104,6 +104,11 @@ def _run(args) -> int:
     max_seconds = MAX_STEM_SECONDS if args.max_stem_seconds is None else args.max_stem_seconds
     given = _load_given(pipe, given, args.duration, max_seconds)
     out_root = Path(args.out)
+    if given:
+        import sys
+
+        print(f"Encoding the given stem(s) {', '.join(given)}, then sampling the others ...", file=sys.stderr,
+              flush=True)
     for start in range(0, num, args.batch_size):
         batch_seeds = seeds[start:start + args.batch_size]
         tic = time.perf_counter()
