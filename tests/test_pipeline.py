@@ -325,3 +325,32 @@ def test_models_in_another_dtype_than_their_inputs(dtype):
     error = (out.stems.numpy() - reference.stems)[0, 1:]
     snr = 10 * np.log10((reference.stems[0, 1:] ** 2).sum() / (error**2).sum())
     assert snr > (15 if dtype == torch.bfloat16 else 60)  # bf16 rounds; float64 agrees with float32
+
+
+def test_wrong_classes_and_damaged_weights_are_refused_by_name(saved_pipeline, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from mslddm.hub import PipelineLoadError
+
+    wrong = tmp_path / "wrong"
+    shutil.copytree(saved_pipeline, wrong)
+    index = json.loads((wrong / "model_index.json").read_text())
+    for entry in (index["vae"], ["diffusers", "UNet2DModel"]):
+        (wrong / "model_index.json").write_text(json.dumps({**index, "unet": entry}))
+        with pytest.raises(PipelineLoadError, match=r"in the 'unet' slot; this pipeline needs "
+                                                    r"mslddm.models.unet_1d_multisource.MultiSourceUNet1DModel"):
+            MultiSourceLatentPipeline.from_pretrained(wrong)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(saved_pipeline, damaged)
+    weights = damaged / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    key = next(iter(tensors))
+    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    save_file(tensors, weights)
+    with pytest.raises(PipelineLoadError, match=r"The unet weights of .* hold NaN or infinite values"):
+        MultiSourceLatentPipeline.from_pretrained(damaged)
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    with pytest.raises(PipelineLoadError, match=r"could not be loaded"):
+        MultiSourceLatentPipeline.from_pretrained(damaged)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -15,7 +16,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..audio import AudioLike
-from ..hub import model_card, push_folder_to_hub, resolve_pretrained_path
+from ..hub import PipelineLoadError, model_card, push_folder_to_hub, resolve_pretrained_path
 from ..models.autoencoder_source import SourceVAE
 from ..models.autoencoder_spectral import SpectralSourceVAE
 from ..models.unet_1d_multisource import MultiSourceUNet1DModel
@@ -108,9 +109,40 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
         hub_kwargs = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "force_download") if k in kwargs}
         local_only = kwargs.get("local_files_only")
         folder = resolve_pretrained_path(pretrained_model_name_or_path, local_files_only=local_only, **hub_kwargs)
-        pipe = super().from_pretrained(folder, **kwargs)
+        cls._check_component_classes(folder)
+        try:
+            pipe = super().from_pretrained(folder, **kwargs)
+        except (OSError, ValueError, RuntimeError) as error:  # truncated or corrupt weights, mismatched shapes
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise PipelineLoadError(f"The pipeline {str(pretrained_model_name_or_path)!r} could not be loaded: "
+                                    f"{first}") from error
+        for name in ("vae", "unet"):
+            bad = [k for k, v in getattr(pipe, name).state_dict().items() if not torch.isfinite(v).all()]
+            if bad:
+                raise PipelineLoadError(
+                    f"The {name} weights of {str(pretrained_model_name_or_path)!r} hold NaN or infinite values "
+                    f"({len(bad)} tensors, e.g. {bad[0]}): the file is damaged; download or export it again.")
         pipe._name_or_path = str(pretrained_model_name_or_path)
         return pipe
+
+    @staticmethod
+    def _check_component_classes(folder) -> None:
+        """Every slot of ``model_index.json`` names a class this pipeline can use, before any weight is read."""
+        import json
+
+        from ..models import VAE_CLASSES
+
+        expected = {"vae": {("mslddm.models.autoencoder_source", "SourceVAE"),
+                            *((module, name) for name, module in VAE_CLASSES.items())},
+                    "unet": {("mslddm.models.unet_1d_multisource", "MultiSourceUNet1DModel")},
+                    "scheduler": {("mslddm.schedulers.scheduling_edm", "EDMScheduler")}}
+        index = json.loads((Path(folder) / "model_index.json").read_text())
+        for slot, allowed in expected.items():
+            entry = index.get(slot)
+            if not (isinstance(entry, list) and len(entry) == 2 and tuple(entry) in allowed):
+                names = " or ".join(sorted(f"{m}.{c}" for m, c in allowed))
+                raise PipelineLoadError(f"model_index.json of {str(folder)!r} puts {entry!r} in the {slot!r} slot; "
+                                        f"this pipeline needs {names} there.")
 
     def save_pretrained(self, save_directory, *args, model_card_sections=None, repo_id=None, **kwargs):
         """Saves the pipeline folder and, unless one is already there, a model card (``README.md``)."""
