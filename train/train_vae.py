@@ -22,7 +22,7 @@ from mslddm.data.latents import load_vae
 from mslddm.presets import build_vae
 from mslddm.stems import DEFAULT_STEMS
 from mslddm.training import losses
-from mslddm.training.checkpointing import STATE_FILE, list_checkpoints, save_checkpoint
+from mslddm.training.checkpointing import STATE_FILE, atomic_folder, list_checkpoints, save_checkpoint
 from mslddm.training.discriminator import SourceDiscriminator
 from mslddm.training.runner import (clip_grad, common_arguments, load_run_recipe, log_audio, logger,
                                     make_accelerator, resume_step, stop_if_not_finite, tensorboard,
@@ -227,9 +227,9 @@ def main(argv=None):
     if accelerator.is_main_process:
         last = list_checkpoints(args.output_dir)[-1]
         out = Path(args.output_dir) / "vae"
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.copytree(last / "vae", out)
-        shutil.copy(last / STATE_FILE, out / STATE_FILE)
+        with atomic_folder(out) as tmp:  # a kill during export leaves the previous export, never half of one
+            shutil.copytree(last / "vae", tmp, dirs_exist_ok=True)
+            shutil.copy(last / STATE_FILE, tmp / STATE_FILE)
         logger.info("Exported the SourceVAE to %s", out)
         if args.push_to_hub:
             if not args.hub_model_id:

@@ -10,12 +10,13 @@ partial folder, which resume never picks and the next save of that step replaces
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 STATE_FILE = "training_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -49,6 +50,47 @@ def read_state(checkpoint) -> dict:
     return json.loads((Path(checkpoint) / STATE_FILE).read_text())
 
 
+def fsync_tree(folder: Path) -> None:
+    """Flushes every file under ``folder`` (and the folders themselves) to disk: after a machine crash a renamed
+    folder then never holds empty or partly written files."""
+    for path in sorted(Path(folder).rglob("*"), key=lambda p: len(p.parts), reverse=True) + [Path(folder)]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def replace_folder(tmp: Path, final: Path) -> None:
+    """Puts the complete folder ``tmp`` at ``final`` (fsync'd first): at any moment ``final`` is the old folder, the
+    new one, or absent (between two renames), never a half-written one."""
+    tmp, final = Path(tmp), Path(final)
+    fsync_tree(tmp)
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(final) -> Iterator[Path]:
+    """Write a folder under a temporary name next to ``final``; it replaces ``final`` only when the block ends
+    without an exception (an interrupted export leaves the previous one, or none, never a half one)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_folder(tmp, final)
+
+
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
@@ -71,9 +113,7 @@ def save_checkpoint(accelerator, output_dir, step: int, state: dict,
     if accelerator.is_main_process:
         save_models(tmp)
         _write_json(tmp / STATE_FILE, {**state, "step": int(step)})
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_folder(tmp, final)
         if total_limit:
             for old in list_checkpoints(output_dir)[:-int(total_limit)]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -143,7 +183,8 @@ def export_pipeline(checkpoint, out, ema: bool = True, dtype: Optional[str] = No
     if description:
         state = {**state, "description": description}
     sections = model_card_sections(state, weights)
-    pipe.save_pretrained(out, model_card_sections=sections)
+    with atomic_folder(out) as tmp:
+        pipe.save_pretrained(tmp, model_card_sections=sections)
     if push_to_hub:
         pipe.push_to_hub(push_to_hub, model_card_sections=sections)
     return pipe
