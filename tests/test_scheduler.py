@@ -168,3 +168,11 @@ def test_config_round_trip(tmp_path):
     loaded = EDMScheduler.from_pretrained(tmp_path)
     drop = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731
     assert drop(loaded.config) == drop(s.config)
+
+
+def test_initial_noise_paper_or_marginal():
+    assert EDMScheduler().init_noise_sigma == 3.0  # the paper: x = sigma_max n
+    assert EDMScheduler(sigma_data=0.9, initial_noise="marginal").init_noise_sigma == pytest.approx(
+        math.sqrt(9 + 0.81))
+    with pytest.raises(ValueError, match="initial_noise"):
+        EDMScheduler(initial_noise="zeros")

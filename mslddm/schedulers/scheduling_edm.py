@@ -101,6 +101,9 @@ class EDMScheduler(SchedulerMixin, ConfigMixin):
             Another sampler asked for by name always gets its own defaults.
         s_tmin, s_tmax, s_noise: churn only where ``s_tmin <= sigma <= s_tmax`` (``s_tmax=None``: no upper bound),
             with noise scaled by ``s_noise``.
+        initial_noise: ``"sigma_max"`` (the paper: ``x = sigma_max n``) or ``"marginal"`` (``x = sqrt(sigma_max^2 +
+            sigma_data^2) n``, the total standard deviation of the noised data at ``sigma_max``; matters when
+            ``sigma_max`` is only a few times ``sigma_data``: the paper-style start then lacks the data's energy).
         training_sigma_distribution: ``"uniform"`` (MSLDM code) or ``"log_normal"`` (EDM paper).
         training_sigma_min, training_sigma_max: bounds of the uniform training distribution (paper: [0, 3)).
         training_log_normal_mean, training_log_normal_std: parameters of the log-normal option (EDM: -1.2, 1.2).
@@ -121,6 +124,7 @@ class EDMScheduler(SchedulerMixin, ConfigMixin):
         s_tmax: Optional[float] = None,
         s_noise: float = 1.0,
         num_inference_steps: Optional[int] = None,
+        initial_noise: str = "sigma_max",
         training_sigma_distribution: str = "uniform",
         training_sigma_min: float = 0.0,
         training_sigma_max: float = 3.0,
@@ -131,6 +135,8 @@ class EDMScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"Need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}.")
+        if initial_noise not in ("sigma_max", "marginal"):
+            raise ValueError(f"initial_noise must be 'sigma_max' or 'marginal', got {initial_noise!r}.")
         if sigma_data is None or not sigma_data > 0:
             raise ValueError(f"sigma_data must be a positive number, got {sigma_data!r}.")
         self.sigmas: Optional[torch.Tensor] = None
@@ -187,8 +193,12 @@ class EDMScheduler(SchedulerMixin, ConfigMixin):
 
     @property
     def init_noise_sigma(self) -> float:
-        """Initial noise scale: ``sigma_max`` (the first Karras sigma)."""
-        return float(self.config.sigma_max)
+        """Initial noise scale: ``sigma_max`` (the first Karras sigma, the paper's), or with
+        ``initial_noise="marginal"`` the total std ``sqrt(sigma_max^2 + sigma_data^2)`` of noised data there."""
+        c = self.config
+        if c.initial_noise == "marginal":
+            return float((c.sigma_max**2 + c.sigma_data**2) ** 0.5)
+        return float(c.sigma_max)
 
     # ----------------------------------------------------------------------------------------------------------
     # Sampling
