@@ -55,3 +55,31 @@ def test_replace_folder_swaps_whole_folders(tmp_path):
     (tmp_path / "b" / "y").write_text("2")
     replace_folder(tmp_path / "b", tmp_path / "a")
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["y"] and not (tmp_path / "b").exists()
+
+
+def _checkpoint(folder, step, payload=b"weights"):
+    import json
+
+    from mslddm.training.checkpointing import STATE_FILE, write_manifest
+
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(payload)
+    (folder / STATE_FILE).write_text(json.dumps({"step": step}))
+    write_manifest(folder)
+
+
+def test_latest_skips_a_damaged_newest_checkpoint(tmp_path):
+    from mslddm.training.checkpointing import resolve_checkpoint
+
+    _checkpoint(tmp_path / "checkpoint-2", 2)
+    _checkpoint(tmp_path / "checkpoint-4", 4)
+    assert resolve_checkpoint(tmp_path, "latest") == tmp_path / "checkpoint-4"
+    for damage in (lambda p: p.write_bytes(b""), lambda p: p.write_bytes(b"weightz"), lambda p: p.unlink()):
+        damage(tmp_path / "checkpoint-4" / "model.safetensors")
+        said = []
+        assert resolve_checkpoint(tmp_path, "latest", log=said.append) == tmp_path / "checkpoint-2"
+        assert len(said) == 1 and "checkpoint-4" in said[0] and "model.safetensors" in said[0]
+        with pytest.raises(ValueError, match="is damaged: model.safetensors"):
+            resolve_checkpoint(tmp_path, str(tmp_path / "checkpoint-4"))
+        (tmp_path / "checkpoint-4" / "model.safetensors").write_bytes(b"weights")  # repaired: trusted again
+        assert resolve_checkpoint(tmp_path, "latest") == tmp_path / "checkpoint-4"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 STATE_FILE = "training_state.json"
+MANIFEST_FILE = "manifest.json"  # every file of a checkpoint with its size and sha256, written last
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -32,17 +33,73 @@ def list_checkpoints(output_dir) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def resolve_checkpoint(output_dir, resume: Optional[str]) -> Optional[Path]:
-    """``None`` -> None; ``"latest"`` -> the newest complete checkpoint (None if there is none); else the path."""
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """Records every file of ``folder`` (size, sha256) in its manifest, so that a damaged copy can be told apart."""
+    folder = Path(folder)
+    files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
+    _write_json(folder / MANIFEST_FILE, {"files": files})
+
+
+def checkpoint_problem(folder: Path) -> Optional[str]:
+    """Why the checkpoint ``folder`` cannot be trusted (a file missing, of another size, or with another sha256
+    than its manifest records; an unreadable state file), or None. Checkpoints written before manifests existed
+    are checked on their state file alone."""
+    folder = Path(folder)
+    try:
+        read_state(folder)
+    except (OSError, ValueError) as error:
+        return f"{STATE_FILE} is unreadable ({error})"
+    manifest = folder / MANIFEST_FILE
+    if not manifest.is_file():
+        return None
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError) as error:
+        return f"{MANIFEST_FILE} is unreadable ({error})"
+    for name, info in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != info["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, {info['bytes']} were written"
+        if _sha256(path) != info["sha256"]:
+            return f"{name} differs from what was written (sha256)"
+    return None
+
+
+def resolve_checkpoint(output_dir, resume: Optional[str], log=None) -> Optional[Path]:
+    """``None`` -> None; ``"latest"`` -> the newest complete checkpoint that passes :func:`checkpoint_problem`
+    (damaged newer ones are skipped, each with a message through ``log``); None if there is none; else the path,
+    which must pass the same check."""
     if not resume:
         return None
     if resume == "latest":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
+        for checkpoint in reversed(list_checkpoints(output_dir)):
+            problem = checkpoint_problem(checkpoint)
+            if problem is None:
+                return checkpoint
+            if log is not None:
+                log(f"Skipping damaged checkpoint {checkpoint}: {problem}.")
+        return None
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"--resume_from_checkpoint {resume!r}: no {STATE_FILE} there; not a complete "
                                 "checkpoint folder.")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise ValueError(f"--resume_from_checkpoint {resume!r} is damaged: {problem}; resume from another one "
+                         "(or 'latest', which skips damaged checkpoints).")
     return path
 
 
@@ -113,6 +170,7 @@ def save_checkpoint(accelerator, output_dir, step: int, state: dict,
     if accelerator.is_main_process:
         save_models(tmp)
         _write_json(tmp / STATE_FILE, {**state, "step": int(step)})
+        write_manifest(tmp)
         replace_folder(tmp, final)
         if total_limit:
             for old in list_checkpoints(output_dir)[:-int(total_limit)]:

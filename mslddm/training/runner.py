@@ -68,7 +68,7 @@ def make_accelerator(args, cfg: dict):
 
 def resume_step(accelerator, args) -> tuple[int, Optional[Path], dict]:
     """Loads the state of the checkpoint asked for (if any): ``(step to start at, checkpoint, its state)``."""
-    checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint, log=logger.warning)
     if checkpoint is None:
         if args.resume_from_checkpoint:
             logger.info("No checkpoint in %s: starting from scratch.", args.output_dir)
