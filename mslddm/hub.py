@@ -100,7 +100,7 @@ mslddm generate --pipeline {repo} --duration 12 --out outputs/
 from mslddm import MultiSourceLatentPipeline
 
 pipe = MultiSourceLatentPipeline.from_pretrained("{repo}")
-out = pipe(audio_length_in_s=12.0, num_inference_steps=150)        # total generation
+out = pipe(audio_length_in_s=12.0)  # total generation, with the sampler of scheduler_config.json
 out = pipe(stems={{"{stem_names[0]}": "my_{stem_names[0]}.wav"}})   # partial generation
 out.stems  # (batch, {len(stem_names)}, samples); out.mixture: (batch, samples)
 ```
