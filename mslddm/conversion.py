@@ -18,7 +18,6 @@ config.
 from __future__ import annotations
 
 import collections
-import hashlib
 import inspect
 import pickle
 import re
@@ -33,6 +32,7 @@ import torch
 
 from .models.autoencoder_source import SourceVAE
 from .models.unet_1d_multisource import UNET_PRESETS, MultiSourceUNet1DModel
+from .files import sha256
 from .stems import DEFAULT_STEMS as PAPER_STEMS
 
 PAPER_SAMPLE_RATE = 22050
@@ -162,14 +162,6 @@ def plain_values(obj: Any) -> dict[str, Any]:
         return isinstance(value, (bool, int, float, str)) or value is None
 
     return {str(k): (list(v) if isinstance(v, tuple) else v) for k, v in obj.items() if plain(v)}
-
-
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

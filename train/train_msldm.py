@@ -207,7 +207,7 @@ def main(argv=None):
 
     def state(validation):
         return {"kind": "msldm", "recipe": recipe, "stem_names": stem_names, "validation": validation,
-                "data": {**data_info, **val_info}, "vae_training": vae_state, "timing": timing(step)}
+                "data": {**data_info, **val_info}, "vae_training": vae_state, "timing": budget.timing(step)}
 
     def save_models(folder: Path):
         vae.save_pretrained(folder / "vae")
@@ -219,15 +219,7 @@ def main(argv=None):
     # 3. Loop: x0 -> sigma ~ U[0, 3) -> D(x0 + sigma n) -> lambda(sigma)-weighted MSE
     validation, step = {}, start_step
     unet.train()
-    budget = TimeBudget(accelerator, args.time_budget_minutes)
-    earlier_minutes = float((resumed.get("timing") or {}).get("train_minutes_total", 0.0))
-
-    def timing(step):  # wall-clock minutes of training, over all resumed runs, and this run's speed
-        minutes = budget.elapsed_minutes()
-        return {"train_minutes_total": round(earlier_minutes + minutes, 2), "run_minutes": round(minutes, 2),
-                "run_steps": step - start_step,
-                "run_steps_per_second": round((step - start_step) / max(minutes * 60, 1e-9), 4)}
-
+    budget = TimeBudget(accelerator, args.time_budget_minutes, start_step, resumed)
     for batch in loader:
         x0 = to_latents(batch.to(accelerator.device), vae, frames)
         rank = accelerator.process_index

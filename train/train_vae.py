@@ -139,7 +139,7 @@ def main(argv=None):
         return {"kind": "vae", "recipe": recipe, "stem_names": stem_names, "validation": validation,
                 "data": {"root": str(data_cfg["root"]), "train_tracks": len(tracks),
                          "train_hours": round(sum(t.num_samples for t in tracks) / sr / 3600, 3),
-                         "validation_tracks": len(val_tracks)}, "timing": timing(step),
+                         "validation_tracks": len(val_tracks)}, "timing": budget.timing(step),
                 "model_class": type(vae).__name__}
 
     def save_models(folder: Path):
@@ -152,15 +152,7 @@ def main(argv=None):
     validation, step = {}, start_step
     model.train()
     discriminator.train()
-    budget = TimeBudget(accelerator, args.time_budget_minutes)
-    earlier_minutes = float((resumed.get("timing") or {}).get("train_minutes_total", 0.0))
-
-    def timing(step):  # wall-clock minutes of training, over all resumed runs, and this run's speed
-        minutes = budget.elapsed_minutes()
-        return {"train_minutes_total": round(earlier_minutes + minutes, 2), "run_minutes": round(minutes, 2),
-                "run_steps": step - start_step,
-                "run_steps_per_second": round((step - start_step) / max(minutes * 60, 1e-9), 4)}
-
+    budget = TimeBudget(accelerator, args.time_budget_minutes, start_step, resumed)
     for batch in loader:
         audio = batch.to(accelerator.device)
         gen = step_generator(seed, step, accelerator.process_index, "posterior")

@@ -18,6 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from mslddm.files import sha256
+
 STATE_FILE = "training_state.json"
 MANIFEST_FILE = "manifest.json"  # every file of a checkpoint with its size and sha256, written last
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -33,20 +35,10 @@ def list_checkpoints(output_dir) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(folder: Path) -> None:
     """Records every file of ``folder`` (size, sha256) in its manifest, so that a damaged copy can be told apart."""
     folder = Path(folder)
-    files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
     _write_json(folder / MANIFEST_FILE, {"files": files})
 
@@ -73,7 +65,7 @@ def checkpoint_problem(folder: Path) -> Optional[str]:
             return f"{name} is missing"
         if path.stat().st_size != info["bytes"]:
             return f"{name} has {path.stat().st_size} bytes, {info['bytes']} were written"
-        if _sha256(path) != info["sha256"]:
+        if sha256(path) != info["sha256"]:
             return f"{name} differs from what was written (sha256)"
     return None
 

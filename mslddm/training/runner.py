@@ -81,12 +81,21 @@ def resume_step(accelerator, args) -> tuple[int, Optional[Path], dict]:
 
 class TimeBudget:
     """Wall-clock budget of a run: ``expired()`` once ``minutes`` have passed since it was made (never for None).
-    All processes agree (the main process's clock decides)."""
+    All processes agree (the main process's clock decides). ``timing(step)`` is what ``training_state.json``
+    records: minutes over all resumed runs (``resumed`` is the state resumed from), this run's steps and speed."""
 
-    def __init__(self, accelerator, minutes: Optional[float]):
+    def __init__(self, accelerator, minutes: Optional[float], start_step: int = 0, resumed: Optional[dict] = None):
         import time
 
         self.accelerator, self.minutes, self.start = accelerator, minutes, time.monotonic()
+        self.start_step = start_step
+        self.earlier_minutes = float(((resumed or {}).get("timing") or {}).get("train_minutes_total", 0.0))
+
+    def timing(self, step: int) -> dict:
+        minutes = self.elapsed_minutes()
+        return {"train_minutes_total": round(self.earlier_minutes + minutes, 2), "run_minutes": round(minutes, 2),
+                "run_steps": step - self.start_step,
+                "run_steps_per_second": round((step - self.start_step) / max(minutes * 60, 1e-9), 4)}
 
     def elapsed_minutes(self) -> float:
         import time
