@@ -104,18 +104,22 @@ def reference_partial_sampler(pipe, known, mask, noise_gen, steps, s_churn=20.0,
     return known * mask + x * ~mask
 
 
-@torch.no_grad()
-def test_pipeline_loop_equals_reference_transcription(pipe):
-    drums = tone(150.0, 0.4)
-    steps = 6
-    out = pipe(stems={"drums": drums}, num_inference_steps=steps, output_type="latent", generator=seeded(42))
-    frames = out.stems.shape[-1]
+def _given_drums(pipe, drums, frames):
+    """The clean latents of a partial generation with only the drums given, and the mask of their channels."""
     audio = torch.zeros(1, 4, pipe.vae.hop_length * frames)
     audio[0, 1, : len(drums)] = torch.from_numpy(drums)
     known = pipe.encode_stems(audio)[..., :frames]
     mask = torch.zeros(1, 4, LATENT, 1, dtype=torch.bool)
     mask[:, 1] = True
-    mask = mask.reshape(1, 4 * LATENT, 1)
+    return known, mask.reshape(1, 4 * LATENT, 1)
+
+
+@torch.no_grad()
+def test_pipeline_loop_equals_reference_transcription(pipe):
+    drums = tone(150.0, 0.4)
+    steps = 6
+    out = pipe(stems={"drums": drums}, num_inference_steps=steps, output_type="latent", generator=seeded(42))
+    known, mask = _given_drums(pipe, drums, out.stems.shape[-1])
     ref = reference_partial_sampler(pipe, known, mask, torch.Generator().manual_seed(42), steps)
     torch.testing.assert_close(out.stems.reshape(ref.shape), ref, rtol=1e-5, atol=1e-5)
 
@@ -185,13 +189,7 @@ def test_few_step_partial_generation_equals_its_transcription(pipe, sampler, ref
     steps = 5
     out = pipe(stems={"drums": drums}, num_inference_steps=steps, sampler=sampler, output_type="latent",
                generator=seeded(7))
-    frames = out.stems.shape[-1]
-    audio = torch.zeros(1, 4, pipe.vae.hop_length * frames)
-    audio[0, 1, : len(drums)] = torch.from_numpy(drums)
-    known = pipe.encode_stems(audio)[..., :frames]
-    mask = torch.zeros(1, 4, LATENT, 1, dtype=torch.bool)
-    mask[:, 1] = True
-    mask = mask.reshape(1, 4 * LATENT, 1)
+    known, mask = _given_drums(pipe, drums, out.stems.shape[-1])
     ref = reference(pipe, known, mask, torch.Generator().manual_seed(7), steps)
     torch.testing.assert_close(out.stems.reshape(ref.shape), ref, rtol=1e-5, atol=1e-5)
     # the given stem's latents come back exactly, and the audio of the given stem too

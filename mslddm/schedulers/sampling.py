@@ -122,6 +122,13 @@ def churn_gamma(sigma: torch.Tensor, num_steps: int, s_churn: float, s_tmin: flo
     return min(s_churn / num_steps, math.sqrt(2) - 1)
 
 
+def _start_step(x, sigma, num_steps, s_churn, s_tmin, s_tmax, s_noise, generator, impute):
+    """What Euler and Heun do first in a step: impute the known channels at ``sigma``, then churn."""
+    if impute is not None:
+        x = impute(x, sigma, generator)
+    return _churn(x, sigma, churn_gamma(sigma, num_steps, s_churn, s_tmin, s_tmax), s_noise, generator)
+
+
 def _churn(x, sigma, gamma, s_noise, generator):
     """``sigma_hat = sigma (1 + gamma)``, ``x_hat = x + sqrt(sigma_hat^2 - sigma^2) s_noise eps``."""
     if gamma <= 0:
@@ -146,9 +153,7 @@ def sample_euler(denoiser, x, sigmas, *, s_churn: float = 0.0, s_tmin: float = 0
     n = len(sigmas) - 1
     for i in range(n):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        if impute is not None:
-            x = impute(x, sigma, generator)
-        x, sigma_hat = _churn(x, sigma, churn_gamma(sigma, n, s_churn, s_tmin, s_tmax), s_noise, generator)
+        x, sigma_hat = _start_step(x, sigma, n, s_churn, s_tmin, s_tmax, s_noise, generator, impute)
         denoised = denoiser(x, sigma_hat)
         x = x + (x - denoised) / sigma_hat * (sigma_next - sigma_hat)
         x = _after(callback, i, x, sigma, sigma_hat, denoised)
@@ -163,9 +168,7 @@ def sample_heun(denoiser, x, sigmas, *, s_churn: float = 0.0, s_tmin: float = 0.
     n, evaluation = len(sigmas) - 1, 0
     for i in range(n):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        if impute is not None:
-            x = impute(x, sigma, generator)
-        x, sigma_hat = _churn(x, sigma, churn_gamma(sigma, n, s_churn, s_tmin, s_tmax), s_noise, generator)
+        x, sigma_hat = _start_step(x, sigma, n, s_churn, s_tmin, s_tmax, s_noise, generator, impute)
         denoised = denoiser(x, sigma_hat)
         d = (x - denoised) / sigma_hat
         dt = sigma_next - sigma_hat
