@@ -4,7 +4,7 @@ recipes, the synthetic dataset) starts from this one; a pipeline's own ``stem_na
 DEFAULT_STEMS = ("bass", "drums", "guitar", "piano")
 
 # What a given stem may be, everywhere (Python, CLI, web page, API): the same checks give the same sentences.
-MAX_STEM_SECONDS = 120.0  # longest given stem the CLI and the page accept by default (each has an override)
+MAX_STEM_SECONDS = 600.0  # longest given stem the CLI and the page accept by default (each has an override): 10 min
 SILENCE_DBFS = -60.0  # a given stem quieter than this (RMS over the part used) is refused as silent
 
 

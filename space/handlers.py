@@ -57,11 +57,12 @@ SAMPLERS = {name: d.label for name, d in SAMPLER_DEFAULTS.items()}  # value -> l
 class Limits:
     """What one request may ask for; every limit is a flag of ``app.py``."""
 
-    max_duration_s: float = 30.0  # longest generation
-    max_upload_s: float = MAX_STEM_SECONDS  # longest upload (uploads are cropped to the duration)
+    max_duration_s: float = 30.0  # longest generation from the duration slider
+    max_upload_s: float = MAX_STEM_SECONDS  # longest upload (cropped to the duration unless "whole song")
+    max_song_s: float = MAX_STEM_SECONDS  # longest whole-song accompaniment or extended result (in windows)
     max_steps: int = 200
     max_variations: int = 4
-    max_file_size: str = "50mb"  # enforced by Gradio's upload route
+    max_file_size: str = "120mb"  # enforced by Gradio's upload route (10 min of 44.1 kHz stereo WAV: 106 MB)
     silence_dbfs: float = SILENCE_DBFS  # an upload quieter than this (RMS) is rejected as silent
     gpu_duration_s: int = 120  # ZeroGPU time asked for one generation
 
@@ -125,14 +126,20 @@ class Studio:
     # ------------------------------------------------------------------------------------------------------
     def generate(self, uploads: Mapping[str, str | None], generate: Mapping[str, bool], duration_s: float,
                  steps: int, sampler: str, churn: float, seed: str | int | None, variations: int,
-                 mixer: Mixer | None = None, progress: Callable | None = None,
+                 whole_song: bool = False, mixer: Mixer | None = None, progress: Callable | None = None,
                  session: str = "api") -> Outputs:
         """Generates the stems ticked in ``generate`` around the uploaded ones (total generation when nothing is
-        uploaded), writes the render and returns what the page shows for its first variation."""
+        uploaded), writes the render and returns what the page shows for its first variation. With
+        ``whole_song`` the result is as long as the longest upload (up to ``max_song_s``, in windows) and
+        ``duration_s`` is not used."""
         # 1. Check the settings, then the uploads
-        duration_s, sampling, variations = self._check_settings(duration_s, steps, sampler, churn, variations)
-        seeds = self._seeds(seed, variations)
         given = {name: path for name, path in uploads.items() if path}
+        if whole_song and not given:
+            raise user_error("'Whole song' makes the result as long as the uploads: upload at least one stem, or "
+                             "untick it and choose a duration.")
+        duration_s, sampling, variations = self._check_settings(None if whole_song else duration_s, steps, sampler,
+                                                                churn, variations)
+        seeds = self._seeds(seed, variations)
         unknown = sorted(set(uploads) - set(self.stem_names))
         if unknown:
             raise user_error(f"Unknown stem(s) {unknown}: this pipeline's stems are {self.stem_names}.")
@@ -148,31 +155,62 @@ class Studio:
             notes += [note] if note else []
 
         # 2. Sample
-        tic = time.perf_counter()
-        with self._lock:
-            result, evaluations = self._sample({
-                "stems": stems or None, "generate": to_generate, "audio_length_in_s": duration_s,
-                "num_inference_steps": sampling.num_inference_steps, "sampler": sampling.sampler,
-                "s_churn": sampling.s_churn, "num_samples": variations,
-                "generator": [torch.Generator().manual_seed(s) for s in seeds],
-            }, progress)
-        seconds = time.perf_counter() - tic
+        result, seconds = self._timed_sample({
+            "stems": stems or None, "generate": to_generate, "audio_length_in_s": duration_s,
+            "num_inference_steps": sampling.num_inference_steps, "sampler": sampling.sampler,
+            "s_churn": sampling.s_churn, "num_samples": variations,
+            "generator": [torch.Generator().manual_seed(s) for s in seeds],
+        }, progress)
 
         # 3. Write the render
         settings = {
             "pipeline": self.public_pipeline_name, "given": {n: Path(p).name for n, p in given.items()},
             "generated": list(result.generated), "silent": [n for n in self.stem_names if n not in given
                                                             and n not in to_generate],
-            "duration_s": duration_s, "steps": result.sampling["num_inference_steps"],
-            "sampler": result.sampling["sampler"], "s_churn": result.sampling["s_churn"],
-            "model_evaluations": evaluations, "seconds": round(seconds, 3),
+            "duration_s": result.stems.shape[-1] / result.sample_rate,
         }
-        render = Render(result.stems, list(result.stem_names), int(result.sample_rate), seeds, settings)
-        if progress is not None:
-            progress(1.0, desc="Writing the files")
-        files = write_render(render, mixer or {}, self._event_dir(session))
-        info = self._describe(files.settings, notes)
-        return self._outputs(files.zip_path, files.variations[0], files.settings, 0, info, session)
+        return self._write(result, seeds, settings, seconds, mixer, notes, progress, session)
+
+    def extend(self, zip_path: str | None, variation: str | None, extend_s: float, steps: int, sampler: str,
+               churn: float, mixer: Mixer | None = None, progress: Callable | None = None,
+               session: str = "api") -> Outputs:
+        """Continues the shown variation of a render by ``extend_s`` seconds: its stems are kept and every one
+        that sounds continues after them (a silent one stays silent); the same seed, a new render."""
+        # 1. Check the settings and read the variation back
+        render = self._read(zip_path, read_render)
+        index = parse_variation(variation, len(render.seeds))
+        if extend_s is None or not math.isfinite(float(extend_s)) or float(extend_s) <= 0:
+            raise user_error(f"Extend by must be a positive number of seconds, got {extend_s}.")
+        length_s = render.stems.shape[-1] / render.sample_rate
+        if length_s + float(extend_s) > self.limits.max_song_s:
+            raise user_error(f"The result would be {length_s + float(extend_s):.1f} s long; this page makes at most "
+                             f"{self.limits.max_song_s:g} s: extend by less.")
+        _, sampling, _ = self._check_settings(float(extend_s), steps, sampler, churn, 1, max_duration=math.inf)
+        if render.stem_names != self.stem_names:
+            raise user_error(f"The render has the stems {render.stem_names}, this pipeline {self.stem_names}: "
+                             "extend it where it was made.")
+        sounding = {name: render.stems[index, k] for k, name in enumerate(self.stem_names)
+                    if _rms_dbfs(render.stems[index, k]) > self.limits.silence_dbfs}
+        if not sounding:
+            raise user_error("Every stem of this variation is silent: there is nothing to continue.")
+
+        # 2. Sample the continuation with the variation's seed
+        seed = render.seeds[index]
+        result, seconds = self._timed_sample({
+            "stems": sounding, "generate": list(sounding), "extend_s": float(extend_s),
+            "input_sample_rate": render.sample_rate, "num_inference_steps": sampling.num_inference_steps,
+            "sampler": sampling.sampler, "s_churn": sampling.s_churn, "num_samples": 1,
+            "generator": [torch.Generator().manual_seed(seed)],
+        }, progress)
+
+        # 3. Write the render
+        settings = {
+            "pipeline": self.public_pipeline_name, "given": {}, "generated": list(result.generated),
+            "silent": [n for n in self.stem_names if n not in sounding],
+            "duration_s": result.stems.shape[-1] / result.sample_rate, "extended_from_s": round(length_s, 3),
+        }
+        note = f"the first {length_s:.1f} s are the variation you extended, the last {float(extend_s):g} s are new"
+        return self._write(result, [seed], settings, seconds, mixer, [note], progress, session)
 
     def remix(self, zip_path: str | None, variation: str | None, mixer: Mixer,
               session: str = "api") -> Outputs:
@@ -202,10 +240,13 @@ class Studio:
     # ------------------------------------------------------------------------------------------------------
     # Helpers
     # ------------------------------------------------------------------------------------------------------
-    def _check_settings(self, duration_s, steps, sampler, churn, variations):
+    def _check_settings(self, duration_s, steps, sampler, churn, variations, max_duration=None):
+        """The settings checked; ``duration_s`` None means "as long as the uploads" (whole song)."""
         lim = self.limits
-        if duration_s is None or not math.isfinite(float(duration_s)) or not 0 < float(duration_s) <= lim.max_duration_s:
-            raise user_error(f"Duration must be between 0 and {lim.max_duration_s:g} seconds, got {duration_s}.")
+        max_duration = lim.max_duration_s if max_duration is None else max_duration
+        if duration_s is not None and (not math.isfinite(float(duration_s))
+                                       or not 0 < float(duration_s) <= max_duration):
+            raise user_error(f"Duration must be between 0 and {max_duration:g} seconds, got {duration_s}.")
         if steps is not None and (int(steps) != float(steps) or not 1 <= int(steps) <= lim.max_steps):
             raise user_error(f"Steps must be a whole number from 1 to {lim.max_steps}, got {steps}.")
         if variations is None or int(variations) != float(variations) or not 1 <= int(variations) <= lim.max_variations:
@@ -217,7 +258,7 @@ class Studio:
             raise user_error(str(error)) from None
         if sampling.num_inference_steps > lim.max_steps:  # only a default can get here: this server's limit
             sampling = self.pipe.scheduler.sampling_settings(sampling.sampler, lim.max_steps, sampling.s_churn)
-        return float(duration_s), sampling, int(variations)
+        return None if duration_s is None else float(duration_s), sampling, int(variations)
 
     def sampling_defaults(self, sampler: str | None = None):
         """The pipeline's sampler (or ``sampler``) with its default steps and churn: what the page starts from."""
@@ -236,15 +277,19 @@ class Studio:
             raise user_error(f"Seed must be between 0 and 2^63, got {seed}.")
         return [seed + i for i in range(variations)]
 
-    def _load_upload(self, name: str, path: str, duration_s: float):
+    def _load_upload(self, name: str, path: str, duration_s: float | None):
         """Reads, checks and converts one uploaded stem (the library's checks and sentences, as in Python and the
-        CLI); returns it at the pipeline's rate, cut to the duration, and a note or None."""
+        CLI); returns it at the pipeline's rate, cut to the duration (whole when it is None), and a note or None."""
         sr = self.pipe.sample_rate
+        longest = self.limits.max_upload_s if duration_s is not None else min(self.limits.max_upload_s,
+                                                                               self.limits.max_song_s)
         try:
-            audio = load_stem(name, path, sr, use_seconds=duration_s, max_seconds=self.limits.max_upload_s,
+            audio = load_stem(name, path, sr, use_seconds=duration_s, max_seconds=longest,
                               silence_dbfs=self.limits.silence_dbfs, limit_hint=" Trim it and upload it again.")
         except StemError as error:
             raise user_error(str(error)) from None
+        if duration_s is None:
+            return audio, None
         length_s = len(audio) / sr
         stem = audio[: round(duration_s * sr)]  # resampled whole and cut after: no filter edge at the cut
         note = None
@@ -254,12 +299,33 @@ class Studio:
             note = f"the {name} upload ({length_s:.1f} s) was padded with silence to {duration_s:g} s"
         return stem, note
 
+    def _timed_sample(self, kwargs: dict, progress: Callable | None):
+        """The pipeline run, one at a time, and its wall-clock seconds."""
+        tic = time.perf_counter()
+        with self._lock:
+            result = self._sample(kwargs, progress)
+        return result, time.perf_counter() - tic
+
+    def _write(self, result, seeds, settings, seconds, mixer, notes, progress, session) -> Outputs:
+        """Writes a result as a render with the sampling settings it used; what the page shows of it."""
+        settings = {**settings, "steps": result.sampling["num_inference_steps"],
+                    "sampler": result.sampling["sampler"], "s_churn": result.sampling["s_churn"],
+                    "model_evaluations": result.sampling["model_evaluations"],
+                    "windows": result.sampling["windows"], "seconds": round(seconds, 3)}
+        render = Render(result.stems, list(result.stem_names), int(result.sample_rate), seeds, settings)
+        if progress is not None:
+            progress(1.0, desc="Writing the files")
+        files = write_render(render, mixer or {}, self._event_dir(session))
+        info = self._describe(files.settings, notes)
+        return self._outputs(files.zip_path, files.variations[0], files.settings, 0, info, session)
+
     def _run_pipeline(self, kwargs: dict, progress: Callable | None):
-        """Runs the pipeline (on the GPU under ZeroGPU); the progress bar follows the model evaluations."""
+        """Runs the pipeline (on the GPU under ZeroGPU); the progress bar follows the model evaluations over all
+        windows."""
 
         def on_step(pipe, i, t, tensors):
             if progress is not None:
-                progress((i + 1, len(pipe.scheduler.timesteps)), desc="Sampling", unit="model evaluations")
+                progress((i + 1, pipe.num_timesteps), desc="Sampling", unit="model evaluations")
             return tensors
 
         try:
@@ -268,7 +334,7 @@ class Studio:
             raise user_error(f"{error} Try the Euler sampler with less churn, or more steps.") from None
         except ValueError as error:  # the pipeline's checks are sentences already
             raise user_error(str(error)) from None
-        return result, len(self.pipe.scheduler.timesteps)
+        return result
 
     def _read(self, zip_path, reader):
         if not zip_path:
@@ -294,7 +360,10 @@ class Studio:
         if settings.get("silent"):
             what += f" (silent: {', '.join(settings['silent'])})"
         seeds = ", ".join(str(s) for s in settings["seeds"])
-        text = (f"{what}. {settings['duration_s']:g} s, sampler {settings['sampler']}, {settings['steps']} steps "
+        windows = settings.get("windows", 1)
+        text = (f"{what}. {round(settings['duration_s'], 1):g} s"
+                + (f" in {windows} overlapping windows" if windows > 1 else "")
+                + f", sampler {settings['sampler']}, {settings['steps']} steps "
                 f"({settings['model_evaluations']} model evaluations), churn {settings['s_churn']:g}, "
                 f"in {settings['seconds']:.1f} s. **Seed{'s' if len(settings['seeds']) > 1 else ''}: {seeds}**. "
                 f"Every file is scaled by the same gain ({20 * np.log10(settings['gain_applied']):+.1f} dB) so that "
@@ -313,6 +382,10 @@ class Studio:
         folder = self.workdir / _safe(session) / uuid.uuid4().hex[:12]
         folder.mkdir(parents=True)
         return folder
+
+
+def _rms_dbfs(audio: np.ndarray) -> float:
+    return float(10 * np.log10(np.mean(np.square(audio, dtype=np.float64)) + 1e-20))
 
 
 def _safe(session: str | None) -> str:

@@ -1,6 +1,6 @@
 """The page: a column per stem (upload or generate, then its player and fader), the sampling settings, the mix,
-the spectrogram and the ZIP. ``build_demo`` wires the events to a :class:`~space.handlers.Studio`; the one public
-API endpoint is ``/generate`` (see ``docs/space.md``)."""
+the spectrogram and the ZIP, and an extend action on the shown result. ``build_demo`` wires the events to a
+:class:`~space.handlers.Studio`; the public API endpoints are ``/generate`` and ``/extend`` (see ``docs/space.md``)."""
 
 from __future__ import annotations
 
@@ -58,9 +58,11 @@ class Page:
     players: dict = field(default_factory=dict)
     gains: dict = field(default_factory=dict)
     mutes: dict = field(default_factory=dict)
-    settings: list = field(default_factory=list)  # duration, steps, sampler, churn, seed, variations
+    settings: list = field(default_factory=list)  # duration, steps, sampler, churn, seed, variations, whole song
     fill_defaults: tuple = ()  # (function, input, outputs) that shows the sampler's default steps and churn
     button: gr.Button | None = None
+    extend_s: gr.Number | None = None
+    extend_button: gr.Button | None = None
     info: gr.Markdown | None = None
     variation: gr.Radio | None = None
     zip_file: gr.File | None = None
@@ -105,7 +107,9 @@ def _layout(studio: Studio, title: str) -> Page:
         f"Upload the stems you have and tick the ones to generate: the model writes the missing stems to fit "
         f"(partial generation), or every stem when nothing is uploaded (total generation). "
         f"Pipeline `{_short(studio.pipeline_name)}`, stems {', '.join(names)}, {studio.pipe.sample_rate} Hz. "
-        f"Uploads: any format, rate or channel count, up to {lim.max_upload_s:g} s and {lim.max_file_size}.")
+        f"Uploads: any format, rate or channel count, up to {lim.max_upload_s:g} s and {lim.max_file_size}; "
+        f"music longer than the model's window (whole songs up to {lim.max_song_s:g} s, extensions) is generated "
+        f"in overlapping windows.")
     gr.Markdown("### Stems: upload the ones you have, tick the ones to generate")
     with gr.Row(equal_height=False):
         for name in names:
@@ -130,8 +134,10 @@ def _layout(studio: Studio, title: str) -> Page:
         # A Textbox, not a Number: an empty Number is sent as 0, and empty must mean "random".
         seed = gr.Textbox(value="", placeholder="random", label="Seed (empty: random)", max_lines=1, elem_id="seed")
         variations = gr.Slider(1, lim.max_variations, value=1, step=1, label="Variations", elem_id="variations")
+        whole_song = gr.Checkbox(value=False, label=f"Whole song: as long as the uploads (up to {lim.max_song_s:g} s; "
+                                 "the duration is not used)", elem_id="whole-song")
         page.button = gr.Button("Generate", variant="primary", elem_id="generate-button", scale=2)
-    page.settings = [duration, steps, sampler, churn, seed, variations]
+    page.settings = [duration, steps, sampler, churn, seed, variations, whole_song]
     def on_sampler(name):
         d = studio.sampling_defaults(name)
         return (gr.Number(value=min(d.num_inference_steps, lim.max_steps)),
@@ -154,6 +160,10 @@ def _layout(studio: Studio, title: str) -> Page:
         with gr.Column(elem_classes="stem-column", min_width=220):
             page.players[MIX] = gr.Audio(label="mix", type="filepath", format="wav", interactive=False,
                                          elem_id="player-mix")
+    with gr.Row():
+        page.extend_s = gr.Number(10.0, minimum=0.5, maximum=lim.max_song_s, step=0.5,
+                                  label="Extend by (s): every stem of the shown variation continues", elem_id="extend-s")
+        page.extend_button = gr.Button("Extend", elem_id="extend-button")
     # Its own row: in a stem column the file name is elided to "m.zip".
     page.zip_file = gr.File(label="ZIP: stems, mix, settings", interactive=False, elem_id="zip")
     page.spectrogram = gr.Image(show_label=False, type="filepath", format="png", interactive=False,
@@ -186,14 +196,15 @@ def _wire_generate(studio: Studio, page: Page) -> None:
     def run_generate(*args):
         *values, progress, request = args
         out = studio.generate(dict(zip(names, values[:k])), dict(zip(names, values[k:2 * k])),
-                              *values[2 * k:2 * k + 6], mixer=_mixer_values(names, values[2 * k + 6:]),
+                              *values[2 * k:2 * k + 7], mixer=_mixer_values(names, values[2 * k + 7:]),
                               progress=progress, session=_session(request))
         return _show(page, out, plain=True)
 
     # Named parameters (the stems' uploads first), so gradio_client callers can pass keywords. Unset steps and
     # churn (None) mean the chosen sampler's defaults, as in Python and the CLI.
     params = api_names(names)
-    settings = dict(zip(("duration", "steps", "sampler", "churn", "seed", "variations"), page.settings))
+    settings = dict(zip(("duration", "steps", "sampler", "churn", "seed", "variations", "whole_song"),
+                        page.settings))
     defaults = ([(p, None) for p in params] + [(f"generate_{p}", True) for p in params]
                 + [(n, c.value) for n, c in settings.items()]
                 + [(f"gain_db_{p}", 0.0) for p in params] + [(f"mute_{p}", False) for p in params])
@@ -204,7 +215,8 @@ def _wire_generate(studio: Studio, page: Page) -> None:
            inspect.Parameter("request", positional, default=None, annotation=gr.Request)])
     run_generate.__annotations__ = {"request": gr.Request}  # how Gradio finds the request parameter
     run_generate.__doc__ = (
-        "Generates the stems that have no upload and generate_<stem> true, around the uploaded ones, and the mix. "
+        "Generates the stems that have no upload and generate_<stem> true, around the uploaded ones, and the mix "
+        "(with whole_song, as long as the uploads). "
         "Returns a WAV per stem, the mix WAV, the spectrogram PNG, the ZIP (stems, mix, settings.json), a "
         "Markdown summary with the seeds, and the variation shown.")
     def show_variations(zip_path):
@@ -219,6 +231,21 @@ def _wire_generate(studio: Studio, page: Page) -> None:
                       + page.mixer, page.outputs, api_name="generate", concurrency_limit=1,
                       concurrency_id="sampling").success(show_variations, page.zip_file, page.variation,
                                                          api_visibility="private", queue=False)
+    def run_extend(zip_path, selected, extend_s, steps, sampler, churn, *mixer, progress=gr.Progress(),  # noqa: B008
+                   request: gr.Request = None):
+        """Continues the shown variation of the ZIP by extend_s seconds (every sounding stem continues, with its
+        seed); returns what /generate returns."""
+        out = studio.extend(zip_path, selected, extend_s, steps, sampler, churn, mixer=_mixer_values(names, mixer),
+                            progress=progress, session=_session(request))
+        return _show(page, out, plain=True)
+
+    duration, steps, sampler, churn = page.settings[:4]
+    page.extend_button.click(run_extend, [page.zip_file, page.variation, page.extend_s, steps, sampler, churn]
+                             + page.mixer, page.outputs, api_name="extend", concurrency_limit=1,
+                             concurrency_id="sampling").success(show_variations, page.zip_file, page.variation,
+                                                                api_visibility="private", queue=False)
+    page.settings[-1].change(lambda whole: gr.Slider(interactive=not whole), page.settings[-1], duration,
+                             api_visibility="private", queue=False)
     for name in names:  # an upload makes the stem a condition: its "generate" box no longer applies
         page.uploads[name].change(lambda path: gr.Checkbox(value=not path, interactive=not path),
                                   page.uploads[name], page.generate[name], api_visibility="private", queue=False)

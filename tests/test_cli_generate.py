@@ -71,9 +71,30 @@ def test_same_seed_same_files(saved_pipeline, tmp_path):
     assert a == (tmp_path / "b" / "sample_000_seed3" / "mix.wav").read_bytes()
 
 
+def test_extend_continues_an_earlier_result_in_windows(saved_pipeline, tmp_path):
+    mslddm("generate", "--pipeline", saved_pipeline, "--duration", 0.5, "--steps", 2, "--seed", 4, "--out",
+           tmp_path / "first")
+    first = tmp_path / "first" / "sample_000_seed4"
+    mslddm("generate", "--pipeline", saved_pipeline, "--from-result", first, "--extend", 1.5, "--window", 0.75,
+           "--overlap", 0.3, "--steps", 2, "--seed", 4, "--out", tmp_path / "longer")
+    longer = tmp_path / "longer" / "sample_000_seed4"
+    settings = json.loads((longer / "settings.json").read_text())
+    assert settings["windows"] > 1 and settings["extended_by_s"] == 1.5 and settings["generated"] == STEMS
+    assert settings["duration_s"] == pytest.approx(2.0, abs=1e-3)
+    old_gain = json.loads((first / "settings.json").read_text())["gain_applied"]
+    for name in STEMS:
+        before = load_audio(first / f"{name}.wav", 22050) / old_gain
+        after = load_audio(longer / f"{name}.wav", 22050) / settings["gain_applied"]
+        assert len(after) == 2 * 22050
+        np.testing.assert_allclose(after[: len(before) - 512], before[:-512], atol=1e-3)
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
+        (["--extend", "2"], "--extend continues given stems"),
+        (["--extend", "2", "--duration", "3"], "either --duration or --extend"),
+        (["--from-result", "."], "no settings.json"),
         (["--stem", "bass=x.wav"], "The bass stem (x.wav) does not exist"),
         (["--stem", "bass"], "NAME=FILE"),
         (["--generate", "flute"], "Unknown stem"),

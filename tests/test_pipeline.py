@@ -197,7 +197,7 @@ def test_few_step_partial_generation_equals_its_transcription(pipe, sampler, ref
     waves = pipe(stems={"drums": drums}, num_inference_steps=steps, sampler=sampler, generator=seeded(7))
     np.testing.assert_array_equal(waves.stems[0, 1], drums)
     assert waves.sampling == {"sampler": sampler, "num_inference_steps": steps, "s_churn": 0.0,
-                              "model_evaluations": 2 * steps - 1 if sampler == "heun" else steps}
+                              "model_evaluations": 2 * steps - 1 if sampler == "heun" else steps, "windows": 1}
 
 
 def test_save_load_round_trip_generates_identical_stems(saved_pipeline):

@@ -42,8 +42,8 @@ def studio(tmp_path_factory):
 def run(studio, uploads=None, generate=None, duration=1.0, steps=2, sampler="dpmpp_2m", churn=0.0, seed="0",
         variations=1, mixer=None, **kwargs):
     generate = {n: True for n in STEMS} if generate is None else generate
-    return studio.generate(uploads or {}, generate, duration, steps, sampler, churn, seed, variations, mixer,
-                           **kwargs)
+    return studio.generate(uploads or {}, generate, duration, steps, sampler, churn, seed, variations,
+                           mixer=mixer, **kwargs)
 
 
 def wavs(zip_path, folder):
@@ -179,15 +179,17 @@ def test_helpers(tmp_path):
     assert examples[0]["uploads"]["bass"].endswith("bass.wav") and examples[0]["uploads"]["drums"] is None
 
 
-def test_demo_exposes_one_named_endpoint(studio, tmp_path):
+def test_demo_exposes_generate_and_extend(studio, tmp_path):
     (tmp_path / "ex").mkdir()
     tone(tmp_path / "ex" / "drums.wav")
     demo = build_demo(studio, examples_dir=str(tmp_path))
     info = demo.get_api_info()
-    assert list(info["named_endpoints"]) == ["/generate"]
+    assert list(info["named_endpoints"]) == ["/generate", "/extend"]
     params = [p["parameter_name"] for p in info["named_endpoints"]["/generate"]["parameters"]]
     assert params[:8] == STEMS + [f"generate_{n}" for n in STEMS]
-    assert params[8:14] == ["duration", "steps", "sampler", "churn", "seed", "variations"]
+    assert params[8:15] == ["duration", "steps", "sampler", "churn", "seed", "variations", "whole_song"]
+    params = [p["parameter_name"] for p in info["named_endpoints"]["/extend"]["parameters"]]
+    assert params[:6] == ["zip_path", "selected", "extend_s", "steps", "sampler", "churn"]
 
 
 @pytest.mark.parametrize("sampler, churn, evaluations", [("euler", 20.0, 2), ("heun", 0.0, 3), ("dpmpp_2m", 0.0, 2)])
@@ -212,3 +214,60 @@ def test_make_examples_from_a_test_split(tmp_path):
     assert [sorted(n for n, p in ex["uploads"].items() if p) for ex in examples] == [
         ["bass"], ["drums"], ["bass", "drums"], ["piano"]]
     assert all(ex["duration"] == 1.0 and ex["seed"] == 0 for ex in examples)
+
+
+@pytest.fixture(scope="module")
+def song_studio(tmp_path_factory):
+    """Windows of 48 frames (0.7 s), so that a few seconds already take several."""
+    pipe = tiny_pipeline()
+    pipe.unet.register_to_config(window_frames=48)
+    studio = Studio(pipe, "tiny", Limits(max_duration_s=1, max_upload_s=4, max_song_s=4, max_steps=10),
+                    workdir=str(tmp_path_factory.mktemp("songs")))
+    yield studio
+    studio.close()
+
+
+def test_whole_song_accompanies_the_whole_upload_in_windows(song_studio, tmp_path):
+    take = tone(tmp_path / "guitar.wav", freq=196.0, seconds=3.0, sr=SR, channels=1)
+    out = run(song_studio, uploads={"guitar": take}, duration=1.0, whole_song=True)
+    settings = json.loads(zipfile.ZipFile(out.zip_path).read("settings.json"))
+    assert settings["windows"] > 3 and settings["duration_s"] == pytest.approx(3.0)
+    guitar = load_audio(out.players["guitar"], SR) / settings["gain_applied"]
+    np.testing.assert_allclose(guitar, load_audio(take, SR), atol=PCM16 / settings["gain_applied"])
+    for name in ("bass", "drums", "piano"):
+        assert len(load_audio(out.players[name], SR)) == 3 * SR
+    assert "windows" in out.info and "3 s" in out.info
+
+
+def test_whole_song_needs_an_upload_within_the_limit(song_studio, tmp_path):
+    with pytest.raises(gr.Error, match="upload at least one stem"):
+        run(song_studio, whole_song=True)
+    long_take = tone(tmp_path / "long.wav", seconds=5.0, sr=SR, channels=1)
+    with pytest.raises(gr.Error, match="Trim it"):
+        run(song_studio, uploads={"bass": long_take}, whole_song=True)
+
+
+def test_extend_continues_the_shown_variation_with_its_seed(song_studio):
+    first = run(song_studio, generate={"bass": True, "drums": True, "guitar": True, "piano": False},
+                duration=1.0, seed="5", variations=2)
+    out = song_studio.extend(str(first.zip_path), variation_label(1, 6), 1.5, 2, "dpmpp_2m", 0.0)
+    settings = json.loads(zipfile.ZipFile(out.zip_path).read("settings.json"))
+    assert settings["seeds"] == [6] and settings["extended_from_s"] == pytest.approx(1.0)
+    assert settings["duration_s"] == pytest.approx(2.5) and settings["windows"] > 1
+    assert settings["silent"] == ["piano"] and settings["generated"] == ["bass", "drums", "guitar"]
+    before = read_render(first.zip_path).stems[1]
+    after = read_render(out.zip_path).stems[0]
+    assert after.shape == (4, round(2.5 * SR))
+    np.testing.assert_allclose(after[:, :SR - 512], before[:, :SR - 512], atol=2 * PCM16 / settings["gain_applied"])
+    assert np.all(after[3] == 0) and np.abs(after[:3, SR:]).max() > 0  # the silent stem stays silent
+    assert "extended" in out.info
+
+
+def test_extend_refuses_what_it_cannot_do(song_studio):
+    with pytest.raises(gr.Error, match="press Generate first"):
+        song_studio.extend(None, None, 1.0, 2, "dpmpp_2m", 0.0)
+    first = run(song_studio, duration=1.0)
+    with pytest.raises(gr.Error, match="at most 4 s"):
+        song_studio.extend(str(first.zip_path), None, 3.5, 2, "dpmpp_2m", 0.0)
+    with pytest.raises(gr.Error, match="positive"):
+        song_studio.extend(str(first.zip_path), None, 0, 2, "dpmpp_2m", 0.0)

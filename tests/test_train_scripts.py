@@ -168,6 +168,8 @@ def test_msldm_export_loads_and_generates(msldm_runs, tmp_path):
     out = pipe(audio_length_in_s=0.5, num_inference_steps=2, sampler="dpmpp_2m", generator=torch.Generator().manual_seed(0))
     assert out.stems.shape == (1, 4, SR // 2) and np.isfinite(out.stems).all()
     assert pipe.stem_names == STEMS
+    m = pipe.unet.length_multiple  # the run's window: its 0.5-s validation clips (longer than its 16-frame segments)
+    assert pipe.unet.config.window_frames == max(16, int(0.5 * SR / pipe.vae.hop_length) // m * m) == 32
 
 
 def test_export_refuses_a_vae_checkpoint(vae_runs, tmp_path):

@@ -142,8 +142,16 @@ def main(argv=None):
                              f"{len(stem_names)} stems x {vae.config.latent_channels} latent channels = {in_channels}.")
         logger.info("Initialised the UNet from %s", args.init_from)
     else:
-        unet = MultiSourceUNet1DModel(**{**PRESETS[recipe["preset"]]["unet"], **cfg.get("model", {}),
-                                         "in_channels": in_channels})
+        unet_kwargs = {**PRESETS[recipe["preset"]]["unet"], **cfg.get("model", {}), "in_channels": in_channels}
+        if "window_frames" not in unet_kwargs:
+            # The pipeline's generation window: the longest length the recipe trains or validates at (validation
+            # samples clips of validation_seconds, so the model is seen working at that length). Passed to the
+            # constructor, so that the config (and every copy from_config makes) records it.
+            with torch.device("meta"):
+                multiple = MultiSourceUNet1DModel(**unet_kwargs).length_multiple
+            val_frames = int(float(cfg.get("validation_seconds", 12.0)) * vae.config.sampling_rate / vae.hop_length)
+            unet_kwargs["window_frames"] = max(frames, val_frames // multiple * multiple)
+        unet = MultiSourceUNet1DModel(**unet_kwargs)
     length_multiple = unet.length_multiple
     if frames % length_multiple:
         raise ValueError(f"msldm.segment_frames={frames} must be a multiple of the UNet's {length_multiple}.")

@@ -1,6 +1,7 @@
 """Generate stems and their mix with a pretrained pipeline: all stems (total generation) or the stems missing
-from the ones you give (partial generation). Writes one folder per sample with a WAV per stem, mix.wav and
-settings.json (every setting, the seed and the gain applied)."""
+from the ones you give (partial generation), or continue given stems (--extend). Music longer than the model's
+window (a whole song under a given take) is generated in overlapping windows. Writes one folder per sample with a
+WAV per stem, mix.wav and settings.json (every setting, the seed and the gain applied)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,17 @@ def add_arguments(parser):
     parser.add_argument("--generate", action="append", default=None, metavar="NAME",
                         help="a stem to generate; repeat or comma-separate (default: every stem not given)")
     parser.add_argument("--duration", type=float, default=None,
-                        help="seconds to generate (default: length of the given stems, else 12)")
+                        help="seconds to generate (default: length of the given stems, the whole song, else 12)")
+    parser.add_argument("--extend", type=float, default=None, metavar="SECONDS",
+                        help="continue the given stems by SECONDS: they are kept and continue, the other stems are "
+                             "generated throughout (excludes --duration)")
+    parser.add_argument("--from-result", default=None, metavar="DIR",
+                        help="give every stem of an earlier result folder (a sample_* folder of this command) at "
+                             "the levels the model made them; with --extend, continues that result")
+    parser.add_argument("--window", type=float, default=None, metavar="SECONDS",
+                        help="window of windowed generation (default: the model's, recorded in its UNet config)")
+    parser.add_argument("--overlap", type=float, default=None, metavar="SECONDS",
+                        help="seconds each window shares with the one before (default: a third of the window)")
     from mslddm.schedulers.sampling import SAMPLER_DEFAULTS
 
     defaults = ", ".join(f"{k} {d.num_inference_steps} steps churn {d.s_churn:g}" for k, d in SAMPLER_DEFAULTS.items())
@@ -33,7 +44,7 @@ def add_arguments(parser):
     parser.add_argument("--churn", type=float, default=None,
                         help="s_churn for euler/heun; None means the sampler's default")
     parser.add_argument("--max-stem-seconds", type=float, default=None,
-                        help="longest given stem accepted, as on the web page; None means 120 s")
+                        help="longest given stem accepted, as on the web page; None means 600 s (10 min)")
     parser.add_argument("--seed", type=int, action="append", default=None,
                         help="seed of a sample; repeat for several; with one seed and --num-samples N the seeds "
                              "are seed, seed+1, ... (default: 0)")
@@ -58,6 +69,29 @@ def _load_given(pipe, given: dict, duration, max_seconds) -> dict:
                                  limit_hint=" (--max-stem-seconds raises the limit)")
         print(f"  {len(loaded[name]) / pipe.sample_rate:.1f} s at {pipe.sample_rate} Hz", file=sys.stderr, flush=True)
     return loaded
+
+
+def _result_stems(pipe, folder) -> dict:
+    """The stems of an earlier result folder, divided by the gain written into its settings.json."""
+    from mslddm.audio import load_audio
+
+    folder = Path(folder)
+    settings_path = folder / "settings.json"
+    if not settings_path.is_file():
+        raise SystemExit(f"--from-result {folder}: no settings.json there; give a sample_* folder of "
+                         "`mslddm generate`.")
+    settings = json.loads(settings_path.read_text())
+    gain = float(settings.get("gain_applied", 1.0))
+    stems = {}
+    for name in pipe.stem_names:
+        path = folder / f"{name}.wav"
+        if path.is_file():
+            audio = load_audio(path, pipe.sample_rate) / gain
+            if float((audio.astype("float64") ** 2).mean()) > 1e-6:  # a stem silent there stays silent
+                stems[name] = str(path), audio
+    if not stems:
+        raise SystemExit(f"--from-result {folder}: no sounding stem WAV of {pipe.stem_names} there.")
+    return stems
 
 
 def run(args) -> int:
@@ -100,21 +134,29 @@ def _run(args) -> int:
     unknown = [s for s in list(given) + list(generate or []) if s not in pipe.stem_names]
     if unknown:
         raise SystemExit(f"Unknown stem(s) {unknown}; this pipeline's stems are {pipe.stem_names}.")
+    if args.extend is not None and args.duration is not None:
+        raise SystemExit("Give either --duration or --extend (the result is the given stems' length plus --extend).")
     names = dict(given)  # what settings.json records: the files' base names
     max_seconds = MAX_STEM_SECONDS if args.max_stem_seconds is None else args.max_stem_seconds
     given = _load_given(pipe, given, args.duration, max_seconds)
+    if args.from_result:
+        for name, (path, audio) in _result_stems(pipe, args.from_result).items():
+            if name not in given:
+                names[name], given[name] = path, audio
+    if args.extend is not None and not given:
+        raise SystemExit("--extend continues given stems: give them with --stem NAME=FILE or --from-result DIR.")
     out_root = Path(args.out)
     if given:
         import sys
 
-        print(f"Encoding the given stem(s) {', '.join(given)}, then sampling the others ...", file=sys.stderr,
-              flush=True)
+        doing = "continuing them" if args.extend is not None else "sampling the others"
+        print(f"Encoding the given stem(s) {', '.join(given)}, then {doing} ...", file=sys.stderr, flush=True)
     for start in range(0, num, args.batch_size):
         batch_seeds = seeds[start:start + args.batch_size]
         tic = time.perf_counter()
         result = pipe(
             stems=given or None, input_sample_rate=pipe.sample_rate, generate=generate,
-            audio_length_in_s=args.duration,
+            audio_length_in_s=args.duration, extend_s=args.extend, window_s=args.window, overlap_s=args.overlap,
             num_inference_steps=args.steps, sampler=args.sampler, s_churn=args.churn,
             num_samples=len(batch_seeds), generator=[torch.Generator().manual_seed(s) for s in batch_seeds],
         )
@@ -132,7 +174,8 @@ def _run(args) -> int:
                 "stem_names": result.stem_names, "sample_rate": result.sample_rate,
                 "duration_s": stems.shape[-1] / result.sample_rate, "steps": result.sampling["num_inference_steps"],
                 "sampler": result.sampling["sampler"], "s_churn": result.sampling["s_churn"],
-                "model_evaluations": result.sampling["model_evaluations"], "gain_applied": gain, "device": device,
+                "model_evaluations": result.sampling["model_evaluations"], "windows": result.sampling["windows"],
+                "extended_by_s": args.extend, "gain_applied": gain, "device": device,
                 "dtype": args.dtype,
                 "batch_seconds": round(seconds, 3),
             }

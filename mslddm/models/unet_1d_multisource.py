@@ -418,6 +418,10 @@ class MultiSourceUNet1DModel(ModelMixin, ConfigMixin):
         num_fourier_features (`int`, *optional*): Learned frequencies of the time embedding; defaults to
             `channels // 2` (256), the reference's rule.
         mapping_features (`int`, *optional*): Width of the time mapping MLP; defaults to `4 * channels` (2048).
+        window_frames (`int`, defaults to 1024): Latent frames the model generates in one pass (the paper's
+            training segments: 1024 frames, 14.9 s): the pipeline generates longer music in overlapping windows of
+            this length. Not used by the network (it takes any multiple of `length_multiple`); `train_msldm.py`
+            records its recipe's length. `None`: 12 s.
     """
 
     _supports_gradient_checkpointing = True
@@ -444,6 +448,7 @@ class MultiSourceUNet1DModel(ModelMixin, ConfigMixin):
         out_channels: int | None = None,
         num_fourier_features: int | None = None,
         mapping_features: int | None = None,
+        window_frames: int | None = 1024,
     ):
         super().__init__()
         # Store the level lists as lists, as they come back from config.json, whatever sequence type was passed.

@@ -22,8 +22,12 @@ from ..models.autoencoder_spectral import SpectralSourceVAE
 from ..models.unet_1d_multisource import MultiSourceUNet1DModel
 from ..schedulers.scheduling_edm import EDMScheduler
 from ..stems import DEFAULT_STEMS, load_stem
+from .windows import crossfade_weights, plan_windows
 
 Generator = Optional[Union[torch.Generator, List[torch.Generator]]]
+
+DEFAULT_WINDOW_SECONDS = 12.0  # window of a UNet config without `window_frames`, and the default length
+CONTINUATION_FADE_SAMPLES = 512  # a continued stem crossfades from the take into its continuation over these
 
 
 @dataclass
@@ -186,7 +190,7 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
         return max(frames, multiple)
 
     def check_inputs(self, stems, generate, audio_length_in_s, num_inference_steps, sampler, s_churn, num_samples,
-                     output_type, generator, latents):
+                     output_type, generator, latents, extend_s=None):
         names = self.stem_names
         unknown = [s for s in list(stems or {}) + list(generate or []) if s not in names]
         if unknown:
@@ -196,10 +200,19 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
             if not generate:
                 raise ValueError("generate is empty: name at least one stem to generate.")
             both = given.intersection(generate)
-            if both:
+            if both and extend_s is None:
                 raise ValueError(f"Stem(s) {sorted(both)} are both given in `stems` and listed in `generate`.")
-        elif len(given) == len(names):
-            raise ValueError(f"Every stem ({names}) is given in `stems`: there is nothing left to generate.")
+        elif len(given) == len(names) and extend_s is None:
+            raise ValueError(f"Every stem ({names}) is given in `stems`: there is nothing left to generate "
+                             "(to continue them, pass extend_s).")
+        if extend_s is not None:
+            if not isinstance(extend_s, (int, float)) or not math.isfinite(extend_s) or extend_s <= 0:
+                raise ValueError(f"extend_s must be a positive number of seconds, got {extend_s!r}.")
+            if not given:
+                raise ValueError("extend_s continues given stems: pass the stems to continue in `stems`.")
+            if audio_length_in_s is not None:
+                raise ValueError("Pass either audio_length_in_s or extend_s (the result is the given stems' "
+                                 "length plus extend_s), not both.")
         if audio_length_in_s is not None and (
             not isinstance(audio_length_in_s, (int, float)) or not math.isfinite(audio_length_in_s)
             or audio_length_in_s <= 0
@@ -256,6 +269,38 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
         return audio.float().reshape(b, k, audio.shape[-1])
 
     # ----------------------------------------------------------------------------------------------------------
+    # Windows (music longer than the model's window)
+    # ----------------------------------------------------------------------------------------------------------
+    @property
+    def num_timesteps(self) -> int:
+        """Model evaluations of the last call over all its windows (what its progress bar counts)."""
+        return getattr(self, "_num_timesteps", 0)
+
+    def window_settings(self, window_s: Optional[float] = None, overlap_s: Optional[float] = None,
+                        crossfade_s: Optional[float] = None) -> Dict[str, int]:
+        """Window, overlap and crossfade in latent frames: the given seconds, else the model's defaults: the UNet
+        config's ``window_frames`` (the length the model was trained to generate; 12 s when a config predates
+        it), an overlap of a third of the window and a crossfade of a quarter of the overlap."""
+        fps = self.sample_rate / self.vae.hop_length
+
+        def to_frames(seconds, name, positive=False):
+            if (not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0
+                    or (positive and seconds <= 0)):
+                raise ValueError(f"{name} must be a {'positive' if positive else 'non-negative'} number of "
+                                 f"seconds, got {seconds!r}.")
+            return int(round(seconds * fps))
+
+        multiple = self.unet.length_multiple
+        if window_s is None:
+            window = getattr(self.unet.config, "window_frames", None) or round(DEFAULT_WINDOW_SECONDS * fps)
+        else:
+            window = to_frames(window_s, "window_s", positive=True)
+        window = max(multiple, window // multiple * multiple)
+        overlap = window // 3 if overlap_s is None else to_frames(overlap_s, "overlap_s")
+        crossfade = overlap // 4 if crossfade_s is None else to_frames(crossfade_s, "crossfade_s")
+        return {"window": window, "overlap": overlap, "crossfade": crossfade}
+
+    # ----------------------------------------------------------------------------------------------------------
     # Generation
     # ----------------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -271,12 +316,17 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
         generator: Generator = None,
         latents: Optional[torch.Tensor] = None,
         input_sample_rate: Optional[int] = None,
+        extend_s: Optional[float] = None,
+        window_s: Optional[float] = None,
+        overlap_s: Optional[float] = None,
+        crossfade_s: Optional[float] = None,
         output_type: str = "np",
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable[[Any, int, torch.Tensor, Dict], Dict]] = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ):
-        r"""Generates stems, all of them (total generation) or the ones not given (partial generation).
+        r"""Generates stems, all of them (total generation) or the ones not given (partial generation), or
+        continues given stems (``extend_s``), in overlapping windows when the music is longer than the model's.
 
         Args:
             stems: given stems by name (partial generation): file paths, encoded bytes, ``(array, sample_rate)``
@@ -285,7 +335,8 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
                 array ``(num_samples, samples)``. Any sample rate and channel count: mixed to mono, resampled.
             generate: the stems to generate (default: every stem not given). Stems neither given nor generated
                 are held silent.
-            audio_length_in_s: length of the result (default: the longest given stem, else 12 s).
+            audio_length_in_s: length of the result (default: the longest given stem, else 12 s); any length:
+                beyond the window it is generated in overlapping windows.
             num_inference_steps: sampler steps (default: the sampler's, see ``EDMScheduler.sampling_settings``:
                 150 for the paper's Euler, 50 Heun, 25 DPM-Solver++).
             sampler: ``"euler"`` (the paper's, churned), ``"heun"`` or ``"dpmpp_2m"`` (few-step); default: the
@@ -296,34 +347,53 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
                 depends only on its own generator, so a seed reproduces its item in any batch.
             latents: initial unit-variance noise ``(num_samples, num_stems * latent_channels, frames)``.
             input_sample_rate: sample rate of bare arrays in ``stems`` (default: the pipeline's).
+            extend_s: continuation: the given stems are the beginning of the music (a previous result, or takes
+                of some stems); the result is ``extend_s`` seconds longer than the longest of them, the given
+                stems continue after their ends and the other stems (``generate``) are generated throughout.
+                Excludes ``audio_length_in_s``.
+            window_s: length of one window (default: the model's, :meth:`window_settings`); a request that fits
+                one window is generated in one pass.
+            overlap_s: seconds each window shares with the previous one (default: a third of the window).
+            crossfade_s: seconds of the overlap over which the previous window's latents are blended into the
+                new one's (default: a quarter of the overlap); the rest of the overlap is imputed.
             output_type: ``"np"``, ``"pt"`` or ``"latent"``.
             return_dict: return a :class:`MultiSourceAudioPipelineOutput` rather than a tuple.
-            callback_on_step_end: ``fn(pipe, step, timestep, tensors) -> dict`` after each model evaluation; a
-                returned ``"latents"`` replaces the current latents.
+            callback_on_step_end: ``fn(pipe, step, timestep, tensors) -> dict`` after each model evaluation
+                (``step`` counts over all windows, up to :attr:`num_timesteps`); a returned ``"latents"`` replaces
+                the current window's latents.
             callback_on_step_end_tensor_inputs: tensors passed to the callback (``"latents"``, ``"denoised"``).
 
         Returns:
             :class:`MultiSourceAudioPipelineOutput` or ``(stems, mixture)``. Given stems come back unchanged
-            (resampled and mono), sample-aligned with the generated ones. A given stem that cannot be read or is
-            silent (under -60 dBFS RMS over the part used) raises ``StemError`` (a ``ValueError``) naming the stem
-            and file; to hold a stem silent, leave it out of both ``stems`` and ``generate``.
+            (resampled and mono), sample-aligned with the generated ones; continued stems are unchanged up to
+            the last 23 ms of the given audio, where they crossfade into their continuation. A given stem that
+            cannot be read or is silent (under -60 dBFS RMS over the part used) raises ``StemError`` (a
+            ``ValueError``) naming the stem and file; to hold a stem silent, leave it out of both ``stems`` and
+            ``generate``.
         """
         # 1. Check inputs
         stems = dict(stems or {})
         self.check_inputs(stems, generate, audio_length_in_s, num_inference_steps, sampler, s_churn, num_samples,
-                          output_type, generator, latents)
+                          output_type, generator, latents, extend_s)
+        windows = self.window_settings(window_s, overlap_s, crossfade_s)
         bad_tensor_inputs = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if bad_tensor_inputs:
             raise ValueError(f"callback_on_step_end_tensor_inputs may hold {self._callback_tensor_inputs}, "
                              f"got {sorted(bad_tensor_inputs)}.")
         names = self.stem_names
-        generate = [s for s in names if s not in stems] if generate is None else [s for s in names if s in generate]
+        if generate is None:
+            generate = [s for s in names if s not in stems or extend_s is not None]
+        else:
+            generate = [s for s in names if s in generate or (extend_s is not None and s in stems)]
         device = self._execution_device
 
         # 2. Load the given stems and fix the length
         given = self._load_given_stems(stems, num_samples, input_sample_rate, audio_length_in_s)
-        if audio_length_in_s is None:
-            num_samples_audio = max((a.shape[1] for a in given.values()), default=round(12.0 * self.sample_rate))
+        given_length = {n: a.shape[1] for n, a in given.items()}
+        if extend_s is not None:
+            num_samples_audio = max(given_length.values()) + round(extend_s * self.sample_rate)
+        elif audio_length_in_s is None:
+            num_samples_audio = max(given_length.values(), default=round(DEFAULT_WINDOW_SECONDS * self.sample_rate))
         else:
             num_samples_audio = round(audio_length_in_s * self.sample_rate)
         if num_samples_audio < 1:
@@ -333,26 +403,34 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
         if frames % self.unet.length_multiple:
             raise ValueError(f"latents have {frames} frames; the UNet needs a multiple of {self.unet.length_multiple}.")
 
-        # 3. Encode the known stems (given ones, and silence for stems neither given nor generated)
+        # 3. Encode the known stems (given ones, and silence for stems neither given nor generated); in
+        #    continuation, a given stem is known up to the frames its end (zeros after it) does not reach
         k, c = len(names), self.latent_channels
-        mask = torch.zeros(1, k, 1, 1, dtype=torch.bool, device=device)
+        known_frames = torch.zeros(k, dtype=torch.long)
+        for i, name in enumerate(names):
+            if name not in generate:
+                known_frames[i] = frames
+            elif name in given and extend_s is not None:
+                edge = given_length[name] // self.vae.hop_length - self.vae.encoder_context_frames()
+                known_frames[i] = max(0, min(frames, edge))
+        mask = torch.arange(frames).view(1, 1, frames) < known_frames.view(1, k, 1)
+        mask = mask.unsqueeze(2).expand(1, k, c, frames).reshape(1, k * c, frames).to(device)
         known = None
-        if len(generate) < k:
+        if bool(mask.any()):
             padded = self.vae.hop_length * frames
             audio = torch.zeros(num_samples, k, padded)
             for i, name in enumerate(names):
-                if name not in generate:
-                    mask[:, i] = True
-                    if name in given:
-                        audio[:, i, :num_samples_audio] = torch.from_numpy(given[name])
+                if name in given:
+                    audio[:, i, :num_samples_audio] = torch.from_numpy(given[name])
             known = self.encode_stems(audio.to(device))[..., :frames]
             if known.shape[-1] != frames:
                 raise RuntimeError(f"The VAE encoded {padded} samples to {known.shape[-1]} frames, not {frames}.")
-        mask = mask.expand(1, k, c, 1).reshape(1, k * c, 1)
 
-        # 4. Prepare the timesteps (sampler, steps and churn resolved once, by the scheduler)
+        # 4. Prepare the timesteps (sampler, steps and churn resolved once, by the scheduler) and the windows
         settings = self.scheduler.set_timesteps(num_inference_steps, device=device, sampler=sampler, s_churn=s_churn)
         timesteps = self.scheduler.timesteps
+        plan = plan_windows(frames, multiple=self.unet.length_multiple, **windows)
+        self._num_timesteps = len(timesteps) * plan.num_windows
 
         # 5. Prepare the latents
         shape = (num_samples, k * c, frames)
@@ -362,30 +440,34 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
         latents = latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
 
-        # 6. Denoising loop: the scheduler's sampler, imputing the known stems before every model evaluation
-        impute = None
-        if known is not None:
-            def impute(x, sigma, gen):
-                noise = randn_tensor(shape, generator=gen, device=device, dtype=torch.float32)
-                return torch.where(mask, known + sigma * noise, x)
-
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
-            def on_evaluation(info):
-                progress_bar.update()
-                if callback_on_step_end is None:
-                    return None
-                tensors = {"latents": info["x"], "denoised": info["denoised"]}
-                result = callback_on_step_end(self, info["i"], timesteps[info["i"]],
-                                              {n: tensors[n] for n in callback_on_step_end_tensor_inputs})
-                return (result or {}).get("latents")
-
-            latents = self.scheduler.sample(self.scheduler.denoiser(self.unet), latents, generator=generator,
-                                            impute=impute, callback=on_evaluation)
-        if known is not None:
-            latents = torch.where(mask, known, latents)
+        # 6. Denoising loop, window by window: the scheduler's sampler, imputing before every model evaluation the
+        #    known stems and the frames a window shares with what is already generated
+        out = torch.zeros_like(latents)  # what the windows have generated so far
+        with self.progress_bar(total=self._num_timesteps) as progress_bar:
+            for j, start in enumerate(plan.starts):
+                span = slice(start, start + plan.window)
+                window_known = None if known is None else known[..., span]
+                window_mask = mask[..., span]
+                imputed, blended = plan.imputed(j), plan.blended(j)
+                if imputed:
+                    window_known = (out[..., span] if window_known is None else window_known).clone()
+                    window_known[..., :imputed] = out[..., start:start + imputed]
+                    window_mask = window_mask.clone()
+                    window_mask[..., :imputed] = True
+                x = self._denoise_window(latents[..., span], window_known, window_mask, generator, progress_bar,
+                                         callback_on_step_end, callback_on_step_end_tensor_inputs,
+                                         offset=j * len(timesteps))
+                if blended:
+                    part = slice(imputed, imputed + blended)
+                    weight = crossfade_weights(blended, device=x.device)
+                    previous = out[..., start + imputed:start + imputed + blended]
+                    x[..., part] = torch.where(window_mask[..., part], x[..., part],
+                                               previous + weight * (x[..., part] - previous))
+                out[..., span] = x
+        latents = out
         if not torch.isfinite(latents).all():
             raise FloatingPointError("Sampling produced NaN or infinite latents; try float32 or fewer churn.")
-        sampling = settings.to_dict()
+        sampling = {**settings.to_dict(), "model_evaluations": self._num_timesteps, "windows": plan.num_windows}
 
         # 7. Decode, restore the given stems exactly, and mix
         if output_type == "latent":
@@ -398,7 +480,14 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
         if audio.shape[-1] < num_samples_audio:
             audio = torch.nn.functional.pad(audio, (0, num_samples_audio - audio.shape[-1]))
         for i, name in enumerate(names):
-            if name not in generate:
+            if name in given and name in generate:  # continued: the take, then a crossfade into its continuation
+                end = given_length[name]
+                fade = min(CONTINUATION_FADE_SAMPLES, end)
+                ramp = torch.linspace(1.0, 0.0, fade + 2, device=audio.device)[1:-1]
+                take = torch.from_numpy(given[name][:, :end]).to(audio.device)
+                audio[:, i, :end - fade] = take[:, :end - fade]
+                audio[:, i, end - fade:end] = ramp * take[:, end - fade:] + (1 - ramp) * audio[:, i, end - fade:end]
+            elif name not in generate:
                 audio[:, i] = torch.from_numpy(given[name]).to(audio.device) if name in given else 0.0
         mixture = audio.sum(dim=1)
         self.maybe_free_model_hooks()
@@ -407,6 +496,28 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
         if not return_dict:
             return audio, mixture
         return MultiSourceAudioPipelineOutput(audio, mixture, names, self.sample_rate, generate, sampling)
+
+    def _denoise_window(self, x, known, mask, generator, progress_bar, callback, tensor_inputs, offset: int):
+        """Samples one window from its initial noise ``x``; where ``mask`` holds, the channels and frames of
+        ``known`` are imputed before every model evaluation and restored at the end."""
+        timesteps = self.scheduler.timesteps
+        impute = None
+        if known is not None:
+            def impute(sample, sigma, gen):
+                noise = randn_tensor(sample.shape, generator=gen, device=sample.device, dtype=torch.float32)
+                return torch.where(mask, known + sigma * noise, sample)
+
+        def on_evaluation(info):
+            progress_bar.update()
+            if callback is None:
+                return None
+            tensors = {"latents": info["x"], "denoised": info["denoised"]}
+            result = callback(self, offset + info["i"], timesteps[info["i"]], {n: tensors[n] for n in tensor_inputs})
+            return (result or {}).get("latents")
+
+        x = self.scheduler.sample(self.scheduler.denoiser(self.unet), x, generator=generator, impute=impute,
+                                  callback=on_evaluation)
+        return x if known is None else torch.where(mask, known, x)
 
 
 def _fit(audio: np.ndarray, length: int) -> np.ndarray:
