@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest generation in seconds [env MSLDDM_MAX_DURATION]")
     p.add_argument("--max-upload", type=float, default=_env("MSLDDM_MAX_UPLOAD", lim.max_upload_s, float),
                    help="longest upload in seconds [env MSLDDM_MAX_UPLOAD]")
+    p.add_argument("--max-song", type=float, default=_env("MSLDDM_MAX_SONG", lim.max_song_s, float),
+                   help="longest whole-song accompaniment or extended result in seconds, generated in windows "
+                        "[env MSLDDM_MAX_SONG]")
     p.add_argument("--max-file-size", default=_env("MSLDDM_MAX_FILE_SIZE", lim.max_file_size),
                    help="largest upload, e.g. 50mb [env MSLDDM_MAX_FILE_SIZE]")
     p.add_argument("--max-steps", type=int, default=_env("MSLDDM_MAX_STEPS", lim.max_steps, int),
@@ -106,7 +109,8 @@ def main(argv=None) -> int:
         return 2
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    limits = Limits(max_duration_s=args.max_duration, max_upload_s=args.max_upload, max_steps=args.max_steps,
+    limits = Limits(max_duration_s=args.max_duration, max_upload_s=args.max_upload, max_song_s=args.max_song,
+                    max_steps=args.max_steps,
                     max_variations=args.max_variations, max_file_size=args.max_file_size)
     studio = Studio(pipe, str(args.pipeline), limits, workdir=args.workdir)
     demo = build_demo(studio, examples_dir=args.examples)

@@ -5,6 +5,7 @@ files and levels, pick an example. Saves a screenshot of the page (``$MSLDDM_SCR
 ``docs/images/space.png`` is made, see ``docs/space.md``).
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -51,19 +52,15 @@ def write_tone(path, freq, seconds, sr=44100, amplitude=0.3):
     return path
 
 
-@pytest.fixture(scope="module")
-def app_url(saved_pipeline, tmp_path_factory):
-    """``python app.py`` with the tiny pipeline and one example, on a free port; stopped after the module."""
-    tmp = tmp_path_factory.mktemp("space_app")
-    (tmp / "examples" / "ex1").mkdir(parents=True)
-    write_tone(tmp / "examples" / "ex1" / "drums.wav", 220.0, 1.0)
-    (tmp / "examples" / "ex1" / "example.json").write_text(json.dumps({"label": "a drum loop", "duration": 1}))
+@contextlib.contextmanager
+def running_app(pipeline, tmp, *extra):
+    """``python app.py`` with ``pipeline`` on a free port; stopped (and checked to leave no files) at exit."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     with open(tmp / "app.log", "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "--pipeline", str(saved_pipeline), "--port", str(port),
-             "--examples", str(tmp / "examples"), "--max-duration", "4", "--max-file-size", "1mb", "--workdir", str(tmp / "work")],
+            [sys.executable, str(ROOT / "app.py"), "--pipeline", str(pipeline), "--port", str(port),
+             "--workdir", str(tmp / "work"), *map(str, extra)],
             cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}/"
         deadline = time.time() + 120
@@ -83,6 +80,31 @@ def app_url(saved_pipeline, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
     assert not any((tmp / "work").iterdir()), "app.py left files behind"
+
+
+@pytest.fixture(scope="module")
+def app_url(saved_pipeline, tmp_path_factory):
+    """The tiny pipeline and one example."""
+    tmp = tmp_path_factory.mktemp("space_app")
+    (tmp / "examples" / "ex1").mkdir(parents=True)
+    write_tone(tmp / "examples" / "ex1" / "drums.wav", 220.0, 1.0)
+    (tmp / "examples" / "ex1" / "example.json").write_text(json.dumps({"label": "a drum loop", "duration": 1}))
+    with running_app(saved_pipeline, tmp, "--examples", tmp / "examples", "--max-duration", 4, "--max-file-size",
+                     "1mb") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def song_app_url(tmp_path_factory):
+    """A tiny pipeline whose window is 48 frames (0.7 s), so that a few seconds take several windows."""
+    from conftest import tiny_pipeline
+
+    tmp = tmp_path_factory.mktemp("song_app")
+    pipe = tiny_pipeline()
+    pipe.unet.register_to_config(window_frames=48)
+    pipe.save_pretrained(tmp / "pipeline")
+    with running_app(tmp / "pipeline", tmp, "--examples", tmp / "none", "--max-duration", 2, "--max-song", 6) as url:
+        yield url
 
 
 @pytest.fixture
@@ -192,3 +214,50 @@ def test_page_end_to_end(app_url, page, tmp_path):
     wait_for_new_href(page, "#zip a", zip_href)
     assert "around the uploaded **drums**" in page.locator("#info").inner_html().replace("<strong>", "**") \
         .replace("</strong>", "**")
+
+
+def download_zip(page, path):
+    with page.expect_download() as download:
+        page.locator("#zip a").first.click()
+    download.value.save_as(path)
+    with zipfile.ZipFile(path) as zf:
+        settings = json.loads(zf.read("settings.json"))
+        files = {n: read_audio(zf.read(n))[0][0] for n in zf.namelist() if n.endswith(".wav")}
+    return settings, files
+
+
+@pytest.mark.timeout(300)
+def test_page_whole_song_then_extend(song_app_url, page, tmp_path):
+    page.goto(song_app_url)
+    page.wait_for_selector("#generate-button")
+    page.wait_for_function("() => document.querySelector('#steps input').value === '150'")
+    # A 3-s guitar take, longer than the 2-s duration limit: "whole song" accompanies all of it, in windows.
+    guitar = write_tone(tmp_path / "guitar.wav", 196.0, 3.0)
+    page.locator("#upload-guitar input[type=file]").set_input_files(str(guitar))
+    page.wait_for_function("() => document.querySelector('#generate-guitar input').disabled")
+    page.locator("#whole-song input").check()
+    set_number(page, "steps", 2)
+    page.locator("#seed textarea, #seed input").first.fill("7")
+    page.click("#generate-button")
+    zip_href = wait_for_new_href(page, "#zip a", None)
+    info = page.locator("#info").inner_text()
+    assert "3 s in" in info and "overlapping windows" in info
+    settings, files = download_zip(page, tmp_path / "song.zip")
+    assert settings["duration_s"] == pytest.approx(3.0) and settings["windows"] > 3
+    assert all(len(a) == 3 * SR for a in files.values())
+
+    # Extend the result by 1.5 s: every stem continues, the first 3 s stay as they were.
+    set_number(page, "extend-s", 1.5)
+    page.click("#extend-button")
+    wait_for_new_href(page, "#zip a", zip_href)
+    assert "extended" in page.locator("#info").inner_text()
+    extended, longer = download_zip(page, tmp_path / "longer.zip")
+    assert extended["duration_s"] == pytest.approx(4.5) and extended["extended_from_s"] == pytest.approx(3.0)
+    assert extended["seeds"] == [7] and extended["windows"] > 4
+    pcm = 2.0 / 32768
+    for name in STEMS:
+        before = files[f"variation_1_seed7/{name}.wav"] / settings["gain_applied"]
+        after = longer[f"variation_1_seed7/{name}.wav"] / extended["gain_applied"]
+        assert len(after) == round(4.5 * SR)
+        np.testing.assert_allclose(after[:3 * SR - 512], before[:3 * SR - 512],
+                                   atol=4 * pcm / min(settings["gain_applied"], extended["gain_applied"]))
