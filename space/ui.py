@@ -62,6 +62,7 @@ class Page:
     fill_defaults: tuple = ()  # (function, input, outputs) that shows the sampler's default steps and churn
     button: gr.Button | None = None
     extend_s: gr.Number | None = None
+    selected: gr.Textbox | None = None  # the shown variation's label, as text (the API's /extend takes any label)
     extend_button: gr.Button | None = None
     info: gr.Markdown | None = None
     variation: gr.Radio | None = None
@@ -164,6 +165,9 @@ def _layout(studio: Studio, title: str) -> Page:
         page.extend_s = gr.Number(10.0, minimum=0.5, maximum=lim.max_song_s, step=0.5,
                                   label="Extend by (s): every stem of the shown variation continues", elem_id="extend-s")
         page.extend_button = gr.Button("Extend", elem_id="extend-button")
+        # A Radio input only accepts the choices of its config (empty until a generation), so the API would
+        # refuse every label: /extend reads this mirror of the selection instead.
+        page.selected = gr.Textbox(visible=False, elem_id="selected-variation")
     # Its own row: in a stem column the file name is elided to "m.zip".
     page.zip_file = gr.File(label="ZIP: stems, mix, settings", interactive=False, elem_id="zip")
     page.spectrogram = gr.Image(show_label=False, type="filepath", format="png", interactive=False,
@@ -231,16 +235,28 @@ def _wire_generate(studio: Studio, page: Page) -> None:
                       + page.mixer, page.outputs, api_name="generate", concurrency_limit=1,
                       concurrency_id="sampling").success(show_variations, page.zip_file, page.variation,
                                                          api_visibility="private", queue=False)
-    def run_extend(zip_path, selected, extend_s, steps, sampler, churn, *mixer, progress=gr.Progress(),  # noqa: B008
-                   request: gr.Request = None):
-        """Continues the shown variation of the ZIP by extend_s seconds (every sounding stem continues, with its
-        seed); returns what /generate returns."""
+    def run_extend(*args):
+        zip_path, selected, extend_s, steps, sampler, churn, *mixer, progress, request = args
         out = studio.extend(zip_path, selected, extend_s, steps, sampler, churn, mixer=_mixer_values(names, mixer),
                             progress=progress, session=_session(request))
         return _show(page, out, plain=True)
 
+    extend_defaults = ([("zip_path", None), ("selected", None), ("extend_s", 10.0), ("steps", None),
+                        ("sampler", page.settings[2].value), ("churn", None)]
+                       + [(f"gain_db_{p}", 0.0) for p in params] + [(f"mute_{p}", False) for p in params])
+    run_extend.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, positional, default=d) for n, d in extend_defaults]
+        + [inspect.Parameter("progress", positional, default=gr.Progress()),
+           inspect.Parameter("request", positional, default=None, annotation=gr.Request)])
+    run_extend.__annotations__ = {"request": gr.Request}
+    run_extend.__doc__ = (
+        "Continues variation `selected` (a label such as '1 (seed 42)'; default: the first) of the render ZIP "
+        "`zip_path` by `extend_s` seconds: every sounding stem continues, with the variation's seed. Returns what "
+        "/generate returns.")
+
     duration, steps, sampler, churn = page.settings[:4]
-    page.extend_button.click(run_extend, [page.zip_file, page.variation, page.extend_s, steps, sampler, churn]
+    page.variation.change(lambda label: label, page.variation, page.selected, api_visibility="private", queue=False)
+    page.extend_button.click(run_extend, [page.zip_file, page.selected, page.extend_s, steps, sampler, churn]
                              + page.mixer, page.outputs, api_name="extend", concurrency_limit=1,
                              concurrency_id="sampling").success(show_variations, page.zip_file, page.variation,
                                                                 api_visibility="private", queue=False)

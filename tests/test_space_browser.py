@@ -237,6 +237,7 @@ def test_page_whole_song_then_extend(song_app_url, page, tmp_path):
     page.wait_for_function("() => document.querySelector('#generate-guitar input').disabled")
     page.locator("#whole-song input").check()
     set_number(page, "steps", 2)
+    set_number(page, "variations", 2)
     page.locator("#seed textarea, #seed input").first.fill("7")
     page.click("#generate-button")
     zip_href = wait_for_new_href(page, "#zip a", None)
@@ -246,18 +247,21 @@ def test_page_whole_song_then_extend(song_app_url, page, tmp_path):
     assert settings["duration_s"] == pytest.approx(3.0) and settings["windows"] > 3
     assert all(len(a) == 3 * SR for a in files.values())
 
-    # Extend the result by 1.5 s: every stem continues, the first 3 s stay as they were.
+    # Extend the second variation by 1.5 s: every stem continues, the first 3 s stay as they were.
+    mix_href = page.locator("#player-mix a[download]").first.get_attribute("href")
+    page.get_by_label("2 (seed 8)").check()
+    wait_for_new_href(page, "#player-mix a[download]", mix_href)
     set_number(page, "extend-s", 1.5)
     page.click("#extend-button")
     wait_for_new_href(page, "#zip a", zip_href)
     assert "extended" in page.locator("#info").inner_text()
     extended, longer = download_zip(page, tmp_path / "longer.zip")
     assert extended["duration_s"] == pytest.approx(4.5) and extended["extended_from_s"] == pytest.approx(3.0)
-    assert extended["seeds"] == [7] and extended["windows"] > 4
+    assert extended["seeds"] == [8] and extended["windows"] > 4
     pcm = 2.0 / 32768
     for name in STEMS:
-        before = files[f"variation_1_seed7/{name}.wav"] / settings["gain_applied"]
-        after = longer[f"variation_1_seed7/{name}.wav"] / extended["gain_applied"]
+        before = files[f"variation_2_seed8/{name}.wav"] / settings["gain_applied"]
+        after = longer[f"variation_1_seed8/{name}.wav"] / extended["gain_applied"]
         assert len(after) == round(4.5 * SR)
         np.testing.assert_allclose(after[:3 * SR - 512], before[:3 * SR - 512],
                                    atol=4 * pcm / min(settings["gain_applied"], extended["gain_applied"]))

@@ -56,6 +56,15 @@ def test_generate_from_gradio_client(server, tmp_path):
         assert len([n for n in zf.namelist() if n.endswith(".wav")]) == 2 * (len(STEMS) + 1)
     assert settings["given"] == {"drums": "drums.flac"} and settings["mixer"]["piano"]["mute"] is True
 
+    # /extend continues the second variation by 0.5 s, with its seed; only the ZIP and the length are needed
+    *players, mix, _, longer_zip, info, variation = client.predict(
+        zip_path=gradio_client.handle_file(zip_path), selected="2 (seed 43)", extend_s=0.5, steps=2,
+        api_name="/extend")
+    with zipfile.ZipFile(longer_zip) as zf:
+        longer = json.loads(zf.read("settings.json"))
+    assert longer["seeds"] == [43] and longer["duration_s"] == pytest.approx(1.5) and "extended" in info
+    assert sf.info(mix).duration == pytest.approx(1.5, abs=1e-3)
+
 
 @pytest.mark.timeout(60)
 def test_bad_request_is_an_error_message(server):
