@@ -23,7 +23,7 @@ from mslddm.schedulers.scheduling_edm import sample_training_sigmas
 from mslddm.stems import DEFAULT_STEMS
 from mslddm.training import losses
 from mslddm.training.checkpointing import STATE_FILE, export_pipeline, list_checkpoints, save_checkpoint
-from mslddm.training.runner import (clip_grad, common_arguments, load_run_recipe, log_audio, logger,
+from mslddm.training.runner import (clip_grad, common_arguments, load_run_recipe, log_audio, logger, lr_multiplier,
                                     make_accelerator, resume_step, stop_if_not_finite, tensorboard,
                                     TimeBudget)
 from mslddm.training.seeding import step_dataloader, step_generator
@@ -172,8 +172,9 @@ def main(argv=None):
         accelerator.register_for_checkpointing(ema)
     optimizer = torch.optim.Adam(unet.parameters(), lr=float(cfg["learning_rate"]),
                                  betas=tuple(cfg.get("betas", (0.9, 0.99))))
-    warmup = int(cfg.get("lr_warmup_steps", 0))
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    schedule = dict(warmup_steps=int(cfg.get("lr_warmup_steps", 0)), decay_start=cfg.get("lr_decay_start"),
+                    decay_steps=int(cfg.get("lr_decay_steps", 0)), final_ratio=float(cfg.get("lr_final_ratio", 0.1)))
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, **schedule))
     unet, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
     if ema is not None:
         ema.to(accelerator.device)

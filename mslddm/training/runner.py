@@ -154,3 +154,15 @@ def clip_grad(accelerator, parameters, max_norm: Optional[float]) -> float:
     if not max_norm:
         return float("nan")
     return float(accelerator.clip_grad_norm_(parameters, max_norm))
+
+
+def lr_multiplier(step: int, warmup_steps: int = 0, decay_start: Optional[int] = None, decay_steps: int = 0,
+                  final_ratio: float = 0.1) -> float:
+    """The learning-rate factor at ``step``: linear warm-up over ``warmup_steps``, then constant; from
+    ``decay_start`` on (when set) linear decay to ``final_ratio`` over ``decay_steps``, then ``final_ratio``.
+    A function of the global step only, so that a resumed run (or one continued with a decay added) follows it."""
+    factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    if decay_start is not None and step >= decay_start:
+        progress = min(1.0, (step - decay_start) / decay_steps) if decay_steps else 1.0
+        factor *= 1.0 - (1.0 - final_ratio) * progress
+    return factor
