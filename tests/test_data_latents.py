@@ -103,3 +103,33 @@ def test_latent_dataset(setup):
     torch.testing.assert_close(x[:, :, frames:], silence[None, :, None].expand(4, 8, 200 - frames))
     with pytest.raises(ValueError, match="encode-latents"):
         LatentSegmentDataset(out, None)  # the root holds no latent file itself
+
+
+def _undecodable_flac(path, seconds=0.5):
+    """A FLAC whose header reads but whose audio cannot be decoded (libsndfile fails on the frames)."""
+    sf.write(path, (0.1 * np.random.default_rng(3).standard_normal(int(seconds * SR))).astype(np.float32), SR)
+    data = bytearray(path.read_bytes())
+    data[200:] = np.random.default_rng(4).integers(0, 256, len(data) - 200, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def test_skip_failed_finishes_and_names_what_it_left_out(setup, tmp_path, capsys):
+    root, _, _ = setup
+    data = tmp_path / "data"
+    import shutil
+
+    shutil.copytree(root / "data", data)
+    bad = data / "train" / "Track00009"
+    bad.mkdir()
+    for stem in STEMS:
+        _undecodable_flac(bad / f"{stem}.flac")
+    args = ["encode-latents", str(data), "--vae", str(root / "pipeline"), str(tmp_path / "out"), "--quiet"]
+    assert main(args) == 1  # by default a bad track fails the run (a later run retries it)
+    assert "pass --skip-failed" in capsys.readouterr().out
+    assert main(args + ["--skip-failed"]) == 0
+    out = capsys.readouterr().out
+    assert "FAILED train/Track00009" in out and "left out and named in" in out
+    header = json.loads((tmp_path / "out" / "latents.json").read_text())
+    assert list(header["failed_tracks"]) == ["train/Track00009"] and "statistics" in header
+    assert header["data_report"]["train"]["missing_stems"] == {"Track00001": ["piano"], "Track00002": ["piano"]}
+    assert not (tmp_path / "out" / "train" / "Track00009.safetensors").exists()

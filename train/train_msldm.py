@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from mslddm import EDMScheduler, MultiSourceLatentPipeline, MultiSourceUNet1DModel
-from mslddm.data.datasets import LatentSegmentDataset, MultiSourceSegmentDataset, load_tracks
+from mslddm.data.datasets import LatentSegmentDataset, MultiSourceSegmentDataset, load_tracks, validation_segments
 from mslddm.data.latents import load_vae
 from mslddm.presets import PRESETS
 from mslddm.schedulers.scheduling_edm import sample_training_sigmas
@@ -25,7 +25,7 @@ from mslddm.training import losses
 from mslddm.training.checkpointing import STATE_FILE, export_pipeline, list_checkpoints, save_checkpoint
 from mslddm.training.runner import (clip_grad, common_arguments, load_run_recipe, log_audio, logger, lr_multiplier,
                                     make_accelerator, resume_step, stop_if_not_finite, tensorboard,
-                                    TimeBudget)
+                                    TimeBudget, check_storage, run_main, write_data_report)
 from mslddm.training.seeding import step_dataloader, step_generator
 
 
@@ -41,13 +41,13 @@ def training_data(recipe: dict, cfg: dict, vae, split: str, random_offsets: bool
         return ds, list(ds.stem_names), {"latents": str(cfg["latents"]), f"{split}_files": len(ds.files),
                                          f"{split}_hours": round(hours, 3)}
     data = recipe["data"]
-    tracks = load_tracks(data["root"], split, data.get("stems") or list(DEFAULT_STEMS))
+    tracks, summary = load_tracks(data["root"], split, data.get("stems") or list(DEFAULT_STEMS), return_summary=True)
     if frames is None:
         frames = int(round(float(cfg.get("validation_seconds", 12.0)) * vae.config.sampling_rate / vae.hop_length))
     ds = MultiSourceSegmentDataset(tracks, frames * vae.hop_length, random_offsets=random_offsets, seed=seed)
     hours = sum(t.num_samples for t in tracks) / vae.config.sampling_rate / 3600
     return ds, list(ds.stem_names), {"root": str(data["root"]), f"{split}_tracks": len(tracks),
-                                     f"{split}_hours": round(hours, 3)}
+                                     f"{split}_hours": round(hours, 3), "report": summary.to_dict()}
 
 
 @torch.no_grad()
@@ -179,14 +179,18 @@ def main(argv=None):
     if ema is not None:
         ema.to(accelerator.device)
 
-    # 2. Resume, loaders, fixed validation latents
+    # 2. Storage, resume, loaders, fixed validation latents
+    check_storage(accelerator, args.output_dir, [unet], copies=6)  # weights, Adam's 2, EMA, unet/, unet_ema/
     start_step, _, resumed = resume_step(accelerator, args)
     loader = step_dataloader(train_set, batch_size, start_step, max_steps, accelerator, int(cfg.get("num_workers", 0)))
-    picks = torch.linspace(0, len(val_set) - 1, min(int(cfg.get("validation_segments", 4)), len(val_set))).long()
     val_frames = val_set.segment if cfg.get("latents") else val_set.segment // vae.hop_length
     val_frames -= val_frames % length_multiple
-    val_latents = torch.cat([to_latents(val_set[int(i)][None].to(accelerator.device), vae, val_frames)
-                             for i in picks])[..., :val_frames].cpu()
+    segments, val_report = validation_segments(val_set, int(cfg.get("validation_segments", 4)))
+    val_latents = torch.cat([to_latents(segment[None].to(accelerator.device), vae, val_frames)
+                             for segment in segments])[..., :val_frames].cpu()
+    write_data_report(accelerator, args.output_dir, train=data_info.pop("report", {"latents": cfg.get("latents")}),
+                      validation=val_info.pop("report", {"latents": cfg.get("latents")}),
+                      validation_segments=val_report)
     writer = None
     if accelerator.is_main_process:
         accelerator.init_trackers("train_msldm")
@@ -288,4 +292,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

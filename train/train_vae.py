@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mslddm.data.datasets import MultiSourceSegmentDataset, SourceClipDataset, load_tracks
+from mslddm.data.datasets import (MultiSourceSegmentDataset, SourceClipDataset, is_silent, load_tracks,
+                                  validation_segments)
 from mslddm.data.latents import load_vae
 from mslddm.presets import build_vae
 from mslddm.stems import DEFAULT_STEMS
@@ -26,7 +27,7 @@ from mslddm.training.checkpointing import STATE_FILE, atomic_folder, list_checkp
 from mslddm.training.discriminator import SourceDiscriminator
 from mslddm.training.runner import (clip_grad, common_arguments, load_run_recipe, log_audio, logger,
                                     make_accelerator, resume_step, stop_if_not_finite, tensorboard,
-                                    TimeBudget)
+                                    TimeBudget, check_storage, run_main, write_data_report)
 from mslddm.training.seeding import step_dataloader, step_generator
 
 
@@ -60,12 +61,15 @@ def validate(vae, segments: torch.Tensor, stem_names, mel_loss, writer, step: in
     recon, segments = recon.reshape(n, k, t), segments[..., :t]
     metrics = {}
     for i, stem in enumerate(stem_names):
+        # Only where the stem sounds: a distance to silence says nothing about the VAE (and a stem silent in
+        # every segment gets no number at all).
         ref, est = segments[:, i], recon[:, i]
-        sounding = ref.pow(2).mean(-1) > 1e-8
-        metrics[f"mel_distance/{stem}"] = float(mel_loss(est, ref, reduce=False).mean())
+        sounding = torch.tensor([not is_silent(r) for r in ref.numpy()])
         if sounding.any():
+            metrics[f"mel_distance/{stem}"] = float(mel_loss(est[sounding], ref[sounding], reduce=False).mean())
             metrics[f"si_sdr/{stem}"] = float(losses.si_sdr(est[sounding], ref[sounding]).mean())
-    metrics["mel_distance/mean"] = sum(metrics[f"mel_distance/{s}"] for s in stem_names) / k
+    mels = [metrics[f"mel_distance/{s}"] for s in stem_names if f"mel_distance/{s}" in metrics]
+    metrics["mel_distance/mean"] = sum(mels) / len(mels)
     sdrs = [v for key, v in metrics.items() if key.startswith("si_sdr/")]
     if sdrs:
         metrics["si_sdr/mean"] = sum(sdrs) / len(sdrs)
@@ -113,23 +117,26 @@ def main(argv=None):
     mel_loss = losses.MultiScaleMelLoss(vae.config.sampling_rate, **cfg.get("mel", {})).to(accelerator.device)
     weights = {"mel": 15.0, "feature": 2.0, "adversarial": 1.0, "kl": 10.0, **cfg.get("loss_weights", {})}
 
-    # 2. Resume, data
+    # 2. Storage, resume, data
+    check_storage(accelerator, args.output_dir, [vae, discriminator], copies=4)  # weights, Adam's 2, vae/
     start_step, _, resumed = resume_step(accelerator, args)
     stem_names = data_cfg.get("stems") or list(DEFAULT_STEMS)
     sr = vae.config.sampling_rate
-    tracks = load_tracks(data_cfg["root"], "train", stem_names)
+    tracks, train_summary = load_tracks(data_cfg["root"], "train", stem_names, return_summary=True)
     def hop_multiple(seconds):  # whole latent frames, so that the reconstruction has the input's length
         return max(1, round(float(seconds) * sr / vae.hop_length)) * vae.hop_length
 
     clips = SourceClipDataset(tracks, clip_length=hop_multiple(cfg.get("clip_seconds", 1.0)),
                               clips_per_epoch=cfg.get("clips_per_epoch", 10_000), seed=seed)
     loader = step_dataloader(clips, batch_size, start_step, max_steps, accelerator, int(cfg.get("num_workers", 0)))
-    val_tracks = load_tracks(data_cfg["root"], data_cfg.get("validation_split", "validation"), stem_names)
+    val_tracks, val_summary = load_tracks(data_cfg["root"], data_cfg.get("validation_split", "validation"),
+                                          stem_names, return_summary=True)
     val_set = MultiSourceSegmentDataset(val_tracks, hop_multiple(cfg.get("validation_seconds", 2.0)),
                                         random_offsets=False)
-    # Evenly spread fixed segments of the validation tracks.
-    picks = torch.linspace(0, len(val_set) - 1, min(int(cfg.get("validation_segments", 8)), len(val_set))).long()
-    val_segments = torch.stack([val_set[int(i)] for i in picks])
+    # Evenly spread fixed segments of the validation tracks, each readable and with sound.
+    val_segments, val_report = validation_segments(val_set, int(cfg.get("validation_segments", 8)))
+    write_data_report(accelerator, args.output_dir, train=train_summary.to_dict(),
+                      validation=val_summary.to_dict(), validation_segments=val_report)
     writer = tensorboard(accelerator)
     if accelerator.is_main_process:
         accelerator.init_trackers("train_vae")
@@ -231,4 +238,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -27,6 +27,9 @@ def add_arguments(parser):
     parser.add_argument("--layout", choices=("auto", "stems", "slakh"), default="auto", help="dataset layout")
     parser.add_argument("--on-length-mismatch", choices=("pad", "trim", "skip"), default="pad",
                         help="tracks whose stems differ in length: pad with silence, trim, or skip")
+    parser.add_argument("--skip-failed", action="store_true",
+                        help="finish when some tracks cannot be read: they are left out, named in OUT/latents.json "
+                             "(failed_tracks) and the exit code is 0 (default: exit 1, so that a run retries them)")
     parser.add_argument("--batch-size", type=int, default=4, help="stem signals encoded per VAE call")
     parser.add_argument("--device", default="auto",
                         help="cpu, cuda, cuda:1, ...; auto: accelerate's device when installed, else cuda if any")
@@ -92,10 +95,12 @@ def run(args) -> int:
     vae = load_vae(args.vae, dtype=dtype).to(device).eval()
     sample_rate = int(vae.config.sampling_rate)
     try:
-        tracks = {split or ".": load_tracks(data, split, stems, args.layout, sample_rate=sample_rate,
-                                            on_length_mismatch=args.on_length_mismatch) for split in splits}
+        indexed = {split or ".": load_tracks(data, split, stems, args.layout, sample_rate=sample_rate,
+                                             on_length_mismatch=args.on_length_mismatch, return_summary=True)
+                   for split in splits}
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(str(error)) from None
+    tracks = {split: found for split, (found, _) in indexed.items()}
 
     header = {"vae": str(args.vae), "data": str(data), "stems": stems, "sample_rate": sample_rate,
               "hop_length": vae.hop_length, "latent_channels": int(vae.config.latent_channels),
@@ -126,21 +131,30 @@ def run(args) -> int:
                            save_dtype=getattr(torch, args.save_dtype), batch_size=args.batch_size,
                            process_index=rank, num_processes=world, progress=not args.quiet)
     barrier()
-    if rank == 0 and not report.failed and "train" in tracks:
-        # Latent statistics (sigma_data for training, the per-stem and per-channel spread) into latents.json.
+    accepted = args.skip_failed or not report.failed
+    if rank == 0:
+        # What was left out, by name (index: skipped / padded / incomplete tracks; failed: unreadable at encoding),
+        # and the latent statistics (sigma_data for training, the per-stem and per-channel spread).
         from mslddm.data.latents import latent_statistics
 
         header = json.loads(header_path.read_text())
-        header["statistics"] = latent_statistics(out, "train")
+        header["data_report"] = {split: summary.to_dict() for split, (_, summary) in indexed.items()}
+        header["failed_tracks"] = dict(report.failed) if args.skip_failed else {}
+        if accepted and "train" in tracks:
+            header["statistics"] = latent_statistics(out, "train")
         tmp = header_path.with_name(f".{HEADER_FILE}.partial")
         tmp.write_text(json.dumps(header, indent=1) + "\n")
         tmp.replace(header_path)
-        stats = header["statistics"]
-        print(f"Training latents: RMS {stats['rms']:.4f} (the sigma_data train_msldm.py uses by default), mean "
-              f"{stats['mean']:.4f}, std {stats['std']:.4f}; per stem RMS "
-              + ", ".join(f"{k} {v['rms']:.3f}" for k, v in stats["per_stem"].items()) + ".")
+        if "statistics" in header and accepted and "train" in tracks:
+            stats = header["statistics"]
+            print(f"Training latents: RMS {stats['rms']:.4f} (the sigma_data train_msldm.py uses by default), mean "
+                  f"{stats['mean']:.4f}, std {stats['std']:.4f}; per stem RMS "
+                  + ", ".join(f"{k} {v['rms']:.3f}" for k, v in stats["per_stem"].items()) + ".")
     print(f"{out}: {len(report.encoded)} tracks encoded, {len(report.skipped)} already done, "
           f"{len(report.failed)} failed" + (f" (process {rank} of {world})" if world > 1 else "") + ".")
     for name, error in report.failed.items():
         print(f"FAILED {name}: {error}")
-    return 1 if report.failed else 0
+    if report.failed:
+        print(f"{len(report.failed)} track(s) left out and named in {header_path} (--skip-failed)." if args.skip_failed
+              else "Run again to retry them, or pass --skip-failed to finish without them.")
+    return 0 if accepted else 1

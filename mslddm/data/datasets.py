@@ -34,8 +34,11 @@ def load_tracks(
     stem_classes: dict[str, tuple[str, ...]] | None = None,
     sample_rate: int = 22050,
     on_length_mismatch: str = "pad",
-) -> list[Track]:
-    """The usable tracks of ``ROOT/SPLIT`` in the stem-folder or the original Slakh2100 layout.
+    return_summary: bool = False,
+):
+    """The usable tracks of ``ROOT/SPLIT`` in the stem-folder or the original Slakh2100 layout (with
+    ``return_summary``: ``(tracks, summary)``, the :class:`IndexSummary` naming every skipped, padded or incomplete
+    track).
 
     ``layout="auto"`` picks Slakh2100 when track folders hold ``metadata.yaml`` and ``stems/``. For Slakh,
     ``stem_classes`` maps stem names to ``inst_class`` values (default: each stem name's own class, e.g.
@@ -58,7 +61,7 @@ def load_tracks(
         tracks, summary = index_stem_folders(root, split, stem_names, sample_rate, on_length_mismatch)
         expected = f"TRACK/{{{','.join(stem_names)}}}.wav (one folder per track)"
     require_tracks(tracks, summary, expected)
-    return tracks
+    return (tracks, summary) if return_summary else tracks
 
 
 def is_silent(audio, threshold: float = SILENCE_THRESHOLD) -> bool:
@@ -83,6 +86,7 @@ class _Segments(torch.utils.data.Dataset):
             self.windows = [(i, s) for i, n in enumerate(self.lengths) for s in range(0, max(int(n), 1), self.segment)]
             self.num_segments = len(self.windows)
         self.bad: set[int] = set()
+        self.bad_reasons: dict[int, str] = {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -112,6 +116,7 @@ class _Segments(torch.utils.data.Dataset):
     def mark_bad(self, item: int, error: Exception) -> None:
         logger.error("Skipping item %d from now on: %s", item, error)
         self.bad.add(item)
+        self.bad_reasons[item] = str(error)
 
 
 class MultiSourceSegmentDataset(_Segments):
@@ -229,3 +234,47 @@ class LatentSegmentDataset(_Segments):
             pad = self.silence.expand(latents.shape[0], -1, self.segment - latents.shape[-1])
             latents = torch.cat([latents, pad], dim=-1)
         return latents
+
+
+def validation_segments(dataset, count: int, what: str = "validation") -> tuple[torch.Tensor, dict]:
+    """``count`` fixed, evenly spread segments of an evaluation dataset (``random_offsets=False``) on which
+    validation numbers mean something: a segment that cannot be read, or where every stem is silent, is replaced by
+    the next usable one. Returns the stacked segments and a report (the indices used, and every unusable segment
+    with its track and reason). Raises ``ValueError`` naming the tracks when fewer than ``count`` segments are
+    usable (``count`` is capped at the number of segments), so that no run reports numbers computed on audio it
+    could not read."""
+    n = len(dataset)
+    count = min(int(count), n)
+    used, unusable = [], {}
+    for pick in torch.linspace(0, n - 1, count).long().tolist():
+        for i in list(range(pick, n)) + list(range(pick)):  # the next usable segment, wrapping around
+            if i in used or i in unusable:
+                continue
+            problem = _segment_problem(dataset, i)
+            if problem is None:
+                used.append(i)
+                break
+            unusable[i] = problem
+            logger.warning("%s segment %d is not used: %s", what.capitalize(), i, problem)
+    report = {"asked": count, "used": sorted(used), "unusable": {str(k): v for k, v in sorted(unusable.items())}}
+    if len(used) < count:
+        tracks = sorted(set(unusable.values()))
+        raise ValueError(f"Only {len(used)} of the {count} {what} segments asked for can be used: "
+                         f"{'; '.join(tracks[:3])}{f'; and {len(tracks) - 3} more' if len(tracks) > 3 else ''}. "
+                         f"Repair or remove those tracks, or ask for fewer {what}_segments.")
+    return torch.stack([dataset[i] for i in sorted(used)]), report
+
+
+def _segment_problem(dataset, index: int) -> str | None:
+    """Why segment ``index`` cannot serve validation (None when it can): unreadable, or every stem silent."""
+    item, start = dataset.locate(index)
+    name = dataset.tracks[item].name if hasattr(dataset, "tracks") else Path(dataset.files[item]).name
+    try:
+        segment = dataset[index]
+    except Exception as error:  # noqa: BLE001 - a latent file that fails to open: named, not fatal here
+        return f"{name} could not be read ({type(error).__name__}: {error})"
+    if item in getattr(dataset, "bad", ()):
+        return f"{name} could not be read ({dataset.bad_reasons.get(item, 'see the log')})"
+    if segment.ndim == 2 and all(is_silent(stem) for stem in segment.numpy()):
+        return f"{name} is silent in every stem from sample {start}"
+    return None

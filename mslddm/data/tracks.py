@@ -112,16 +112,31 @@ class IndexSummary:
     skipped: dict[str, str] = field(default_factory=dict)
     missing_stems: Counter = field(default_factory=Counter)
     length_mismatches: int = 0
+    missing: dict[str, list[str]] = field(default_factory=dict)  # track -> its stems without a file (silence)
+    mismatched: dict[str, str] = field(default_factory=dict)  # track -> which stems are short and what was done
 
     def __str__(self) -> str:
         parts = [f"{self.num_tracks} tracks in {self.root}"]
         if self.missing_stems:
-            parts.append("missing stems (silence): " + ", ".join(f"{k} {v}" for k, v in self.missing_stems.items()))
+            parts.append("missing stems (silence): " + ", ".join(f"{k} {v}" for k, v in self.missing_stems.items())
+                         + f" ({_some(self.missing)})")
         if self.length_mismatches:
-            parts.append(f"{self.length_mismatches} with stems of different lengths")
+            parts.append(f"{self.length_mismatches} with stems of different lengths ({_some(self.mismatched)})")
         if self.skipped:
-            parts.append(f"{len(self.skipped)} skipped")
+            parts.append(f"{len(self.skipped)} skipped ({_some(self.skipped)})")
         return "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        """Every track that was skipped, padded, trimmed or missing a stem, by name (for a run's data report)."""
+        return {"root": self.root, "tracks": self.num_tracks, "skipped": dict(self.skipped),
+                "missing_stems": {k: list(v) for k, v in self.missing.items()},
+                "length_mismatches": dict(self.mismatched)}
+
+
+def _some(named: dict, limit: int = 3) -> str:
+    """The first few entries of a by-track dict, for a log line (the run's data report has all of them)."""
+    items = [f"{k}: {', '.join(v) if isinstance(v, list) else v}" for k, v in list(named.items())[:limit]]
+    return "; ".join(items) + (f"; and {len(named) - limit} more" if len(named) > limit else "")
 
 
 def finish_track(
@@ -141,9 +156,13 @@ def finish_track(
     for stem, n in lengths.items():
         if n is None:
             summary.missing_stems[stem] += 1
+            summary.missing.setdefault(name, []).append(stem)
     longest, shortest = max(present), min(present)
     if longest != shortest:
         summary.length_mismatches += 1
+        short = ", ".join(f"{s} {n} samples" for s, n in lengths.items() if n is not None and n < longest)
+        done = {"pad": "padded with silence", "trim": "trimmed to the shortest", "skip": "skipped"}[on_length_mismatch]
+        summary.mismatched[name] = f"{short} of {longest} (a truncated file?): {done}"
         if on_length_mismatch == "skip":
             summary.skipped[name] = f"stems differ in length ({shortest} to {longest} samples)"
             logger.warning("Skipping %s: stems differ in length (%d to %d samples).", path, shortest, longest)

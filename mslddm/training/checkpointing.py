@@ -157,13 +157,24 @@ def save_checkpoint(accelerator, output_dir, step: int, state: dict,
         output_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_models(tmp)
+            _write_json(tmp / STATE_FILE, {**state, "step": int(step)})
+            write_manifest(tmp)
+            replace_folder(tmp, final)
+    except Exception as error:  # a full or read-only disk: remove the partial folder, keep the last good one
+        from mslddm.training.storage import storage_error
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        found = list_checkpoints(output_dir)
+        named = storage_error(error, f"checkpoint-{step}", output_dir, found[-1] if found else None)
+        if named is None:
+            raise
+        raise named from None
     if accelerator.is_main_process:
-        save_models(tmp)
-        _write_json(tmp / STATE_FILE, {**state, "step": int(step)})
-        write_manifest(tmp)
-        replace_folder(tmp, final)
         if total_limit:
             for old in list_checkpoints(output_dir)[:-int(total_limit)]:
                 shutil.rmtree(old, ignore_errors=True)

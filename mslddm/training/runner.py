@@ -166,3 +166,45 @@ def lr_multiplier(step: int, warmup_steps: int = 0, decay_start: Optional[int] =
         progress = min(1.0, (step - decay_start) / decay_steps) if decay_steps else 1.0
         factor *= 1.0 - (1.0 - final_ratio) * progress
     return factor
+
+
+DATA_REPORT_FILE = "data_report.json"
+
+
+def write_data_report(accelerator, output_dir, **sections) -> None:
+    """``OUTPUT/data_report.json``: every track a run skipped, padded, trimmed or found incomplete, and the
+    validation segments it used and refused, by name (the log has a summary line per split)."""
+    if not accelerator.is_main_process:
+        return
+    import json
+
+    path = Path(output_dir) / DATA_REPORT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(sections, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    logger.info("Data report: %s", path)
+
+
+def run_main(main, argv=None) -> None:
+    """Runs a training script's ``main``: a bad recipe, missing or unusable data, or a storage failure ends it with
+    one sentence on stderr and exit code 1 instead of a traceback (``MSLDDM_TRACEBACK=1`` shows the traceback)."""
+    import sys
+
+    from mslddm.training.storage import StorageError
+
+    try:
+        main(argv)
+    except (ValueError, FileNotFoundError, StorageError) as error:
+        if os.environ.get("MSLDDM_TRACEBACK"):
+            raise
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
+def check_storage(accelerator, output_dir, modules, copies: float) -> None:
+    """Before the first step: the output folder is writable and has room for one checkpoint (main process)."""
+    from mslddm.training.storage import check_output_dir, checkpoint_bytes
+
+    if accelerator.is_main_process:
+        check_output_dir(output_dir, checkpoint_bytes(modules, copies))
