@@ -247,3 +247,33 @@ def test_non_finite_loss_stops_before_the_weights_change(tmp_path, data, vae_run
     assert f"the last good checkpoint is {out / 'checkpoint-2'}" in result.stderr
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
     assert (out / "checkpoint-2" / "model.safetensors").read_bytes() == before
+
+
+def test_a_killed_export_never_leaves_a_half_pipeline(msldm_runs, tmp_path):
+    """`mslddm export` killed (SIGKILL) while it writes: the folder is the previous complete export, every time."""
+    import signal
+    import time
+
+    from mslddm import MultiSourceLatentPipeline
+    from mslddm.cli import main
+
+    checkpoint, out = msldm_runs / "straight" / "checkpoint-4", tmp_path / "pipeline"
+    assert main(["export", str(checkpoint), "--out", str(out)]) == 0  # EMA weights
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "raw"), "--no-ema"]) == 0
+    weights = out / "unet" / "diffusion_pytorch_model.safetensors"
+    complete = {weights.read_bytes(), (tmp_path / "raw" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()}
+    partial, killed = tmp_path / ".pipeline.partial", 0
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    for attempt in range(8):
+        proc = subprocess.Popen([sys.executable, "-m", "mslddm", "export", str(checkpoint), "--out", str(out),
+                                 "--no-ema"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while proc.poll() is None and not (partial.is_dir() and any(partial.rglob("*.json"))):
+            time.sleep(0.0005)
+        finished = proc.poll() == 0
+        if not finished:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed += 1
+        proc.wait()
+        pipe = MultiSourceLatentPipeline.from_pretrained(out)  # always loads: the old export or the new one
+        assert pipe.stem_names == STEMS and weights.read_bytes() in complete
+    assert killed >= 1, "every export finished before it could be killed"
