@@ -17,7 +17,7 @@ vae_minutes=${VAE_MINUTES:-60}
 unet_minutes=${UNET_MINUTES:-75}
 init=${INIT_FROM:-}
 mkdir -p "$runs"
-launch() { "$py" -m accelerate.commands.launch --num_processes 1 --cpu "$@"; }
+launch() { "$py" -m accelerate.commands.launch --quiet --num_processes 1 --cpu "$@"; }
 left() {  # minutes of the budget $2 not yet trained in the run folder $1
     "$py" - "$1" "$2" <<'PY'
 import json, sys

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from mslddm.data.tracks import Track
+from mslddm.files import durable_replace
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def save_latents(path: Path, latents: torch.Tensor, stem_names, num_samples: int
     meta = {METADATA_KEY: json.dumps({"stems": list(stem_names), "num_samples": int(num_samples)})}
     save_file({LATENT_KEY: latents.to(dtype).contiguous()}, str(tmp), metadata=meta)
     os.chmod(tmp, 0o644)  # safetensors creates files readable by their owner only
-    os.replace(tmp, path)
+    durable_replace(tmp, path)
 
 
 @torch.no_grad()

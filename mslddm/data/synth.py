@@ -136,9 +136,11 @@ def write_track(track_dir: Path, plan: SongPlan, midi: bytes, chart: str, pcm: d
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    from mslddm.files import durable_replace
+
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_bytes(data)
-    os.replace(tmp, path)
+    durable_replace(tmp, path)
 
 
 def make_track(plan: SongPlan, out: Path, options: GeneratorOptions, renderer: FluidSynthRenderer) -> dict:

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from mslddm.files import sha256
+from mslddm.files import durable_replace, sha256
 
 STATE_FILE = "training_state.json"
 MANIFEST_FILE = "manifest.json"  # every file of a checkpoint with its size and sha256, written last
@@ -143,7 +143,7 @@ def atomic_folder(final) -> Iterator[Path]:
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    durable_replace(tmp, path)
 
 
 def save_checkpoint(accelerator, output_dir, step: int, state: dict,
