@@ -5,6 +5,13 @@ training. Prints a Markdown table (paste it into docs/benchmarks.md with the com
 
     python benchmarks/benchmark_generation.py                       # tiny and small on CPU
     python benchmarks/benchmark_generation.py --presets msldm small --device cuda --batch-sizes 1 16
+    python benchmarks/benchmark_generation.py --presets msldm --samplers euler:150 --dtypes float32 bfloat16 \
+        --reference --snr                                           # against the reference implementation
+
+``--reference`` adds rows for the reference implementation of the paper's models in the same run (the `reference`
+extra: audio-diffusion-pytorch's ``UNet1d`` and descript-audio-codec's DAC decoder, float32, the MSLDM sampling
+loop: one network call per Euler step), so that ratios are measured, not remembered. ``--snr`` runs every
+non-float32 row once more in float32 with the same seeds and reports the SNR (dB) of its stems against those.
 """
 
 from __future__ import annotations
@@ -17,8 +24,25 @@ import subprocess
 import sys
 
 
-def measure(preset, device, batch, seconds, sampler, steps, dtype, repeats):
+def _peak_mib(device) -> float:
     import resource
+
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def snr_db(reference, estimate) -> float:
+    """``10 log10(|ref|^2 / |ref - est|^2)`` over all stems and samples."""
+    import numpy as np
+
+    reference, estimate = np.asarray(reference, dtype=np.float64), np.asarray(estimate, dtype=np.float64)
+    return float(10 * np.log10(np.sum(reference**2) / max(np.sum((reference - estimate) ** 2), 1e-30)))
+
+
+def measure(preset, device, batch, seconds, sampler, steps, dtype, repeats, snr=False, compile_unet=False):
     import time
 
     import torch
@@ -26,6 +50,8 @@ def measure(preset, device, batch, seconds, sampler, steps, dtype, repeats):
     from mslddm.presets import build_pipeline
 
     pipe = build_pipeline(preset).to(device=device, dtype=getattr(torch, dtype))
+    if compile_unet:
+        pipe.unet = torch.compile(pipe.unet)
     pipe.set_progress_bar_config(disable=True)
     gens = [torch.Generator().manual_seed(i) for i in range(batch)]
 
@@ -50,22 +76,108 @@ def measure(preset, device, batch, seconds, sampler, steps, dtype, repeats):
         sample_t.append(t1 - t0)
         decode_t.append(time.perf_counter() - t1)
     s, d = min(sample_t), min(decode_t)
-    if device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_mib(device)
     params = sum(p.numel() for p in pipe.unet.parameters()) + sum(p.numel() for p in pipe.vae.parameters())
-    return {"preset": preset, "params_M": params / 1e6, "device": device, "dtype": dtype, "batch": batch,
-            "sampler": f"{sampler} x{steps}", "evals": len(pipe.scheduler.timesteps), "sample_s": s / batch,
+    row = {"preset": preset + (" +compile" if compile_unet else ""), "params_M": params / 1e6, "device": device,
+           "dtype": dtype, "batch": batch, "sampler": f"{sampler} x{steps}", "evals": len(pipe.scheduler.timesteps),
+           "sample_s": s / batch, "decode_s": d / batch, "song_s": (s + d) / batch, "rtf": seconds * batch / (s + d),
+           "songs_per_s": batch / (s + d), "peak_MiB": peak, "snr_db": None}
+    if snr and dtype != "float32":
+        kwargs = dict(audio_length_in_s=seconds, num_inference_steps=steps, sampler=sampler, num_samples=batch)
+        low = pipe(generator=[torch.Generator().manual_seed(i) for i in range(batch)], **kwargs).stems
+        exact = pipe.to(dtype=torch.float32)(generator=[torch.Generator().manual_seed(i) for i in range(batch)],
+                                              **kwargs).stems
+        row["snr_db"] = snr_db(exact, low)
+    return row
+
+
+def measure_reference(device, batch, seconds, steps, repeats, **unused):
+    """The reference implementation of the paper's models: audio-diffusion-pytorch's UNet1d (the released MSLDM
+    configuration) called once per Euler step, then descript-audio-codec's DAC decoder (the SourceVAE's, without
+    its final tanh) on every stem, float32."""
+    import importlib.util
+    import math
+    import time
+    import types
+
+    import torch
+
+    from audio_diffusion_pytorch.modules import UNet1d  # before the stand-in below: it probes torchaudio
+
+    stand_in = importlib.util.find_spec("torchaudio") is None or not _loads("torchaudio")
+    if stand_in:  # the torchaudio descript-audio-codec pulls does not load with CPU torch; dac.model.dac never uses it
+        sys.modules["torchaudio"] = types.ModuleType("torchaudio")
+    import dac.model.dac as dac_model
+
+    if stand_in:
+        del sys.modules["torchaudio"]
+
+    from mslddm.models.unet_1d_multisource import UNET_PRESETS, MultiSourceUNet1DModel
+
+    torch.manual_seed(0)
+    with torch.device("meta"):  # the released configuration's remaining switches: this package's defaults
+        config = MultiSourceUNet1DModel.from_config(UNET_PRESETS["msldm"]).config
+    switches = ("resnet_groups", "kernel_multiplier_downsample", "use_nearest_upsample", "use_skip_scale",
+                "use_attention_bottleneck")
+    unet = UNet1d(**UNET_PRESETS["msldm"], **{k: config[k] for k in switches}, kernel_sizes_init=[1, 3, 7],
+                  use_context_time=True).eval().to(device)
+    decoder = dac_model.Decoder(80, 1536, [8, 5, 4, 2], 1)
+    decoder.model = decoder.model[:-1]
+    decoder = decoder.eval().to(device)
+    frames = math.ceil(seconds * 22050 / 320 / 64) * 64
+    sigmas = torch.linspace(3.0, 0.0, steps + 1)
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    @torch.no_grad()
+    def sample(n):
+        x = torch.randn(batch, 320, frames, device=device) * sigmas[0]
+        for i in range(n):
+            t = torch.full((batch,), float(sigmas[i]), device=device)
+            x = x + (sigmas[i + 1] - sigmas[i]) * unet(x, t)
+        return x
+
+    sample(2)
+    sample_t, decode_t = [], []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        latents = sample(steps)
+        sync()
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            decoder(latents.reshape(batch * 4, 80, frames))
+        sync()
+        sample_t.append(t1 - t0)
+        decode_t.append(time.perf_counter() - t1)
+    s, d = min(sample_t), min(decode_t)
+    params = sum(p.numel() for p in unet.parameters()) + sum(p.numel() for p in decoder.parameters())
+    return {"preset": "reference msldm (UNet1d + DAC decoder)", "params_M": params / 1e6, "device": device,
+            "dtype": "float32", "batch": batch, "sampler": f"euler x{steps}", "evals": steps, "sample_s": s / batch,
             "decode_s": d / batch, "song_s": (s + d) / batch, "rtf": seconds * batch / (s + d),
-            "songs_per_s": batch / (s + d), "peak_MiB": peak}
+            "songs_per_s": batch / (s + d), "peak_MiB": _peak_mib(device), "snr_db": None}
+
+
+def _loads(module: str) -> bool:
+    try:
+        __import__(module)
+        return True
+    except (ImportError, OSError, RuntimeError):
+        return False
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["tiny", "small"])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "float16", "bfloat16"],
+                   help="weight dtypes of the pipeline rows")
+    p.add_argument("--reference", action="store_true",
+                   help="also time the reference implementation of the paper's models (the `reference` extra)")
+    p.add_argument("--snr", action="store_true", help="SNR of every non-float32 row's stems against float32")
+    p.add_argument("--compile", action="store_true", help="also rows with torch.compile on the UNet")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1])
     p.add_argument("--samplers", nargs="+", default=["euler:150", "dpmpp_2m:20"],
                    help="sampler:steps pairs (euler = the paper's sampler)")
@@ -79,34 +191,53 @@ def main():
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        print(json.dumps(measure(**json.loads(args._row))))
+        spec = json.loads(args._row)
+        fn = measure_reference if spec.pop("reference", False) else measure
+        print(json.dumps(fn(**spec)))
         return
+    specs = []
+    for spec in args.samplers:
+        sampler, steps = spec.split(":")
+        for batch in args.batch_sizes:
+            common = dict(device=args.device, batch=batch, seconds=args.seconds, steps=int(steps),
+                          repeats=args.repeats)
+            if args.reference and sampler == "euler":
+                specs.append(dict(reference=True, **common))
+            for preset in args.presets:
+                for dtype in args.dtypes:
+                    for compiled in (False, True) if args.compile else (False,):
+                        specs.append(dict(preset=preset, sampler=sampler, dtype=dtype, snr=args.snr,
+                                          compile_unet=compiled, **common))
     rows = []
-    for preset in args.presets:
-        for spec in args.samplers:
-            sampler, steps = spec.split(":")
-            for batch in args.batch_sizes:
-                row = dict(preset=preset, device=args.device, batch=batch, seconds=args.seconds, sampler=sampler,
-                           steps=int(steps), dtype=args.dtype, repeats=args.repeats)
-                cmd = [sys.executable, __file__, "--_row", json.dumps(row)]
-                if args.threads:
-                    cmd += ["--threads", str(args.threads)]
-                out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-                if out.returncode != 0:
-                    print(out.stderr[-2000:], file=sys.stderr)
-                    raise SystemExit(f"row {row} failed")
-                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(f"done: {rows[-1]}", file=sys.stderr)
+    for row in specs:
+        cmd = [sys.executable, __file__, "--_row", json.dumps(row)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        if out.returncode != 0:
+            print(out.stderr[-2000:], file=sys.stderr)
+            raise SystemExit(f"row {row} failed")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"done: {rows[-1]}", file=sys.stderr)
     import torch
 
     print(f"\n{args.seconds:g}-s songs of 4 stems; torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPU cores visible\n")
     cols = ["preset", "params_M", "device", "dtype", "batch", "sampler", "evals", "sample_s", "decode_s", "song_s",
             "rtf", "songs_per_s", "peak_MiB"]
+    reference = {(r["batch"], r["sampler"]): r["song_s"] for r in rows if r["preset"].startswith("reference")}
+    if reference:
+        cols.append("vs_reference")
+    if args.snr:
+        cols.append("snr_db")
+    for r in rows:
+        ref = reference.get((r["batch"], r["sampler"]))
+        r["vs_reference"] = r["song_s"] / ref if ref else None
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
-        print("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+        print("| " + " | ".join("" if r.get(c) is None else f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c])
+                                for c in cols) + " |")
 
 
 if __name__ == "__main__":
