@@ -351,3 +351,20 @@ def test_gradient_checkpointing_gives_same_gradients(tiny):
     assert tiny.encoder.gradient_checkpointing and tiny.decoder.gradient_checkpointing
     for a, b in zip(grads(), plain):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.slow
+def test_fused_activations_decode_as_the_plain_ones():
+    """torch.compile'd Snake activations (inference only): the same decoding, and training is untouched."""
+    from conftest import tiny_vae
+
+    vae = tiny_vae().eval()
+    latents = torch.randn(2, vae.config.latent_channels, 12)
+    with torch.no_grad():
+        plain = vae.decode(latents).sample
+        vae.enable_fused_activations()
+        fused = vae.decode(latents).sample
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    out = vae.decode(latents.requires_grad_()).sample  # with gradients: the plain path, differentiable
+    out.square().mean().backward()
+    assert latents.grad is not None and torch.isfinite(latents.grad).all()
