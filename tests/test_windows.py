@@ -157,3 +157,16 @@ def test_extend_a_take_generates_the_band_throughout(pipe):
 def test_bad_window_and_extend_arguments_are_sentences(pipe, kwargs, match):
     with pytest.raises(ValueError, match=match):
         pipe(num_inference_steps=1, **kwargs)
+
+
+def test_a_continuation_samples_only_the_windows_it_extends(pipe):
+    first = pipe(audio_length_in_s=3.0, num_inference_steps=STEPS, generator=seeded(2), **WINDOW)
+    calls = []
+    pipe.unet.register_forward_pre_hook(lambda m, args: calls.append(1))
+    given = {name: first.stems[0, i] for i, name in enumerate(STEMS)}
+    longer = pipe(stems=given, extend_s=0.5, num_inference_steps=STEPS, generator=seeded(2), **WINDOW)
+    plan = plan_windows(longer.stems.reshape(1, 4, -1).shape[-1] // pipe.vae.hop_length, 48, 21, 7, multiple=8)
+    assert longer.sampling["windows"] < first.sampling["windows"] and longer.sampling["windows"] <= 3
+    assert len(calls) == STEPS * longer.sampling["windows"] == longer.sampling["model_evaluations"]
+    assert plan.num_windows > longer.sampling["windows"]
+    np.testing.assert_array_equal(longer.stems[0, :, : 3 * SR - 512], first.stems[0, :, : 3 * SR - 512])

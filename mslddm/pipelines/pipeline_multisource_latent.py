@@ -439,7 +439,10 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
         settings = self.scheduler.set_timesteps(num_inference_steps, device=device, sampler=sampler, s_churn=s_churn)
         timesteps = self.scheduler.timesteps
         plan = plan_windows(frames, multiple=self.unet.length_multiple, **windows)
-        self._num_timesteps = len(timesteps) * plan.num_windows
+        # A window whose free frames are all known (the given part of a continuation) is copied, not sampled.
+        sampled = [j for j, start in enumerate(plan.starts)
+                   if known is None or not bool(mask[..., start + plan.imputed(j):start + plan.window].all())]
+        self._num_timesteps = len(timesteps) * len(sampled)
 
         # 5. Prepare the latents
         shape = (num_samples, k * c, frames)
@@ -463,9 +466,12 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
                     window_known[..., :imputed] = out[..., start:start + imputed]
                     window_mask = window_mask.clone()
                     window_mask[..., :imputed] = True
+                if j not in sampled:
+                    out[..., span] = window_known
+                    continue
                 x = self._denoise_window(latents[..., span], window_known, window_mask, generator, progress_bar,
                                          callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                         offset=j * len(timesteps))
+                                         offset=sampled.index(j) * len(timesteps))
                 if blended:
                     part = slice(imputed, imputed + blended)
                     weight = crossfade_weights(blended, device=x.device)
@@ -476,7 +482,7 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
         latents = out
         if not torch.isfinite(latents).all():
             raise FloatingPointError("Sampling produced NaN or infinite latents; try float32 or fewer churn.")
-        sampling = {**settings.to_dict(), "model_evaluations": self._num_timesteps, "windows": plan.num_windows}
+        sampling = {**settings.to_dict(), "model_evaluations": self._num_timesteps, "windows": len(sampled)}
 
         # 7. Decode, restore the given stems exactly, and mix
         if output_type == "latent":
