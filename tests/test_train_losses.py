@@ -184,3 +184,18 @@ def test_save_checkpoint_is_atomic_and_rotates(tmp_path):
         save_checkpoint(FakeAccelerator(), tmp_path / "run", 4, {}, crash, total_limit=2)
     assert resolve_checkpoint(tmp_path / "run", "latest").name == "checkpoint-3"
     assert np.all([p.name != "checkpoint-4" for p in (tmp_path / "run").iterdir()])
+
+
+def test_the_mel_loss_stays_float32_under_bf16_autocast():
+    import torch
+
+    from mslddm.training.losses import MultiScaleMelLoss
+
+    loss = MultiScaleMelLoss(22050)
+    x, y = torch.randn(2, 1, 4096), torch.randn(2, 1, 4096)
+    exact = loss(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mel = loss.log_mel(x, 512)
+        under = loss(x, y)
+    assert mel.dtype == torch.float32
+    torch.testing.assert_close(under, exact)

@@ -64,10 +64,11 @@ class MultiScaleMelLoss(nn.Module):
 
     def log_mel(self, x: torch.Tensor, window_length: int) -> torch.Tensor:
         x = x.reshape(-1, x.shape[-1]).float()
-        spec = torch.stft(x, window_length, window_length // 4, window=getattr(self, f"win_{window_length}"),
-                          center=True, return_complex=True).abs()
-        mel = getattr(self, f"fb_{window_length}") @ spec
-        return mel.clamp_min(self.clamp_eps).pow(self.power).log10()
+        with torch.autocast(x.device.type, enabled=False):  # bf16 training: the STFT and filterbank stay float32
+            spec = torch.stft(x, window_length, window_length // 4, window=getattr(self, f"win_{window_length}"),
+                              center=True, return_complex=True).abs()
+            mel = getattr(self, f"fb_{window_length}") @ spec
+            return mel.clamp_min(self.clamp_eps).pow(self.power).log10()
 
     def forward(self, estimate: torch.Tensor, reference: torch.Tensor, reduce: bool = True) -> torch.Tensor:
         """The loss (a scalar), or with ``reduce=False`` one value per item ``(B,)``."""
