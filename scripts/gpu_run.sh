@@ -3,7 +3,7 @@
 # about 9 minutes:
 #   1. setup      the carried wheels (.gpu/wheels, from scripts/gpu_prepare.sh) into /tmp/site
 #   2. tests      the CUDA-marked tests (tests/test_cuda.py), then the fast core on the GPU machine's torch
-#   3. data       the carried dataset (.gpu/data, FLAC) or, where mma and FluidSynth exist, rendered there
+#   3. data       the carried dataset (.gpu/data, Ogg Vorbis) or, where mma and FluidSynth exist, rendered there
 #   4. VAE        train/train_vae.py --config small, bf16, VAE_MINUTES (2.5)
 #   5. latents    mslddm encode-latents on the GPU
 #   6. UNet       train/train_msldm.py --config small, bf16, UNET_MINUTES (2.5)
