@@ -94,6 +94,7 @@ def test_extend_continues_an_earlier_result_in_windows(saved_pipeline, tmp_path)
     [
         (["--extend", "2"], "--extend continues given stems"),
         (["--extend", "2", "--duration", "3"], "either --duration or --extend"),
+        (["--duration", "1e9"], "at most 600 s are made"),
         (["--from-result", "."], "no settings.json"),
         (["--stem", "bass=x.wav"], "The bass stem (x.wav) does not exist"),
         (["--stem", "bass"], "NAME=FILE"),

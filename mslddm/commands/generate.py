@@ -44,7 +44,7 @@ def add_arguments(parser):
     parser.add_argument("--churn", type=float, default=None,
                         help="s_churn for euler/heun; None means the sampler's default")
     parser.add_argument("--max-stem-seconds", type=float, default=None,
-                        help="longest given stem accepted, as on the web page; None means 600 s (10 min)")
+                        help="longest given stem, and longest result, accepted (as on the web page); None means 600 s (10 min)")
     parser.add_argument("--seed", type=int, action="append", default=None,
                         help="seed of a sample; repeat for several; with one seed and --num-samples N the seeds "
                              "are seed, seed+1, ... (default: 0)")
@@ -142,6 +142,11 @@ def _run(args) -> int:
                 names[name], given[name] = path, audio
     if args.extend is not None and not given:
         raise SystemExit("--extend continues given stems: give them with --stem NAME=FILE or --from-result DIR.")
+    longest = max((len(a) for a in given.values()), default=0) / pipe.sample_rate
+    length = longest + args.extend if args.extend is not None else args.duration or longest
+    if length > max_seconds:
+        raise SystemExit(f"The result would be {length:g} s long; at most {max_seconds:g} s are made "
+                         "(--max-stem-seconds raises the limit).")
     out_root = Path(args.out)
     if given:
         import sys
