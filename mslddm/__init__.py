@@ -13,9 +13,12 @@ _EXPORTS = {
     "SourceVAE": "mslddm.models.autoencoder_source",
     "SpectralSourceVAE": "mslddm.models.autoencoder_spectral",
     "MultiSourceUNet1DModel": "mslddm.models.unet_1d_multisource",
+    "IndependentSourceUNet1DModel": "mslddm.models.unet_1d_independent",
     "EDMScheduler": "mslddm.schedulers.scheduling_edm",
     "MultiSourceLatentPipeline": "mslddm.pipelines.pipeline_multisource_latent",
     "MultiSourceAudioPipelineOutput": "mslddm.pipelines.pipeline_multisource_latent",
+    "MixtureLatentPipeline": "mslddm.pipelines.pipeline_mixture_latent",
+    "MixtureAudioPipelineOutput": "mslddm.pipelines.pipeline_mixture_latent",
 }
 
 __all__ = sorted(_EXPORTS)

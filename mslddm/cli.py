@@ -17,13 +17,14 @@ COMMANDS = {
     "make-dataset": "mslddm.commands.make_dataset",
     "encode-latents": "mslddm.commands.encode_latents",
     "evaluate": "mslddm.commands.evaluate",
+    "compare": "mslddm.commands.compare",
     "export": "mslddm.commands.export",
     "convert-original": "mslddm.commands.convert_original",
 }
 
 
 # The extra that installs a command's optional dependencies (pip install "mslddm[EXTRA]").
-EXTRAS = {"make-dataset": "data", "evaluate": "eval"}
+EXTRAS = {"make-dataset": "data", "evaluate": "eval", "compare": "eval"}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -277,3 +277,62 @@ def test_a_killed_export_never_leaves_a_half_pipeline(msldm_runs, tmp_path):
         pipe = MultiSourceLatentPipeline.from_pretrained(out)  # always loads: the old export or the new one
         assert pipe.stem_names == STEMS and weights.read_bytes() in complete
     assert killed >= 1, "every export finished before it could be killed"
+
+
+def _checkpoint_tensors_equal(a: Path, b: Path, sub: str):
+    _same_tensors(a / sub / "diffusion_pytorch_model.safetensors", b / sub / "diffusion_pytorch_model.safetensors")
+
+
+def test_isldm_trains_resumes_exports_and_generates(tmp_path, data, vae_runs):
+    """The ISLDM baseline through the same script (model: isldm): one IndependentSourceUNet1DModel with a UNet per
+    stem, exact resume of weights and EMA, export, generation."""
+    from mslddm import IndependentSourceUNet1DModel, MultiSourceLatentPipeline
+
+    sets = UNET_SET + [f"msldm.vae={vae_runs[0] / 'straight' / 'vae'}", "model=isldm"]
+    launch("train_msldm.py", tmp_path / "straight", data, ["--max_steps", "4"], sets)
+    launch("train_msldm.py", tmp_path / "split", data, ["--max_steps", "2"], sets)
+    launch("train_msldm.py", tmp_path / "split", data, ["--max_steps", "4", "--resume_from_checkpoint", "latest"], sets)
+    for sub in ("unet", "unet_ema"):
+        _checkpoint_tensors_equal(tmp_path / "straight" / "checkpoint-4", tmp_path / "split" / "checkpoint-4", sub)
+    state = json.loads((tmp_path / "straight" / "checkpoint-4" / "training_state.json").read_text())
+    assert state["kind"] == "isldm" and "loss" in state["validation"]
+    pipe = MultiSourceLatentPipeline.from_pretrained(tmp_path / "straight" / "pipeline")
+    assert isinstance(pipe.unet, IndependentSourceUNet1DModel) and len(pipe.unet.sources) == len(STEMS)
+    assert "ISLDM baseline" in (tmp_path / "straight" / "pipeline" / "README.md").read_text()
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(stems={"drums": np.sin(np.arange(SR // 2) / 5.0).astype(np.float32) * 0.1}, audio_length_in_s=0.5,
+               num_inference_steps=2, sampler="dpmpp_2m", generator=torch.Generator().manual_seed(0))
+    assert out.stems.shape == (1, 4, SR // 2) and np.isfinite(out.stems).all() and out.generated == [
+        "bass", "guitar", "piano"]
+
+
+def test_mixldm_trains_a_mixture_vae_and_a_mixture_unet(tmp_path, data):
+    """The MixLDM baseline: train_vae.py on mixes (model: mixldm -> vae.source mix, stems x C latent channels),
+    encode-latents on mixes (detected from the VAE's training state), train_msldm.py on them, a mixture pipeline."""
+    from mslddm import MixtureLatentPipeline, MultiSourceLatentPipeline
+    from mslddm.cli import main
+
+    vae_set = [s for s in VAE_SET if not s.startswith("vae.model=")] + [
+        "vae.model={encoder_dim: 4, decoder_dim: 16}", "model=mixldm"]
+    launch("train_vae.py", tmp_path / "vae", data, ["--max_steps", "2"], vae_set)
+    vae_state = json.loads((tmp_path / "vae" / "vae" / "training_state.json").read_text())
+    assert vae_state["source"] == "mix" and set(vae_state["validation"]) >= {"mel_distance/mix", "si_sdr/mix"}
+    config = json.loads((tmp_path / "vae" / "vae" / "config.json").read_text())
+    assert config["latent_channels"] == len(STEMS) * 16  # the tiny preset's C = 16, times the 4 stems
+    assert main(["encode-latents", str(data), "--vae", str(tmp_path / "vae" / "vae"), str(tmp_path / "latents"),
+                 "--quiet", "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "latents" / "latents.json").read_text())["stems"] == ["mix"]
+    sets = UNET_SET + [f"msldm.vae={tmp_path / 'vae' / 'vae'}", f"msldm.latents={tmp_path / 'latents'}",
+                       "model=mixldm"]
+    launch("train_msldm.py", tmp_path / "unet", data, ["--max_steps", "2"], sets)
+    pipe = MultiSourceLatentPipeline.from_pretrained(tmp_path / "unet" / "pipeline")
+    assert isinstance(pipe, MixtureLatentPipeline) and pipe.mixture_of == STEMS
+    assert pipe.unet.config.in_channels == len(STEMS) * 16
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(audio_length_in_s=0.5, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert out.mixture.shape == (1, SR // 2) and np.isfinite(out.mixture).all()
+    # stem latents are refused by a mixldm recipe, and mixture latents by an msldm one
+    bad = launch("train_msldm.py", tmp_path / "bad", data, ["--max_steps", "2"],
+                 UNET_SET + [f"msldm.vae={tmp_path / 'vae' / 'vae'}", f"msldm.latents={tmp_path / 'latents'}"],
+                 check=False)
+    assert bad.returncode == 1 and "mixldm recipe" in bad.stderr

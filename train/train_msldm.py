@@ -4,6 +4,10 @@ SourceVAE latents (pre-encoded with `mslddm encode-latents`, or encoded on the f
     accelerate launch train/train_msldm.py --config tiny --output_dir runs/msldm-tiny --set msldm.vae=runs/vae-tiny/vae
     accelerate launch train/train_msldm.py ... --resume_from_checkpoint latest
 
+The recipe's ``model`` picks what is trained (docs/baselines.md): ``msldm`` (default; one UNet over all stems),
+``isldm`` (the paper's baseline of independent per-stem UNets, one IndependentSourceUNet1DModel) or ``mixldm``
+(the baseline of one UNet on the latent of the mix: a MixtureVAE and `encode-latents --mix` latents).
+
 Writes ``OUTPUT/checkpoint-N`` (resumable; ``vae/``, ``unet/``, ``unet_ema/``, ``scheduler/`` inside) and, at the
 end, the complete pipeline folder ``OUTPUT/pipeline`` (EMA weights) with a model card.
 """
@@ -15,9 +19,11 @@ from pathlib import Path
 
 import torch
 
-from mslddm import EDMScheduler, MultiSourceLatentPipeline, MultiSourceUNet1DModel
+from mslddm import (EDMScheduler, IndependentSourceUNet1DModel, MixtureLatentPipeline, MultiSourceLatentPipeline,
+                    MultiSourceUNet1DModel)
 from mslddm.data.datasets import LatentSegmentDataset, MultiSourceSegmentDataset, load_tracks, validation_segments
 from mslddm.data.latents import load_vae
+from mslddm.models import load_unet_folder
 from mslddm.presets import PRESETS
 from mslddm.schedulers.scheduling_edm import sample_training_sigmas
 from mslddm.stems import DEFAULT_STEMS
@@ -27,6 +33,8 @@ from mslddm.training.runner import (clip_grad, common_arguments, load_run_recipe
                                     make_accelerator, resume_step, stop_if_not_finite, tensorboard,
                                     TimeBudget, check_storage, run_main, write_data_report)
 from mslddm.training.seeding import step_dataloader, step_generator
+
+MODELS = ("msldm", "isldm", "mixldm")
 
 
 def training_data(recipe: dict, cfg: dict, vae, split: str, random_offsets: bool, seed: int):
@@ -98,9 +106,14 @@ def validate(pipe: MultiSourceLatentPipeline, latents: torch.Tensor, cfg: dict, 
     kwargs = dict(audio_length_in_s=seconds, num_inference_steps=None if steps is None else int(steps),
                   sampler=cfg.get("validation_sampler", "dpmpp_2m"))
     total = pipe(generator=torch.Generator().manual_seed(seed), **kwargs)
+    metrics["total_rms"] = float((total.mixture ** 2).mean() ** 0.5)
+    if not pipe.generates_stems:  # MixLDM: a mixture, nothing to give
+        if writer is not None:
+            log_audio(writer, "generation/total/mixture", torch.from_numpy(total.mixture[0]), step, sr)
+        pipe.unet.train()
+        return metrics
     given = pipe.decode_latents(latents[:1])[0, 0].float().cpu().numpy()
     partial = pipe(stems={names[0]: given}, generator=torch.Generator().manual_seed(seed + 1), **kwargs)
-    metrics["total_rms"] = float((total.mixture ** 2).mean() ** 0.5)
     if writer is not None:
         log_audio(writer, "generation/total/mixture", torch.from_numpy(total.mixture[0]), step, sr)
         for i, name in enumerate(names):
@@ -114,6 +127,9 @@ def validate(pipe: MultiSourceLatentPipeline, latents: torch.Tensor, cfg: dict, 
 def main(argv=None):
     args = common_arguments(__doc__.splitlines()[0]).parse_args(argv)
     recipe, cfg = load_run_recipe(args, "msldm")
+    kind = recipe.get("model", "msldm")
+    if kind not in MODELS:
+        raise ValueError(f"The recipe's model must be one of {MODELS}, got {kind!r}.")
     accelerator = make_accelerator(args, cfg)
     seed, max_steps, batch_size = int(recipe.get("seed", 0)), int(cfg["max_steps"]), int(cfg["batch_size"])
     logger.info("%d process(es) (%s), batch %d per process", accelerator.num_processes,
@@ -131,27 +147,49 @@ def main(argv=None):
                                                  False, seed)
     if val_stems != stem_names:
         raise ValueError(f"Training stems {stem_names} differ from validation stems {val_stems}.")
+    mixture_of = None
+    if kind == "mixldm":
+        # The mix as one source: latents from `encode-latents --mix` (stems ["mix"]), or audio summed on the fly.
+        if cfg.get("latents"):
+            if stem_names != ["mix"]:
+                raise ValueError(f"model mixldm needs mixture latents (`mslddm encode-latents --mix`), but "
+                                 f"{cfg['latents']} holds the stems {stem_names}.")
+            import json
+
+            mixture_of = json.loads((Path(cfg["latents"]) / "latents.json").read_text()).get("mixture_of")
+        else:
+            mixture_of = stem_names
+        mixture_of, stem_names = list(mixture_of or DEFAULT_STEMS), ["mix"]
+    elif stem_names == ["mix"]:
+        raise ValueError(f"{cfg.get('latents')} holds mixture latents; train them with a mixldm recipe "
+                         "(model: mixldm), or encode the stems without --mix.")
     frames = int(cfg["segment_frames"])
     torch.manual_seed(seed)
     in_channels = len(stem_names) * vae.config.latent_channels
+    unet_cls = IndependentSourceUNet1DModel if kind == "isldm" else MultiSourceUNet1DModel
     if args.init_from:
         # Continue from a pipeline's UNet (fresh optimizer and EMA): later sessions build on the bundled weights.
-        unet = MultiSourceUNet1DModel.from_pretrained(args.init_from, subfolder="unet")
+        unet = load_unet_folder(args.init_from, subfolder="unet")
+        if not isinstance(unet, unet_cls):
+            raise ValueError(f"--init_from {args.init_from}: its UNet is a {type(unet).__name__}, but the recipe "
+                             f"trains {kind} ({unet_cls.__name__}).")
         if unet.config.in_channels != in_channels:
             raise ValueError(f"--init_from {args.init_from}: its UNet takes {unet.config.in_channels} channels, but "
                              f"{len(stem_names)} stems x {vae.config.latent_channels} latent channels = {in_channels}.")
         logger.info("Initialised the UNet from %s", args.init_from)
     else:
         unet_kwargs = {**PRESETS[recipe["preset"]]["unet"], **cfg.get("model", {}), "in_channels": in_channels}
+        if kind == "isldm":
+            unet_kwargs["num_sources"] = len(stem_names)
         if "window_frames" not in unet_kwargs:
             # The pipeline's generation window: the longest length the recipe trains or validates at (validation
             # samples clips of validation_seconds, so the model is seen working at that length). Passed to the
             # constructor, so that the config (and every copy from_config makes) records it.
             with torch.device("meta"):
-                multiple = MultiSourceUNet1DModel(**unet_kwargs).length_multiple
+                multiple = unet_cls(**unet_kwargs).length_multiple
             val_frames = int(float(cfg.get("validation_seconds", 12.0)) * vae.config.sampling_rate / vae.hop_length)
             unet_kwargs["window_frames"] = max(frames, val_frames // multiple * multiple)
-        unet = MultiSourceUNet1DModel(**unet_kwargs)
+        unet = unet_cls(**unet_kwargs)
     length_multiple = unet.length_multiple
     if frames % length_multiple:
         raise ValueError(f"msldm.segment_frames={frames} must be a multiple of the UNet's {length_multiple}.")
@@ -168,7 +206,7 @@ def main(argv=None):
         from diffusers.training_utils import EMAModel
 
         ema = EMAModel(unet.parameters(), decay=float(cfg.get("ema_decay", 0.999)),
-                       model_cls=MultiSourceUNet1DModel, model_config=unet.config)
+                       model_cls=unet_cls, model_config=unet.config)
         accelerator.register_for_checkpointing(ema)
     optimizer = torch.optim.Adam(unet.parameters(), lr=float(cfg["learning_rate"]),
                                  betas=tuple(cfg.get("betas", (0.9, 0.99))))
@@ -186,6 +224,8 @@ def main(argv=None):
     val_frames = val_set.segment if cfg.get("latents") else val_set.segment // vae.hop_length
     val_frames -= val_frames % length_multiple
     segments, val_report = validation_segments(val_set, int(cfg.get("validation_segments", 4)))
+    if kind == "mixldm" and segments.ndim == 3:
+        segments = segments.sum(1, keepdim=True)
     val_latents = torch.cat([to_latents(segment[None].to(accelerator.device), vae, val_frames)
                              for segment in segments])[..., :val_frames].cpu()
     write_data_report(accelerator, args.output_dir, train=data_info.pop("report", {"latents": cfg.get("latents")}),
@@ -205,21 +245,25 @@ def main(argv=None):
         vae_state = json.loads(vae_state_file.read_text())
         vae_state = {k: vae_state.get(k) for k in ("step", "recipe", "validation", "data")}
 
-    def ema_unet() -> MultiSourceUNet1DModel:
+    def ema_unet():
         """A UNet holding the EMA weights (a clean config: EMAModel.save_pretrained adds its own keys)."""
-        model = MultiSourceUNet1DModel.from_config(accelerator.unwrap_model(unet).config)
+        model = unet_cls.from_config(accelerator.unwrap_model(unet).config)
         ema.copy_to(model.parameters())
         return model.to(accelerator.device)
 
     def pipeline(use_ema: bool) -> MultiSourceLatentPipeline:
         model = ema_unet() if use_ema and ema is not None else accelerator.unwrap_model(unet)
-        pipe = MultiSourceLatentPipeline(vae=vae, unet=model, scheduler=EDMScheduler.from_config(scheduler.config),
-                                         stem_names=stem_names)
+        scheduler_copy = EDMScheduler.from_config(scheduler.config)
+        if kind == "mixldm":
+            pipe = MixtureLatentPipeline(vae=vae, unet=model, scheduler=scheduler_copy, mixture_of=mixture_of)
+        else:
+            pipe = MultiSourceLatentPipeline(vae=vae, unet=model, scheduler=scheduler_copy, stem_names=stem_names)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
     def state(validation):
-        return {"kind": "msldm", "recipe": recipe, "stem_names": stem_names, "validation": validation,
+        return {"kind": kind, "recipe": recipe, "stem_names": stem_names, "mixture_of": mixture_of,
+                "validation": validation,
                 "data": {**data_info, **val_info}, "vae_training": vae_state, "timing": budget.timing(step)}
 
     def save_models(folder: Path):
@@ -234,6 +278,8 @@ def main(argv=None):
     unet.train()
     budget = TimeBudget(accelerator, args.time_budget_minutes, start_step, resumed)
     for batch in loader:
+        if kind == "mixldm" and batch.ndim == 3:  # audio segments: the mix is the one source
+            batch = batch.sum(1, keepdim=True)
         x0 = to_latents(batch.to(accelerator.device), vae, frames)
         rank = accelerator.process_index
         sigma = sample_training_sigmas(

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mslddm.data.datasets import (MultiSourceSegmentDataset, SourceClipDataset, is_silent, load_tracks,
-                                  validation_segments)
+from mslddm.data.datasets import (MixtureClipDataset, MultiSourceSegmentDataset, SourceClipDataset, is_silent,
+                                  load_tracks, validation_segments)
 from mslddm.data.latents import load_vae
 from mslddm.presets import build_vae
 from mslddm.stems import DEFAULT_STEMS
@@ -93,6 +93,21 @@ def main(argv=None):
     logger.info("%d process(es) (%s), batch %d per process", accelerator.num_processes,
                 accelerator.distributed_type, batch_size)
 
+    # What the VAE learns: single stems (the SourceVAE, shared by MSLDM and ISLDM) or mixtures (the MixLDM
+    # baseline's MixtureVAE: the same class with num_stems x C latent channels, trained on sums of stems).
+    source = cfg.get("source", "mix" if recipe.get("model") == "mixldm" else "stems")
+    if source not in ("stems", "mix"):
+        raise ValueError(f"vae.source must be 'stems' or 'mix', got {source!r}.")
+    stem_names = data_cfg.get("stems") or list(DEFAULT_STEMS)
+    model_args = dict(cfg.get("model", {}))
+    if source == "mix" and "latent_channels" not in model_args and not args.init_from:
+        from mslddm.presets import PRESETS
+
+        per_stem = PRESETS[recipe["preset"]]["vae"].get("latent_channels", 80)
+        model_args["latent_channels"] = len(stem_names) * per_stem
+        logger.info("MixtureVAE: %d latent channels (%d stems x %d)", model_args["latent_channels"],
+                    len(stem_names), per_stem)
+
     # 1. Models, optimizers, LR schedules (the reference's: AdamW / Adam, betas (0.8, 0.99), ExponentialLR)
     torch.manual_seed(seed)
     if args.init_from:
@@ -101,7 +116,7 @@ def main(argv=None):
         vae = load_vae(args.init_from)
         logger.info("Initialised the VAE from %s (%s)", args.init_from, type(vae).__name__)
     else:
-        vae = build_vae(recipe["preset"], **cfg.get("model", {}))
+        vae = build_vae(recipe["preset"], **model_args)
         if cfg.get("posterior_logvar_init") is not None:
             vae.set_posterior_logvar_bias(cfg["posterior_logvar_init"])
     discriminator = SourceDiscriminator(**cfg.get("discriminator", {}))
@@ -120,14 +135,14 @@ def main(argv=None):
     # 2. Storage, resume, data
     check_storage(accelerator, args.output_dir, [vae, discriminator], copies=4)  # weights, Adam's 2, vae/
     start_step, _, resumed = resume_step(accelerator, args)
-    stem_names = data_cfg.get("stems") or list(DEFAULT_STEMS)
     sr = vae.config.sampling_rate
     tracks, train_summary = load_tracks(data_cfg["root"], "train", stem_names, return_summary=True)
     def hop_multiple(seconds):  # whole latent frames, so that the reconstruction has the input's length
         return max(1, round(float(seconds) * sr / vae.hop_length)) * vae.hop_length
 
-    clips = SourceClipDataset(tracks, clip_length=hop_multiple(cfg.get("clip_seconds", 1.0)),
-                              clips_per_epoch=cfg.get("clips_per_epoch", 10_000), seed=seed)
+    clip_class = MixtureClipDataset if source == "mix" else SourceClipDataset
+    clips = clip_class(tracks, clip_length=hop_multiple(cfg.get("clip_seconds", 1.0)),
+                       clips_per_epoch=cfg.get("clips_per_epoch", 10_000), seed=seed)
     loader = step_dataloader(clips, batch_size, start_step, max_steps, accelerator, int(cfg.get("num_workers", 0)))
     val_tracks, val_summary = load_tracks(data_cfg["root"], data_cfg.get("validation_split", "validation"),
                                           stem_names, return_summary=True)
@@ -135,6 +150,9 @@ def main(argv=None):
                                         random_offsets=False)
     # Evenly spread fixed segments of the validation tracks, each readable and with sound.
     val_segments, val_report = validation_segments(val_set, int(cfg.get("validation_segments", 8)))
+    val_names = stem_names
+    if source == "mix":  # validate on the mixtures of the same segments
+        val_segments, val_names = val_segments.sum(1, keepdim=True), ["mix"]
     write_data_report(accelerator, args.output_dir, train=train_summary.to_dict(),
                       validation=val_summary.to_dict(), validation_segments=val_report)
     writer = tensorboard(accelerator)
@@ -143,7 +161,7 @@ def main(argv=None):
         writer = tensorboard(accelerator)
 
     def state(step, validation):
-        return {"kind": "vae", "recipe": recipe, "stem_names": stem_names, "validation": validation,
+        return {"kind": "vae", "source": source, "recipe": recipe, "stem_names": stem_names, "validation": validation,
                 "data": {"root": str(data_cfg["root"]), "train_tracks": len(tracks),
                          "train_hours": round(sum(t.num_samples for t in tracks) / sr / 3600, 3),
                          "validation_tracks": len(val_tracks)}, "timing": budget.timing(step),
@@ -211,7 +229,7 @@ def main(argv=None):
             logger.info("step %d: %s", step, " ".join(f"{k[6:]}={v:.4g}" for k, v in logs.items()))
         if step % int(cfg.get("validate_every", 500)) == 0 or last:
             if accelerator.is_main_process:
-                validation = validate(accelerator.unwrap_model(model).vae, val_segments, stem_names, mel_loss,
+                validation = validate(accelerator.unwrap_model(model).vae, val_segments, val_names, mel_loss,
                                       writer, step, sr)
                 accelerator.log({f"validation/{k}": v for k, v in validation.items()}, step=step)
                 logger.info("validation at step %d: %s", step, validation)

@@ -24,6 +24,10 @@ def add_arguments(parser):
     parser.add_argument("--stems", default=None,
                         help="comma-separated stem names, in the model's order; None means the pipeline's "
                              "stem_names, else bass,drums,guitar,piano")
+    parser.add_argument("--mix", action="store_true", default=None,
+                        help="encode each track's mixture (the sum of --stems) as one source named 'mix': the "
+                             "MixLDM baseline's latents; default: on when the VAE was trained on mixtures "
+                             "(train_vae.py with vae.source mix records it)")
     parser.add_argument("--layout", choices=("auto", "stems", "slakh"), default="auto", help="dataset layout")
     parser.add_argument("--on-length-mismatch", choices=("pad", "trim", "skip"), default="pad",
                         help="tracks whose stems differ in length: pad with silence, trim, or skip")
@@ -51,12 +55,25 @@ def _close(found, measured) -> bool:
 def _default_stems(vae_path: str) -> list[str]:
     index = Path(vae_path) / "model_index.json"
     if index.is_file():
-        names = json.loads(index.read_text()).get("stem_names")
+        config = json.loads(index.read_text())
+        names = config.get("mixture_of") or config.get("stem_names")  # a MixLDM pipeline: the stems it mixes
         if names:
             return list(names)
     from mslddm.stems import DEFAULT_STEMS
 
     return list(DEFAULT_STEMS)
+
+
+def _trained_on_mixtures(vae_path: str) -> bool:
+    """Whether train_vae.py recorded that this VAE (folder, or a pipeline's vae/) learned mixtures."""
+    for state in (Path(vae_path) / "training_state.json", Path(vae_path) / "vae" / "training_state.json"):
+        if state.is_file():
+            try:
+                return json.loads(state.read_text()).get("source") == "mix"
+            except ValueError:
+                return False
+    index = Path(vae_path) / "model_index.json"
+    return index.is_file() and json.loads(index.read_text()).get("_class_name") == "MixtureLatentPipeline"
 
 
 def _processes(device: str):
@@ -89,6 +106,7 @@ def run(args) -> int:
         raise SystemExit(f"Dataset folder {str(data)!r} does not exist.")
     splits = args.split or [s for s in SPLITS if (data / s).is_dir()] or [None]
     stems = [s.strip() for s in args.stems.split(",") if s.strip()] if args.stems else _default_stems(args.vae)
+    mix = _trained_on_mixtures(args.vae) if args.mix is None else bool(args.mix)
 
     device, rank, world, barrier = _processes(args.device)
     dtype = getattr(torch, args.dtype)
@@ -102,9 +120,11 @@ def run(args) -> int:
         raise SystemExit(str(error)) from None
     tracks = {split: found for split, (found, _) in indexed.items()}
 
-    header = {"vae": str(args.vae), "data": str(data), "stems": stems, "sample_rate": sample_rate,
+    header = {"vae": str(args.vae), "data": str(data), "stems": ["mix"] if mix else stems, "sample_rate": sample_rate,
               "hop_length": vae.hop_length, "latent_channels": int(vae.config.latent_channels),
               "save_dtype": args.save_dtype}
+    if mix:
+        header["mixture_of"] = stems
     header_path = out / HEADER_FILE
     if rank == 0:
         header["silence_latent"] = silence_latent(vae, device, dtype)
@@ -129,7 +149,7 @@ def run(args) -> int:
 
     report = encode_tracks(vae, tracks, out, stems, device=device, dtype=dtype,
                            save_dtype=getattr(torch, args.save_dtype), batch_size=args.batch_size,
-                           process_index=rank, num_processes=world, progress=not args.quiet)
+                           process_index=rank, num_processes=world, progress=not args.quiet, mix=mix)
     barrier()
     accepted = args.skip_failed or not report.failed
     if rank == 0:

@@ -13,12 +13,8 @@ HELP = "FAD, sub-FAD and stem-coherence metrics of a pipeline against a dataset'
 
 
 def add_arguments(parser):
-    from mslddm.evaluation.embedders import EMBEDDERS
-    from mslddm.evaluation.protocol import TASKS, ProtocolConfig
-    from mslddm.schedulers.sampling import SAMPLER_DEFAULTS
     from mslddm.hub import default_pipeline
 
-    d = ProtocolConfig()
     parser.add_argument(
         "--pipeline",
         default=default_pipeline(),
@@ -27,6 +23,16 @@ def add_arguments(parser):
     )
     parser.add_argument("--data", required=True, help="dataset root: DATA/<split>/TrackNNNNN/<stem>.wav")
     parser.add_argument("--out", required=True, help="output folder: results, charts, generated audio, state")
+    add_protocol_arguments(parser)
+
+
+def add_protocol_arguments(parser):
+    """The protocol's options (shared with ``mslddm compare``)."""
+    from mslddm.evaluation.embedders import EMBEDDERS
+    from mslddm.evaluation.protocol import TASKS, ProtocolConfig
+    from mslddm.schedulers.sampling import SAMPLER_DEFAULTS
+
+    d = ProtocolConfig()
     parser.add_argument("--split", default=d.split, help="dataset split holding the reference tracks")
     parser.add_argument(
         "--tasks", default=",".join(d.tasks), help=f"comma-separated tasks to run, from {', '.join(TASKS)}"
@@ -128,14 +134,18 @@ def _config(args, tasks):
 
 
 def run(args) -> int:
-    import torch
-
-    from mslddm.devices import resolve_device
-    from tqdm.auto import tqdm
-
-    from mslddm.evaluation.embedders import get_embedder
-    from mslddm.evaluation.protocol import TASKS, VAE_TASKS, evaluate
     from mslddm.evaluation.report import markdown, write_report
+
+    results = evaluate_one(args, args.pipeline, args.out)
+    paths = write_report(results, args.out)
+    print(markdown(results))
+    print("Wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def check_protocol_arguments(args):
+    """The tasks asked for, after checking every protocol option (SystemExit with one sentence otherwise)."""
+    from mslddm.evaluation.protocol import TASKS, VAE_TASKS
 
     tasks = VAE_TASKS if args.vae_only else (_split(args.tasks) or ())
     if not tasks or any(t not in TASKS for t in tasks):
@@ -147,6 +157,19 @@ def run(args) -> int:
         raise SystemExit("--clip-seconds must be positive.")
     if not (Path(args.data) / args.split).is_dir():
         raise SystemExit(f"--data: no {args.split!r} split at {Path(args.data) / args.split}.")
+    return tasks
+
+
+def evaluate_one(args, pipeline: str, out) -> dict:
+    """Runs the protocol of ``args`` on one pipeline (folder, Hub id or 'none') into ``out``; returns the results."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from mslddm.devices import resolve_device
+    from mslddm.evaluation.embedders import get_embedder
+    from mslddm.evaluation.protocol import evaluate
+
+    tasks = check_protocol_arguments(args)
     device = resolve_device(args.device)
     try:
         config = _config(args, tasks)
@@ -160,27 +183,22 @@ def run(args) -> int:
     def load_pipeline():
         from mslddm import MultiSourceLatentPipeline
 
-        return MultiSourceLatentPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype)).to(
-            device
-        )
+        return MultiSourceLatentPipeline.from_pretrained(pipeline, dtype=getattr(torch, args.dtype)).to(device)
 
     try:
         result = evaluate(
-            None if args.pipeline.lower() == "none" else load_pipeline,
+            None if pipeline.lower() == "none" else load_pipeline,
             args.data,
-            args.out,
+            out,
             embedder,
             config,
             cache_dir=None if args.no_cache else Path(args.cache_dir).expanduser(),
             progress=lambda it, **kw: tqdm(it, **kw),
             log=lambda msg: tqdm.write(msg),
-            pipeline_name="" if args.pipeline.lower() == "none" else str(args.pipeline),
+            pipeline_name="" if pipeline.lower() == "none" else str(pipeline),
         )
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(str(error)) from None
     results = result.to_dict()
     results["protocol"]["device"] = device
-    paths = write_report(results, args.out)
-    print(markdown(results))
-    print("Wrote " + ", ".join(str(p) for p in paths))
-    return 0
+    return results

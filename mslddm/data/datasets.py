@@ -1,5 +1,5 @@
 """PyTorch datasets for training: aligned multi-stem audio segments (the diffusion model on audio, MSDM),
-single-stem non-silent clips (the SourceVAE), and segments of pre-encoded latents (the latent diffusion model).
+single-stem non-silent clips (the SourceVAE), mixture clips (the MixLDM baseline's MixtureVAE), and segments of pre-encoded latents (the latent diffusion model).
 
 Every random draw comes from ``numpy.random.default_rng([seed, epoch, index])``: an item is the same whatever
 DataLoader worker or batch produces it, and :meth:`set_epoch` gives each epoch new draws.
@@ -188,6 +188,38 @@ class SourceClipDataset(_Segments):
         raise RuntimeError(
             f"No non-silent {self.segment}-sample clip found in {self.max_tries} draws (item {index}); the data "
             f"may be (almost) silent, or lower silence_threshold (now {self.silence_threshold})."
+        )
+
+
+class MixtureClipDataset(_Segments):
+    """Non-silent clips ``(1, clip_length)`` float32 of mixtures (the sum of a track's stems) for the MixtureVAE
+    of the MixLDM baseline: a draw picks a track (in proportion to its length) and an offset; silent clips are
+    redrawn up to ``max_tries`` times."""
+
+    def __init__(self, tracks: list[Track], clip_length: int = CLIP_LENGTH, clips_per_epoch: int | None = None,
+                 silence_threshold: float = SILENCE_THRESHOLD, max_tries: int = 200, seed: int = 0):
+        if not tracks:
+            raise ValueError("MixtureClipDataset needs at least one track.")
+        self.tracks = list(tracks)
+        self.silence_threshold, self.max_tries = float(silence_threshold), int(max_tries)
+        super().__init__([t.num_samples for t in self.tracks], clip_length, True, clips_per_epoch, seed)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if not 0 <= index < len(self):
+            raise IndexError(f"Index {index} out of range for {len(self)} clips.")
+        rng = self.rng(index)
+        for _ in range(self.max_tries):
+            item, start = self.draw(rng)
+            try:
+                clip = self.tracks[item].read(start, self.segment).sum(0)
+            except AudioReadError as error:
+                self.mark_bad(item, error)
+                continue
+            if not is_silent(clip, self.silence_threshold):
+                return torch.from_numpy(clip.astype(np.float32))[None]
+        raise RuntimeError(
+            f"No non-silent {self.segment}-sample mixture clip found in {self.max_tries} draws (item {index}); "
+            f"the data may be (almost) silent, or lower silence_threshold (now {self.silence_threshold})."
         )
 
 

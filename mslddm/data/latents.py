@@ -90,9 +90,12 @@ def vae_fingerprint(vae, device, dtype) -> list[float]:
 
 
 @torch.no_grad()
-def encode_track(vae, track: Track, stem_names, device, dtype, batch_size: int) -> torch.Tensor:
-    """Posterior means ``(num_stems, C, frames)`` float32 of a track's stems, ``batch_size`` stems per call."""
+def encode_track(vae, track: Track, stem_names, device, dtype, batch_size: int, mix: bool = False) -> torch.Tensor:
+    """Posterior means ``(num_stems, C, frames)`` float32 of a track's stems, ``batch_size`` stems per call; with
+    ``mix``, ``(1, C, frames)`` of their sum (the MixLDM baseline's mixture latents)."""
     audio = torch.from_numpy(track.read(stems=stem_names))  # (K, T)
+    if mix:
+        audio = audio.sum(0, keepdim=True)
     means = []
     for chunk in audio.split(batch_size):
         mean = vae.encode(chunk[:, None].to(device=device, dtype=dtype)).latent_dist.mean
@@ -180,9 +183,11 @@ def encode_tracks(
     process_index: int = 0,
     num_processes: int = 1,
     progress: bool = True,
+    mix: bool = False,
 ) -> EncodeReport:
     """Encodes this process's share (every ``num_processes``-th track) of all splits into ``out``; tracks whose
-    file exists are skipped, and a track that fails is logged and left for the next run."""
+    file exists are skipped, and a track that fails is logged and left for the next run. With ``mix``, each
+    track's mixture (the sum of ``stem_names``) is encoded, as one source named ``mix``."""
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -195,8 +200,8 @@ def encode_tracks(
         (report.skipped.append(track.name) if target.exists() else todo.append((split, track, target)))
     for split, track, target in tqdm(todo, desc="encode-latents", unit="track", disable=not progress):
         try:
-            latents = encode_track(vae, track, stem_names, device, dtype, batch_size)
-            save_latents(target, latents, stem_names, track.num_samples, save_dtype)
+            latents = encode_track(vae, track, stem_names, device, dtype, batch_size, mix=mix)
+            save_latents(target, latents, ["mix"] if mix else stem_names, track.num_samples, save_dtype)
             report.encoded.append(track.name)
         except (OSError, ValueError, RuntimeError) as error:  # unreadable audio, or a VAE error on one track
             report.failed[f"{split}/{track.name}"] = f"{type(error).__name__}: {error}"

@@ -36,6 +36,8 @@ from .fad import (
 )
 from .reference import Chunk, ReferenceClips, list_tracks, select_chunks, split_fingerprint
 
+MIX = "mix"  # the one signal of a mixture-only model
+
 PROTOCOL_VERSION = 1
 # floor: real training chunks against the test chunks (the best any model can score); reconstruction: the test
 # stems encoded and decoded by the pipeline's VAE (the best its latent model can score); total, partial: the paper's.
@@ -197,12 +199,40 @@ class GeneratedClips(Sequence):
         return clip
 
 
+class MixedClips(Sequence):
+    """The clips of ``clips`` mixed down: items ``(1, T)`` (what a MixtureVAE reconstructs)."""
+
+    def __init__(self, clips):
+        self.clips = clips
+
+    def __len__(self):
+        return len(self.clips)
+
+    def __getitem__(self, i):
+        return np.asarray(self.clips[i]).sum(axis=0, keepdims=True)
+
+
+class MixtureClips(GeneratedClips):
+    """Generated mixtures (a mixture-only model: MixLDM) under ``folder/<index>/mix.wav``; items are ``(1, T)``."""
+
+    def __init__(self, folder: Path, count: int, sample_rate: int):
+        super().__init__(folder, count, [MIX], sample_rate, [MIX])
+
+
 def generate_missing(pipe, clips: GeneratedClips, config: ProtocolConfig, progress=lambda it, **kw: it):
     """Generate every clip of ``clips`` not on disk yet, ``config.batch_size`` at a time, seeded per item."""
     import torch
 
     todo = clips.missing()
     batches = [todo[i : i + config.batch_size] for i in range(0, len(todo), config.batch_size)]
+    if isinstance(clips, MixtureClips):  # a mixture-only model: no stems to give or to ask for
+        for batch in progress(batches, desc="Generating mixtures", total=len(batches)):
+            out = pipe(audio_length_in_s=config.clip_seconds, num_inference_steps=config.num_inference_steps,
+                       sampler=config.sampler, s_churn=config.s_churn, num_samples=len(batch),
+                       generator=[torch.Generator().manual_seed(config.seed + i) for i in batch], output_type="np")
+            for j, i in enumerate(batch):
+                clips.save(i, np.asarray(out.mixture[j])[None])
+        return
     given_names = [s for s in clips.stem_names if s not in clips.generated]
     for batch in progress(batches, desc=f"Generating {'+'.join(clips.generated)}", total=len(batches)):
         stems = None
@@ -315,9 +345,12 @@ def _audio_manifest(
     pipe = pipeline.get()
     if pipe is None:
         raise ValueError(f"No pipeline given and no generated audio in {out_dir} ({path} is missing).")
+    mixture_only = not getattr(pipe, "generates_stems", True)
     manifest = {
         "pipeline": pipeline_name,
-        "stem_names": list(pipe.stem_names),
+        # A mixture-only model (MixLDM) is scored on the mixes of the stems it was trained on.
+        "stem_names": list(pipe.mixture_of if mixture_only else pipe.stem_names),
+        "mixture_only": mixture_only,
         "sample_rate": int(pipe.sample_rate),
         "generation": config.generation(),
     }
@@ -340,6 +373,7 @@ class _Run:
     pipeline: _LazyPipeline
     names: list[str]
     sample_rate: int
+    mixture_only: bool = False
     _reference_stats: list | None = None
 
     def reference(self, task: str, split: str | None = None) -> tuple[ReferenceClips, dict]:
@@ -361,6 +395,12 @@ class _Run:
             self.log(f"Only {len(chunks)} {config.split} chunks {what} (asked for {wanted}); using them all.")
         return ReferenceClips(self.data_root, config.split, chunks, self.names, self.sample_rate), spec
 
+    def mix_fad(self, clips, desc: str) -> dict:
+        """FAD of the mixes of ``clips`` (any number of parts, summed) against the test reference's mixes."""
+        (stats,) = clip_statistics(clips, self.embedder, self.sample_rate, [None], self.progress, desc)
+        self.fad_against_reference([stats] * (len(self.names) + 1))  # reference statistics, cached
+        return {"mix": fad(stats, self._reference_stats[-1])}
+
     def fad_parts(self, clips, desc: str) -> tuple[dict, list]:
         """FAD of ``clips`` against the test reference, per stem and on the mix (the total task's chunks)."""
         parts = [*range(len(self.names)), None]
@@ -381,9 +421,12 @@ class _Run:
 
     def generated(self, folder: str, count: int, stems, given=None) -> GeneratedClips:
         """The generated clips of a task, made first if some are not on disk yet."""
-        clips = GeneratedClips(
-            self.out_dir / "audio" / folder, count, self.names, self.sample_rate, stems, given
-        )
+        if self.mixture_only:
+            clips = MixtureClips(self.out_dir / "audio" / folder, count, self.sample_rate)
+        else:
+            clips = GeneratedClips(
+                self.out_dir / "audio" / folder, count, self.names, self.sample_rate, stems, given
+            )
         if clips.missing():
             if self.pipeline.get() is None:
                 raise ValueError(
@@ -437,14 +480,26 @@ def evaluate_reconstruction(run: _Run) -> dict | None:
     """The VAE's ceiling: the test chunks' stems encoded and decoded, FAD per stem and on the mix of the decoded
     stems, and the level statistics of the reconstructions."""
     reference, _ = run.reference("total")
-    clips = ReconstructedClips(run.out_dir / "audio" / "reconstruction", len(reference), run.names,
-                               run.sample_rate, run.names)
+    if run.mixture_only:  # a MixtureVAE: the test mixes encoded and decoded
+        clips = ReconstructedClips(run.out_dir / "audio" / "reconstruction", len(reference), [MIX],
+                                   run.sample_rate, [MIX])
+        source = MixedClips(reference)
+    else:
+        clips = ReconstructedClips(run.out_dir / "audio" / "reconstruction", len(reference), run.names,
+                                   run.sample_rate, run.names)
+        source = reference
     if clips.missing():
         pipe = run.pipeline.get()
         if pipe is None:
             run.log("No pipeline and no reconstructions on disk: the VAE's reconstruction is not measured.")
             return None
-        clips.make_missing(pipe, reference, run.config.batch_size, run.progress)
+        clips.make_missing(pipe, source, run.config.batch_size, run.progress)
+    if run.mixture_only:
+        fads = run.mix_fad(clips, "Embedding reconstructions")
+        run.log(f"MixtureVAE reconstruction FAD: mix {fads['mix']:.3f}")
+        return {"num_reference_chunks": len(reference), "fad": fads,
+                "levels": level_statistics(clips, [], run.sample_rate, run.config.silence_db),
+                "levels_reference": run.levels(reference)}
     fads, _ = run.fad_parts(clips, "Embedding reconstructions")
     run.log("VAE reconstruction FAD: " + ", ".join(f"{k} {v:.3f}" for k, v in fads.items()))
     return {"num_reference_chunks": len(reference), "fad": fads, "levels": run.levels(clips),
@@ -456,6 +511,13 @@ def evaluate_total(run: _Run) -> dict:
     reference, _ = run.reference("total")
     names, sr = run.names, run.sample_rate
     generated = run.generated("total", run.config.num_clips, names)
+    if run.mixture_only:  # MixLDM: the mix only, as in the paper; no stems, so no coherence
+        fads = run.mix_fad(generated, "Embedding generated")
+        run.log(f"Total generation FAD (mixtures only): mix {fads['mix']:.3f}")
+        return {"num_reference_chunks": len(reference), "num_generated": len(generated), "fad": fads,
+                "levels": level_statistics(generated, [], sr, run.config.silence_db),
+                "levels_reference": run.levels(reference), "coherence": {},
+                "note": "a mixture-only model: FAD of the mix only, no stems to score"}
     fads, _ = run.fad_parts(generated, "Embedding generated")
     coherence_config = CoherenceConfig(silence_db=run.config.silence_db)
     result = {
@@ -478,6 +540,9 @@ def evaluate_total(run: _Run) -> dict:
 
 def evaluate_partial(run: _Run) -> dict:
     """Partial generation: sub-FAD of (generated subset + given other stems) mixes against the real mixes."""
+    if run.mixture_only:
+        run.log("Partial generation: not measured, a mixture-only model takes no stems.")
+        return {}
     reference, spec = run.reference("partial")
     (ref_mix,) = reference_statistics(
         reference, spec, run.embedder, [None], ["mix"], run.cache_dir, run.progress
@@ -527,10 +592,12 @@ def evaluate(
         "stem_names": names,
         "sample_rate": sr,
         "pipeline": manifest["pipeline"],
+        "mixture_only": bool(manifest.get("mixture_only")),
         "data": str(Path(data_root).resolve()),
     }
     log("Protocol: " + json.dumps(protocol, indent=1))
-    run = _Run(Path(data_root), out_dir, embedder, config, cache_dir, progress, log, pipeline, names, sr)
+    run = _Run(Path(data_root), out_dir, embedder, config, cache_dir, progress, log, pipeline, names, sr,
+               bool(manifest.get("mixture_only")))
     result = EvaluationResult(protocol=protocol)
     if "floor" in config.tasks:
         result.floor = evaluate_floor(run)

@@ -51,7 +51,10 @@ def markdown(results: dict) -> str:
             "",
             _table(labels, [[_fmt(total["fad"][k]) for k in labels]]),
         ]
-        coherence = total["coherence"]
+        coherence = total.get("coherence") or {}
+        if total.get("note"):
+            out += ["", f"({total['note']}.)"]
+    if total and coherence:
         out += [
             "",
             "## Coherence (total generation)",
@@ -178,7 +181,8 @@ def bar_charts(results: dict, out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 3.5))
         width = 0.8 / len(rows)
         for j, (name, fads) in enumerate(rows):
-            ax.bar(np.arange(len(labels)) + j * width, [fads[k] for k in labels], width, label=name)
+            ax.bar(np.arange(len(labels)) + j * width, [fads.get(k, float("nan")) for k in labels], width,
+                   label=name)
         ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, labels)
         ax.set_ylabel("FAD vs test (lower is better)")
         ax.legend(fontsize=8)
@@ -189,6 +193,7 @@ def bar_charts(results: dict, out_dir: Path) -> list[Path]:
         ax.set_ylabel("FAD (lower is better)")
         ax.set_title("Total generation")
         save(fig, "fad_total.png")
+    if total and total.get("coherence"):
         fig, axes = plt.subplots(1, 4, figsize=(13, 3.5))
         for ax, metric, title in zip(
             axes,
@@ -225,3 +230,131 @@ def write_report(results: dict, out_dir: str | Path) -> list[Path]:
     json_path.write_text(json.dumps(results, indent=1, allow_nan=True))
     md_path.write_text(markdown(results))
     return [json_path, md_path, *bar_charts(results, out_dir)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Several models on one protocol (mslddm compare)
+# ----------------------------------------------------------------------------------------------------------------
+def _comparison_rows(comparison: dict) -> tuple[list[str], list[tuple[str, str, dict, float | None]]]:
+    """Stem labels and ``(row name, kind, FAD per part, sub-FAD overall)``: the floor once, each model's VAE
+    reconstruction and generation."""
+    models = comparison["models"]
+    labels = [*comparison["protocol"]["stem_names"], "mix"]
+    rows, floor = [], None
+    for model in models.values():
+        floor = floor or (model["results"].get("floor") or {}).get("fad")
+    if floor:
+        rows.append(("real training chunks (floor)", "data", floor, None))
+    for name, model in models.items():
+        res = model["results"]
+        if (res.get("reconstruction") or {}).get("fad"):
+            rows.append((f"{name}: VAE reconstruction", model["kind"], res["reconstruction"]["fad"], None))
+        if (res.get("total") or {}).get("fad"):
+            rows.append((name, model["kind"], res["total"]["fad"], (res.get("partial") or {}).get("overall")))
+    return labels, rows
+
+
+def comparison_markdown(comparison: dict) -> str:
+    """The comparison as Markdown: FAD per stem and mix (floor, reconstructions, generations), sub-FAD per subset,
+    coherence and empty-stem rate, size and speed."""
+    p, models = comparison["protocol"], comparison["models"]
+    steps = "the sampler's own" if p.get("num_inference_steps") is None else p["num_inference_steps"]
+    churn = "the sampler's own" if p.get("s_churn") is None else p["s_churn"]
+    out = ["# Model comparison", "",
+           f"Data `{p['data']}` (split `{p['split']}`), embedder `{p['embedder']['embedder']}` "
+           f"({p['embedder'].get('model', '')}, weights sha256 {p['embedder']['weights_sha256'][:12]}); "
+           f"{p['num_clips']} clips of {p['clip_seconds']} s for total generation, {p['num_chunks']} chunks with "
+           f"every stem for partial generation; sampler {p['sampler']}, steps {steps}, churn "
+           f"{churn}, seed {p['seed']}. "
+           "Every model on the same chunks and seeds.", ""]
+    labels, rows = _comparison_rows(comparison)
+    floor = next((f.get("mix") for name, kind, f, _ in rows if kind == "data"), None)
+    table = [[name, kind] + [_fmt(f.get(k)) for k in labels]
+             + [_fmt(f["mix"] / floor) if floor and f.get("mix") is not None else "n/a", _fmt(sub)]
+             for name, kind, f, sub in rows]
+    out += ["## FAD against the test chunks (lower is better)", "",
+            "Per stem and on the mix for total generation; a mixture-only model (MixLDM) has a mix only. "
+            "sub-FAD overall: the mean over the partial-generation subsets (models that take stems).", "",
+            _table(["audio", "model"] + labels + ["mix / floor", "sub-FAD overall"], table)]
+    subsets = []
+    for model in models.values():
+        for label in (model["results"].get("partial") or {}).get("sub_fad", {}):
+            if label not in subsets:
+                subsets.append(label)
+    if subsets:
+        sub_rows = [[name] + [_fmt((m["results"].get("partial") or {}).get("sub_fad", {}).get(s)) for s in subsets]
+                    + [_fmt((m["results"].get("partial") or {}).get("overall"))]
+                    for name, m in models.items()]
+        out += ["", "## Partial generation: sub-FAD per generated subset (lower is better)", "",
+                "The subset's stems generated, the other stems given (real), their mix scored against the real "
+                "mixes; n/a: the model cannot take stems.", "", _table(["model"] + subsets + ["overall"], sub_rows)]
+    coherence_rows, real = [], None
+    for name, model in models.items():
+        block = (model["results"].get("total") or {}).get("coherence") or {}
+        if block.get("generated"):
+            g = block["generated"]
+            coherence_rows.append([name] + [_fmt(g.get(f"{m}_mean")) for m in
+                                            ("rhythm", "harmony", "silence_rate", "similarity")])
+            real = real or block
+    if coherence_rows:
+        for key, title in (("reference", "real (aligned stems)"), ("reference_shuffled", "real, shuffled (chance)")):
+            if real.get(key):
+                coherence_rows.append([title] + [_fmt(real[key].get(f"{m}_mean")) for m in
+                                                 ("rhythm", "harmony", "silence_rate", "similarity")])
+        out += ["", "## Coherence of total generation", "",
+                "Rhythm: onset correlation with the drums; harmony: chroma cosine with the bass (closer to the real "
+                "aligned stems is better; the shuffled row is chance); empty-stem rate: share of generated stems "
+                "under the silence level; similarity: spectrogram cosine between stems.", "",
+                _table(["model", "rhythm", "harmony", "empty-stem rate", "stem similarity"], coherence_rows)]
+    size_rows = []
+    for name, m in models.items():
+        t = m.get("timing") or {}
+        speed = (f"{m['seconds_per_song']:.2f} ({t.get('threads')} threads, {t.get('device')})"
+                 if m.get("seconds_per_song") is not None else "n/a")
+        size_rows.append([name, m["kind"], f"{m['parameters']['vae']:,}", f"{m['parameters']['unet']:,}",
+                          f"{m['parameters']['total']:,}", speed])
+    song = next((m["timing"]["song_seconds"] for m in models.values() if m.get("timing")), None)
+    out += ["", "## Size and speed", "",
+            _table(["model", "kind", "VAE parameters", "UNet parameters", "total",
+                    f"seconds per {song:g}-s song" if song else "seconds per song"], size_rows)]
+    return "\n".join(out) + "\n"
+
+
+def comparison_chart(comparison: dict, path: Path) -> Path | None:
+    """Grouped bars: FAD per stem and mix, and sub-FAD overall, one colour per model (and the floor)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import numpy as np
+    except ImportError:
+        return None
+    labels, rows = _comparison_rows(comparison)
+    rows = [r for r in rows if not r[0].endswith("VAE reconstruction")]
+    categories = labels + ["sub-FAD"]
+    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(categories) + 2), 3.8))
+    width = 0.8 / max(1, len(rows))
+    for j, (name, _, fads, sub) in enumerate(rows):
+        values = [fads.get(k) for k in labels] + [sub]
+        values = [float("nan") if v is None else v for v in values]
+        ax.bar(np.arange(len(categories)) + j * width, values, width, label=name,
+               color="lightgray" if j == 0 and "floor" in name else None)
+    ax.set_xticks(np.arange(len(categories)) + 0.4 - width / 2, categories)
+    ax.set_ylabel("FAD vs test (lower is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_comparison(comparison: dict, out_dir: str | Path) -> list[Path]:
+    """Write ``comparison.json``, ``comparison.md`` and ``comparison.png`` into ``out_dir``; returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "comparison.json", out_dir / "comparison.md"
+    json_path.write_text(json.dumps(comparison, indent=1, allow_nan=True))
+    md_path.write_text(comparison_markdown(comparison))
+    chart = comparison_chart(comparison, out_dir / "comparison.png")
+    return [json_path, md_path] + ([chart] if chart else [])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import tempfile
@@ -19,6 +21,7 @@ from ..audio import AudioLike
 from ..hub import PipelineLoadError, model_card, push_folder_to_hub, resolve_pretrained_path
 from ..models.autoencoder_source import SourceVAE
 from ..models.autoencoder_spectral import SpectralSourceVAE
+from ..models.unet_1d_independent import IndependentSourceUNet1DModel
 from ..models.unet_1d_multisource import MultiSourceUNet1DModel
 from ..schedulers.scheduling_edm import EDMScheduler
 from ..stems import DEFAULT_STEMS, load_stem
@@ -61,7 +64,9 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
     Args:
         vae: the VAE shared by all stems: the paper's DAC-style :class:`SourceVAE` or the frame-rate
             :class:`SpectralSourceVAE` (any class with their interface).
-        unet: the :class:`MultiSourceUNet1DModel` with ``in_channels = len(stem_names) * vae latent_channels``.
+        unet: the :class:`MultiSourceUNet1DModel` with ``in_channels = len(stem_names) * vae latent_channels``
+            (MSLDM), or an :class:`~mslddm.IndependentSourceUNet1DModel` (one UNet per stem: the ISLDM baseline,
+            whose stems are generated independently of each other).
         scheduler: the :class:`EDMScheduler`.
         stem_names: names of the stems, any number (default: the paper's bass, drums, guitar, piano).
         sample_rate: audio sample rate (default: the VAE's).
@@ -73,7 +78,7 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
     def __init__(
         self,
         vae: Union[SourceVAE, SpectralSourceVAE],
-        unet: MultiSourceUNet1DModel,
+        unet: Union[MultiSourceUNet1DModel, IndependentSourceUNet1DModel],
         scheduler: EDMScheduler,
         stem_names: Optional[Sequence[str]] = None,
         sample_rate: Optional[int] = None,
@@ -104,15 +109,29 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
     def latent_channels(self) -> int:
         return int(self.vae.config.latent_channels)
 
+    @property
+    def model_kind(self) -> str:
+        """``"msldm"`` (one UNet over all stems) or ``"isldm"`` (independent per-stem UNets, the baseline)."""
+        return "isldm" if type(self.unet).__name__ == "IndependentSourceUNet1DModel" else "msldm"
+
+    @property
+    def generates_stems(self) -> bool:
+        """Whether the pipeline generates separate stems (False for the MixLDM baseline: mixtures only)."""
+        return True
+
     # ----------------------------------------------------------------------------------------------------------
     # Loading and saving
     # ----------------------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs):
-        """Loads a pipeline from a local folder or a Hub repo id (``owner/name``)."""
+        """Loads a pipeline from a local folder or a Hub repo id (``owner/name``). A folder saved by a subclass
+        (the MixLDM baseline's :class:`~mslddm.MixtureLatentPipeline`) loads as that class."""
         hub_kwargs = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "force_download") if k in kwargs}
         local_only = kwargs.get("local_files_only")
         folder = resolve_pretrained_path(pretrained_model_name_or_path, local_files_only=local_only, **hub_kwargs)
+        saved_as = _saved_class(folder)
+        if saved_as is not None and saved_as is not cls and issubclass(saved_as, cls):
+            return saved_as.from_pretrained(folder, **kwargs)
         cls._check_component_classes(folder)
         try:
             pipe = super().from_pretrained(folder, **kwargs)
@@ -134,11 +153,11 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
         """Every slot of ``model_index.json`` names a class this pipeline can use, before any weight is read."""
         import json
 
-        from ..models import VAE_CLASSES
+        from ..models import UNET_CLASSES, VAE_CLASSES
 
         expected = {"vae": {("mslddm.models.autoencoder_source", "SourceVAE"),
                             *((module, name) for name, module in VAE_CLASSES.items())},
-                    "unet": {("mslddm.models.unet_1d_multisource", "MultiSourceUNet1DModel")},
+                    "unet": {(module, name) for name, module in UNET_CLASSES.items()},
                     "scheduler": {("mslddm.schedulers.scheduling_edm", "EDMScheduler")}}
         index = json.loads((Path(folder) / "model_index.json").read_text())
         for slot, allowed in expected.items():
@@ -163,7 +182,8 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
         parameters = {name: sum(p.numel() for p in getattr(self, name).parameters()) for name in ("vae", "unet")}
         return model_card(
             repo_id=repo_id,
-            stem_names=self.stem_names,
+            kind=self.model_kind,
+            stem_names=getattr(self, "mixture_of", None) or self.stem_names,
             sample_rate=self.sample_rate,
             parameters=parameters,
             extra_sections=extra_sections,
@@ -530,9 +550,30 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
             result = callback(self, offset + info["i"], timesteps[info["i"]], {n: tensors[n] for n in tensor_inputs})
             return (result or {}).get("latents")
 
-        x = self.scheduler.sample(self.scheduler.denoiser(self.unet), x, generator=generator, impute=impute,
-                                  callback=on_evaluation)
+        only_sources = getattr(self.unet, "only_sources", None)  # ISLDM: stems known throughout need no model
+        active = None
+        if only_sources is not None and known is not None:
+            k = len(self.stem_names)
+            active = [not bool(m) for m in mask.reshape(mask.shape[0], k, -1).all(-1).all(0)]
+        context = only_sources(active) if only_sources is not None else contextlib.nullcontext()
+        with context:
+            x = self.scheduler.sample(self.scheduler.denoiser(self.unet), x, generator=generator, impute=impute,
+                                      callback=on_evaluation)
         return x if known is None else torch.where(mask, known, x)
+
+
+def _saved_class(folder) -> Optional[type]:
+    """The mslddm pipeline class named by ``folder/model_index.json`` (None if it names none of them)."""
+    index = Path(folder) / "model_index.json"
+    try:
+        name = json.loads(index.read_text()).get("_class_name")
+    except (OSError, ValueError):
+        return None
+    if name == "MixtureLatentPipeline":
+        from .pipeline_mixture_latent import MixtureLatentPipeline
+
+        return MixtureLatentPipeline
+    return MultiSourceLatentPipeline if name == "MultiSourceLatentPipeline" else None
 
 
 def _fit(audio: np.ndarray, length: int) -> np.ndarray:

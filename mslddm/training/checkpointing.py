@@ -202,7 +202,7 @@ def model_card_sections(state: dict, weights: str) -> dict[str, str]:
         lines.append(f"- SourceVAE training steps: {vae.get('step')}.")
     for title, recipe, section in (("Diffusion", state.get("recipe"), "msldm"), ("SourceVAE", vae.get("recipe"), "vae")):
         if recipe:
-            shown = {k: recipe[k] for k in ("name", "preset", "seed", "data", section) if k in recipe}
+            shown = {k: recipe[k] for k in ("name", "model", "preset", "seed", "data", section) if k in recipe}
             lines.append(f"- {title} recipe `{recipe.get('name')}` (with its overrides):\n\n```yaml\n"
                          f"{yaml.safe_dump(shown, sort_keys=False, default_flow_style=None).strip()}\n```")
     sections["Training"] = "\n".join(lines)
@@ -224,8 +224,8 @@ def export_pipeline(checkpoint, out, ema: bool = True, dtype: Optional[str] = No
     ``unet/``), with a model card from its ``training_state.json``; optionally uploads it. Returns the pipeline."""
     import torch
 
-    from mslddm import EDMScheduler, MultiSourceLatentPipeline, MultiSourceUNet1DModel
-    from mslddm.models import load_vae_folder
+    from mslddm import EDMScheduler, MixtureLatentPipeline, MultiSourceLatentPipeline
+    from mslddm.models import load_unet_folder, load_vae_folder
 
     checkpoint = Path(checkpoint)
     state = read_state(checkpoint)
@@ -235,12 +235,13 @@ def export_pipeline(checkpoint, out, ema: bool = True, dtype: Optional[str] = No
     unet_dir = checkpoint / ("unet_ema" if ema and (checkpoint / "unet_ema").is_dir() else "unet")
     weights = "EMA of the UNet weights" if unet_dir.name == "unet_ema" else "raw (non-EMA) UNet weights"
     weights_dtype = getattr(torch, dtype) if dtype else None
-    pipe = MultiSourceLatentPipeline(
-        vae=load_vae_folder(checkpoint / "vae", dtype=weights_dtype),
-        unet=MultiSourceUNet1DModel.from_pretrained(unet_dir, dtype=weights_dtype),
-        scheduler=EDMScheduler.from_pretrained(checkpoint / "scheduler"),
-        stem_names=state["stem_names"],
-    )
+    components = dict(vae=load_vae_folder(checkpoint / "vae", dtype=weights_dtype),
+                      unet=load_unet_folder(unet_dir, dtype=weights_dtype),
+                      scheduler=EDMScheduler.from_pretrained(checkpoint / "scheduler"))
+    if state.get("kind") == "mixldm":  # the MixLDM baseline: mixtures only
+        pipe = MixtureLatentPipeline(**components, mixture_of=state.get("mixture_of"))
+    else:
+        pipe = MultiSourceLatentPipeline(**components, stem_names=state["stem_names"])
     if description:
         state = {**state, "description": description}
     sections = model_card_sections(state, weights)

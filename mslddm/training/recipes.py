@@ -49,9 +49,21 @@ def apply_overrides(recipe: dict, overrides: Iterable[str]) -> dict:
     return recipe
 
 
-def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = ()) -> dict:
-    """Reads a recipe and applies overrides; records where it came from under ``recipe["name"]``."""
+def merge(base: dict, update: dict) -> dict:
+    """``base`` with ``update`` laid over it, section by section (a value in ``update`` wins; dicts merge)."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = (), _seen: tuple = ()) -> dict:
+    """Reads a recipe and applies overrides; records where it came from under ``recipe["name"]``. A recipe with
+    ``base: OTHER`` is OTHER's recipe (a name or a path relative to this file) with this one's values laid over it,
+    so that a baseline's recipe says only how it differs."""
     path = recipe_path(name_or_path)
+    if path.resolve() in _seen:
+        raise ValueError(f"Recipe {path} inherits from itself through 'base'.")
     text = path.read_text()
     if path.suffix == ".json":
         recipe = json.loads(text)
@@ -61,5 +73,11 @@ def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = ()) -> dict
         recipe = yaml.safe_load(text)
     if not isinstance(recipe, dict):
         raise ValueError(f"Recipe {path} must hold a mapping, got {type(recipe).__name__}.")
+    if recipe.get("base"):
+        base = recipe.pop("base")
+        local = path.parent / str(base)
+        parent = load_recipe(local if local.is_file() else base, (), _seen + (path.resolve(),))
+        parent.pop("name", None)
+        recipe = merge(parent, recipe)
     recipe.setdefault("name", path.stem)
     return apply_overrides(recipe, overrides)
