@@ -103,6 +103,11 @@ def main(argv=None) -> int:
         print(f"Could not load the pipeline {args.pipeline!r}: {error}\nPass --pipeline with a pipeline folder "
               "(e.g. one written by save_pretrained) or a Hub repo id.", file=sys.stderr)
         return 2
+    if not getattr(pipe, "generates_stems", True):
+        print(f"{args.pipeline!r} is a MixLDM pipeline (mixtures only, the paper's baseline): the page mixes and "
+              "downloads stems, so it needs an MSLDM or ISLDM pipeline. Generate its mixtures with `mslddm "
+              "generate --pipeline ...`.", file=sys.stderr)
+        return 2
     pipe.set_progress_bar_config(disable=True)
     limits = Limits(max_duration_s=args.max_duration, max_upload_s=args.max_upload, max_song_s=args.max_song,
                     max_steps=args.max_steps,

@@ -222,3 +222,87 @@ def test_encode_latents_mix_writes_one_mixture_source(tmp_path):
     first = sorted((tmp_path / "lat" / "train").glob("*.safetensors"))[0]
     with safe_open(str(first), framework="pt") as f:
         assert f.get_tensor("latents").shape[:2] == (1, len(STEMS) * LATENT)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line and page
+# ---------------------------------------------------------------------------------------------------------------
+def test_generate_cli_writes_a_mix_only_for_mixldm_and_refuses_stems(tmp_path, capsys):
+    from mslddm.cli import main
+
+    mixldm_pipeline().save_pretrained(tmp_path / "mixldm")
+    assert main(["generate", "--pipeline", str(tmp_path / "mixldm"), "--duration", "0.5", "--steps", "2",
+                 "--num-samples", "2", "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    folders = sorted((tmp_path / "out").iterdir())
+    assert [sorted(p.name for p in f.iterdir()) for f in folders] == [["mix.wav", "settings.json"]] * 2
+    settings = json.loads((folders[0] / "settings.json").read_text())
+    assert settings["mixture_of"] == STEMS and settings["duration_s"] == pytest.approx(0.5, abs=1e-3)
+    with pytest.raises(SystemExit, match="MixLDM pipeline.*--stem, --generate"):
+        main(["generate", "--pipeline", str(tmp_path / "mixldm"), "--stem", f"bass={folders[0] / 'mix.wav'}",
+              "--out", str(tmp_path / "out2"), "--device", "cpu"])
+
+
+def test_the_page_refuses_a_mixture_only_pipeline(tmp_path, capsys):
+    import app
+
+    mixldm_pipeline().save_pretrained(tmp_path / "mixldm")
+    assert app.main(["--pipeline", str(tmp_path / "mixldm"), "--port", "0", "--device", "cpu"]) == 2
+    assert "MixLDM pipeline" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation and comparison
+# ---------------------------------------------------------------------------------------------------------------
+def test_protocol_scores_a_mixture_model_on_the_mix_only(tmp_path):
+    from eval_fixtures import write_dataset
+    from test_eval_protocol import BandEnergyEmbedder
+
+    from mslddm.evaluation.protocol import ProtocolConfig, evaluate
+    from mslddm.evaluation.report import markdown
+
+    data = write_dataset(tmp_path / "data", num_tracks=3, seconds=4.0)
+    config = ProtocolConfig(num_clips=3, num_chunks=2, clip_seconds=2.0, batch_size=2, num_inference_steps=2,
+                            tasks=("reconstruction", "total", "partial"))
+    logs = []
+    result = evaluate(mixldm_pipeline(), data, tmp_path / "eval", BandEnergyEmbedder(), config,
+                      cache_dir=tmp_path / "cache", log=logs.append, pipeline_name="mixldm").to_dict()
+    assert result["protocol"]["mixture_only"] and result["protocol"]["stem_names"] == STEMS
+    assert list(result["total"]["fad"]) == ["mix"] and np.isfinite(result["total"]["fad"]["mix"])
+    assert list(result["reconstruction"]["fad"]) == ["mix"] and result["total"]["coherence"] == {}
+    assert result["partial"] == {} and any("takes no stems" in line for line in logs)
+    assert sorted(p.name for p in (tmp_path / "eval" / "audio" / "total" / "00002").iterdir()) == ["mix.wav"]
+    text = markdown(result)
+    assert "| mix |" in text and "mixture-only model" in text and "Coherence" not in text
+
+
+@pytest.mark.slow
+def test_compare_writes_one_table_and_chart_for_three_kinds_of_model(tmp_path, saved_pipeline):
+    from eval_fixtures import write_dataset
+
+    from mslddm.cli import main
+
+    data = write_dataset(tmp_path / "data", num_tracks=3, seconds=4.0)
+    write_dataset(tmp_path / "data", num_tracks=3, seconds=4.0, split="train")
+    isldm_pipeline().save_pretrained(tmp_path / "isldm")
+    mixldm_pipeline().save_pretrained(tmp_path / "mixldm")
+    args = ["compare", "--pipeline", f"MSLDM={saved_pipeline}", "--pipeline", f"ISLDM={tmp_path / 'isldm'}",
+            "--pipeline", f"MixLDM={tmp_path / 'mixldm'}", "--data", str(data), "--out", str(tmp_path / "cmp"),
+            "--num-clips", "2", "--num-chunks", "2", "--clip-seconds", "2", "--steps", "2", "--subsets", "B,DG",
+            "--timing-seconds", "1", "--timing-runs", "1", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    assert main(args) == 0
+    comparison = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    models = comparison["models"]
+    assert list(models) == ["MSLDM", "ISLDM", "MixLDM"]
+    assert [m["kind"] for m in models.values()] == ["msldm", "isldm", "mixldm"]
+    assert models["ISLDM"]["parameters"]["unet"] > models["MSLDM"]["parameters"]["unet"]
+    assert all(m["seconds_per_song"] > 0 for m in models.values())
+    assert list(models["ISLDM"]["results"]["partial"]["sub_fad"]) == ["B", "DG"]
+    assert models["MixLDM"]["results"]["partial"] == {}
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| real training chunks (floor) | data |" in table and "| MixLDM | mixldm | n/a | n/a |" in table
+    assert "| ISLDM |" in table and "## Coherence of total generation" in table and "## Size and speed" in table
+    assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 1000
+    assert (tmp_path / "cmp" / "ISLDM" / "results.md").is_file()
+    with pytest.raises(SystemExit, match="given twice"):
+        main(["compare", "--pipeline", f"A={saved_pipeline}", "--pipeline", f"A={saved_pipeline}", "--data",
+              str(data), "--out", str(tmp_path / "x")])

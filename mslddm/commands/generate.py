@@ -102,6 +102,42 @@ def run(args) -> int:
         raise SystemExit(str(error)) from None
 
 
+def _run_mixture(pipe, args, seeds, num, device, dtype_name) -> int:
+    """A mixture-only pipeline (MixLDM): one mix.wav and settings.json per sample."""
+    import torch
+
+    from mslddm.audio import common_gain, write_audio
+    from mslddm.stems import MAX_STEM_SECONDS
+
+    max_seconds = MAX_STEM_SECONDS if args.max_stem_seconds is None else args.max_stem_seconds
+    if (args.duration or 0) > max_seconds:
+        raise SystemExit(f"The result would be {args.duration:g} s long; at most {max_seconds:g} s are made "
+                         "(--max-stem-seconds raises the limit).")
+    for start in range(0, num, args.batch_size):
+        batch_seeds = seeds[start:start + args.batch_size]
+        tic = time.perf_counter()
+        result = pipe(audio_length_in_s=args.duration, window_s=args.window, overlap_s=args.overlap,
+                      num_inference_steps=args.steps, sampler=args.sampler, s_churn=args.churn,
+                      num_samples=len(batch_seeds), generator=[torch.Generator().manual_seed(s) for s in batch_seeds])
+        seconds = time.perf_counter() - tic
+        for j, seed in enumerate(batch_seeds):
+            folder = Path(args.out) / f"sample_{start + j:03d}_seed{seed}"
+            mix = result.mixture[j]
+            gain = common_gain(mix)
+            write_audio(folder / "mix.wav", mix * gain, result.sample_rate)
+            settings = {
+                "pipeline": str(args.pipeline), "seed": seed, "mixture_of": result.mixture_of,
+                "sample_rate": result.sample_rate, "duration_s": mix.shape[-1] / result.sample_rate,
+                "steps": result.sampling["num_inference_steps"], "sampler": result.sampling["sampler"],
+                "s_churn": result.sampling["s_churn"], "model_evaluations": result.sampling["model_evaluations"],
+                "windows": result.sampling["windows"], "gain_applied": gain, "device": device, "dtype": dtype_name,
+                "batch_seconds": round(seconds, 3),
+            }
+            (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+            print(f"wrote {folder}")
+    return 0
+
+
 def _run(args) -> int:
     import torch
 
@@ -128,6 +164,13 @@ def _run(args) -> int:
     from mslddm.devices import load_pipeline
 
     pipe, device, dtype_name = load_pipeline(args.pipeline, args.device, args.dtype)
+    if not getattr(pipe, "generates_stems", True):  # the MixLDM baseline: mixtures only
+        if given or generate or args.extend is not None or args.from_result:
+            from mslddm.pipelines.pipeline_mixture_latent import _no_stems_message
+
+            raise SystemExit(_no_stems_message(pipe.mixture_of) + " (--stem, --generate, --extend and "
+                             "--from-result need one.)")
+        return _run_mixture(pipe, args, seeds, num, device, dtype_name)
     unknown = [s for s in list(given) + list(generate or []) if s not in pipe.stem_names]
     if unknown:
         raise SystemExit(f"Unknown stem(s) {unknown}; this pipeline's stems are {pipe.stem_names}.")
