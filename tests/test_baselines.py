@@ -276,7 +276,7 @@ def test_protocol_scores_a_mixture_model_on_the_mix_only(tmp_path):
 
 
 @pytest.mark.slow
-def test_compare_writes_one_table_and_chart_for_three_kinds_of_model(tmp_path, saved_pipeline):
+def test_compare_writes_one_table_and_chart_for_three_kinds_of_model(tmp_path, saved_pipeline, capsys):
     from eval_fixtures import write_dataset
 
     from mslddm.cli import main
@@ -303,6 +303,11 @@ def test_compare_writes_one_table_and_chart_for_three_kinds_of_model(tmp_path, s
     assert "| ISLDM |" in table and "## Coherence of total generation" in table and "## Size and speed" in table
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 1000
     assert (tmp_path / "cmp" / "ISLDM" / "results.md").is_file()
+    capsys.readouterr()
+    assert main(args) == 0  # finished evaluations of the same protocol are reused, not recomputed
+    assert capsys.readouterr().out.count("results.json of the same protocol found; reused") == 3
+    assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["models"]["ISLDM"]["results"] == models[
+        "ISLDM"]["results"]
     with pytest.raises(SystemExit, match="given twice"):
         main(["compare", "--pipeline", f"A={saved_pipeline}", "--pipeline", f"A={saved_pipeline}", "--data",
               str(data), "--out", str(tmp_path / "x")])

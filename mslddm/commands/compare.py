@@ -1,7 +1,8 @@
 """Evaluate several pipelines on one protocol (the MSLDM paper's model comparison: MSLDM against the ISLDM and MixLDM
 baselines) and write one table and one bar chart: FAD per stem and on the mix, sub-FAD per subset where a model can
 do partial generation, the coherence metrics, the empty-stem rate, parameters and time per song. Each pipeline's own
-evaluation (results.md, charts, generated audio) goes to OUT/NAME and resumes like `mslddm evaluate`.
+evaluation (results.md, charts, generated audio) goes to OUT/NAME and resumes like `mslddm evaluate`; a finished
+one (OUT/NAME/results.json of the same protocol, e.g. from `mslddm evaluate --out OUT/NAME`) is reused.
 See docs/baselines.md."""
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def run(args) -> int:
     models = {}
     for name, path in named.items():
         print(f"== {name}: {path}")
-        results = evaluate_one(args, path, out / name)
+        results = evaluate_one(args, path, out / name, reuse=True)
         write_report(results, out / name)
         from mslddm import MultiSourceLatentPipeline
         from mslddm.devices import resolve_device

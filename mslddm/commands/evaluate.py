@@ -160,8 +160,24 @@ def check_protocol_arguments(args):
     return tasks
 
 
-def evaluate_one(args, pipeline: str, out) -> dict:
-    """Runs the protocol of ``args`` on one pipeline (folder, Hub id or 'none') into ``out``; returns the results."""
+def _stored_results(out, protocol: dict) -> dict | None:
+    """``out/results.json`` when it was made with exactly ``protocol`` (the settings, embedder, data, pipeline)."""
+    import json
+
+    path = Path(out) / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except ValueError:
+        return None
+    found = stored.get("protocol", {})
+    return stored if all(found.get(k) == v for k, v in protocol.items()) else None
+
+
+def evaluate_one(args, pipeline: str, out, reuse: bool = False) -> dict:
+    """Runs the protocol of ``args`` on one pipeline (folder, Hub id or 'none') into ``out``; returns the results.
+    With ``reuse``, a ``results.json`` already in ``out`` from the same protocol is returned as it is."""
     import torch
     from tqdm.auto import tqdm
 
@@ -179,6 +195,15 @@ def evaluate_one(args, pipeline: str, out) -> dict:
         embedder = get_embedder(args.embedder, weights=args.embedder_weights, device=device)
     except (ValueError, ImportError, FileNotFoundError) as error:
         raise SystemExit(f"--embedder {args.embedder}: {error}") from None
+    if reuse:
+        import json
+
+        wanted = json.loads(json.dumps({**config.describe(), "embedder": embedder.identity(),
+                                        "data": str(Path(args.data).resolve()), "pipeline": str(pipeline)}))
+        stored = _stored_results(out, wanted)
+        if stored is not None:
+            print(f"{out}: results.json of the same protocol found; reused (delete it to evaluate again).")
+            return stored
 
     def load_pipeline():
         from mslddm import MultiSourceLatentPipeline
