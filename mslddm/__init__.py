@@ -18,6 +18,7 @@ _EXPORTS = {
     "MultiSourceLatentPipeline": "mslddm.pipelines.pipeline_multisource_latent",
     "MultiSourceAudioPipelineOutput": "mslddm.pipelines.pipeline_multisource_latent",
     "MixtureLatentPipeline": "mslddm.pipelines.pipeline_mixture_latent",
+    "MultiSourceDiffusionPipeline": "mslddm.pipelines.pipeline_multisource_diffusion",
     "MixtureAudioPipelineOutput": "mslddm.pipelines.pipeline_mixture_latent",
 }
 

@@ -79,6 +79,14 @@ SourceVAE class trained on mixes, with stems x C latent channels) encodes the wh
 latent (`MixtureLatentPipeline`). It generates **mixtures only**: no stems, no partial generation. It is here to be
 compared with MSLDM (docs/baselines.md). Trained on mixes of **{stems}**, {sample_rate} Hz mono.""",
         tags=["baseline", "mixldm"]),
+    "msdm": dict(
+        title="MSDM pipeline ({stems})",
+        intro="""A [mslddm](https://github.com/mslddm/mslddm) pipeline of **MSDM** (multi-source diffusion on waveforms,
+Mariani et al.; the MSLDM paper's main baseline): one UNet models the stems' raw audio jointly with EDM
+diffusion (`MultiSourceDiffusionPipeline`, no autoencoder). It generates all stems (total generation), the
+missing ones around given ones (partial generation), and **separates** a mixture into stems that sum to it
+(`pipe.separate(mixture)`, `mslddm separate`). Stems: **{stems}**, {sample_rate} Hz mono.""",
+        tags=["multi-source", "msdm", "source-separation"]),
 }
 
 
@@ -111,7 +119,16 @@ def model_card(
     params = "\n".join(f"| {name} | {count:,} |" for name, count in parameters.items())
     stems = ", ".join(stem_names)
     sections = "".join(f"\n## {title}\n\n{body.strip()}\n" for title, body in (extra_sections or {}).items())
-    if kind == "mixldm":
+    if kind == "msdm":
+        cli = (f"mslddm generate --pipeline {repo} --duration 12 --out outputs/\n"
+               f"mslddm separate my_mix.wav --pipeline {repo} --out separated/")
+        usage = f"""from mslddm import MultiSourceLatentPipeline
+
+pipe = MultiSourceLatentPipeline.from_pretrained("{repo}")  # loads as MultiSourceDiffusionPipeline
+out = pipe(audio_length_in_s=12.0)                        # total generation
+out = pipe(stems={{"{stem_names[0]}": "my_{stem_names[0]}.wav"}})   # partial generation
+sep = pipe.separate("my_mix.wav")                          # sep.stems (1, {len(stem_names)}, samples) sums to sep.mixture"""
+    elif kind == "mixldm":
         cli = f"mslddm generate --pipeline {repo} --duration 12 --out outputs/   # writes mix.wav"
         usage = f"""from mslddm import MultiSourceLatentPipeline
 

@@ -1,7 +1,8 @@
 """Named model sizes: ``tiny`` (tests, CI smoke training), ``small`` (CPU-friendly default pipeline),
 ``msldm`` and ``msldm-large`` (the paper's). Each preset gives the VAE class (``vae_class``, default the paper's
 DAC-style ``SourceVAE``), the VAE and UNet constructor arguments; the UNet's ``in_channels`` follows from the
-number of stems and the VAE's latent channels."""
+number of stems and the VAE's latent channels. ``waveform_unet`` is the size's UNet for MSDM on the stems'
+waveforms (``in_channels`` = the number of stems): under ``msldm``, MSDM's own (405,497,700 parameters)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ PRESETS = {
         "unet": dict(channels=32, patch_factor=4, multipliers=(1, 2, 2, 1), factors=(2, 2, 2),
                      num_blocks=(1, 1, 1), attentions=(False, False, True), attention_heads=2,
                      attention_features=16, resnet_groups=8),
+        "waveform_unet": dict(channels=32, patch_factor=8, multipliers=(1, 2, 2, 2), factors=(4, 4, 2),
+                              num_blocks=(1, 1, 1), attentions=(False, False, True), attention_heads=2,
+                              attention_features=16, resnet_groups=8),
     },
     # small: the bundled pipeline's size. The frame-rate SpectralSourceVAE (STFT + ConvNeXt encoder, ConvNeXt +
     # iSTFT decoder, latent 64, 5.7M parameters): every layer runs at 69 frames/s, so on 2 CPU cores a training step
@@ -25,6 +29,10 @@ PRESETS = {
         "unet": dict(channels=128, patch_factor=8, multipliers=(1, 2, 2, 1, 1), factors=(1, 2, 1, 2),
                      num_blocks=(2, 2, 2, 2), attentions=(False, True, True, True), attention_heads=4,
                      attention_features=32, resnet_groups=8, mapping_features=256),
+        # MSDM at CPU size: the paper's level structure at a quarter of the width, four levels (stride 2048).
+        "waveform_unet": dict(channels=64, patch_factor=16, multipliers=(1, 2, 4, 4, 4), factors=(4, 4, 4, 2),
+                              num_blocks=(2, 2, 2, 2), attentions=(False, False, True, True), attention_heads=4,
+                              attention_features=32, resnet_groups=8, mapping_features=256),
     },
     # small-dac: the same UNet on the DAC-style SourceVAE at CPU size (decoder_dim 128: 256 took 3.5-7 s to decode
     # 12 s of 4 stems on 2 cores), 1.5M parameters: the interim bundled pipeline's, kept for the comparison.
@@ -42,6 +50,11 @@ PRESETS = {
                      factors=[1, 1, 2, 1, 1, 2], num_blocks=[2, 2, 2, 2, 2, 4],
                      attentions=[False, True, True, True, True, True], attention_heads=12, attention_features=64,
                      attention_multiplier=2),
+        # MSDM (UPSTREAM.md): 405,497,700 parameters on 4 waveform channels.
+        "waveform_unet": dict(channels=256, patch_factor=16, patch_blocks=1, multipliers=[1, 2, 4, 4, 4, 4, 4],
+                              factors=[4, 4, 4, 2, 2, 2], num_blocks=[2, 2, 2, 2, 2, 2],
+                              attentions=[False, False, False, True, True, True], attention_heads=8,
+                              attention_features=128, attention_multiplier=2),
     },
     "msldm-large": {
         "vae": {},

@@ -5,8 +5,9 @@ SourceVAE latents (pre-encoded with `mslddm encode-latents`, or encoded on the f
     accelerate launch train/train_msldm.py ... --resume_from_checkpoint latest
 
 The recipe's ``model`` picks what is trained (docs/baselines.md): ``msldm`` (default; one UNet over all stems),
-``isldm`` (the paper's baseline of independent per-stem UNets, one IndependentSourceUNet1DModel) or ``mixldm``
-(the baseline of one UNet on the latent of the mix: a MixtureVAE and `encode-latents --mix` latents).
+``isldm`` (the paper's baseline of independent per-stem UNets, one IndependentSourceUNet1DModel), ``mixldm``
+(the baseline of one UNet on the latent of the mix: a MixtureVAE and `encode-latents --mix` latents) or ``msdm``
+(MSDM: the UNet on the stems' waveforms, no VAE; ``segment_frames`` are then samples; docs/msdm.md).
 
 Writes ``OUTPUT/checkpoint-N`` (resumable; ``vae/``, ``unet/``, ``unet_ema/``, ``scheduler/`` inside) and, at the
 end, the complete pipeline folder ``OUTPUT/pipeline`` (EMA weights) with a model card.
@@ -24,6 +25,7 @@ from mslddm import (EDMScheduler, IndependentSourceUNet1DModel, MixtureLatentPip
 from mslddm.data.datasets import LatentSegmentDataset, MultiSourceSegmentDataset, load_tracks, validation_segments
 from mslddm.data.latents import load_vae
 from mslddm.models import load_unet_folder
+from mslddm.pipelines.pipeline_multisource_diffusion import MultiSourceDiffusionPipeline, WaveformCodec
 from mslddm.presets import PRESETS
 from mslddm.schedulers.scheduling_edm import sample_training_sigmas
 from mslddm.stems import DEFAULT_STEMS
@@ -34,7 +36,7 @@ from mslddm.training.runner import (clip_grad, common_arguments, load_run_recipe
                                     TimeBudget, check_storage, run_main, write_data_report)
 from mslddm.training.seeding import step_dataloader, step_generator
 
-MODELS = ("msldm", "isldm", "mixldm")
+MODELS = ("msldm", "isldm", "mixldm", "msdm")
 
 
 def training_data(recipe: dict, cfg: dict, vae, split: str, random_offsets: bool, seed: int):
@@ -60,9 +62,12 @@ def training_data(recipe: dict, cfg: dict, vae, split: str, random_offsets: bool
 
 @torch.no_grad()
 def to_latents(batch: torch.Tensor, vae, frames: int) -> torch.Tensor:
-    """``(B, K, C, F)`` latents -> ``(B, K C, F)``; ``(B, K, T)`` audio -> posterior means ``(B, K C, F)``."""
+    """``(B, K, C, F)`` latents -> ``(B, K C, F)``; ``(B, K, T)`` audio -> posterior means ``(B, K C, F)`` (a
+    waveform model's audio is its own latent)."""
     if batch.ndim == 4:
         return batch.flatten(1, 2)
+    if isinstance(vae, WaveformCodec):
+        return batch[..., :frames].float()
     b, k, t = batch.shape
     means = vae.encode(batch.reshape(b * k, 1, t).to(vae.dtype)).latent_dist.mean.float()[..., :frames]
     return means.reshape(b, k * means.shape[1], frames)
@@ -82,7 +87,8 @@ def measure_sigma_data(cfg: dict, train_set, vae, frames: int, items: int = 64) 
 
 
 @torch.no_grad()
-def validation_loss(unet, latents: torch.Tensor, sigma_data: float, seed: int, sigmas=(0.05, 0.2, 0.5, 1.0, 2.0)):
+def validation_loss(unet, latents: torch.Tensor, sigma_data: float, seed: int, sigmas=(0.05, 0.2, 0.5, 1.0, 2.0),
+                    clip=None):
     """EDM loss of fixed latents at fixed sigmas with fixed noise: comparable across steps and runs."""
     gen = step_generator(seed, 0, 0, "validation")
     total = 0.0
@@ -90,7 +96,7 @@ def validation_loss(unet, latents: torch.Tensor, sigma_data: float, seed: int, s
         sigma = torch.full((latents.shape[0],), float(s))
         noise = torch.randn(latents.shape, generator=gen)
         denoised = losses.edm_denoise(unet, (latents + s * noise).to(unet.device, unet.dtype),
-                                      sigma.to(unet.device), sigma_data)
+                                      sigma.to(unet.device), sigma_data, clip=clip)
         total += float(losses.edm_training_loss(denoised, latents.to(denoised.device), sigma.to(unet.device),
                                                 sigma_data))
     return total / len(sigmas)
@@ -100,7 +106,8 @@ def validation_loss(unet, latents: torch.Tensor, sigma_data: float, seed: int, s
 def validate(pipe: MultiSourceLatentPipeline, latents: torch.Tensor, cfg: dict, seed: int, writer, step: int):
     """Validation loss, and a total and a partial generation (first stem given) logged as audio."""
     pipe.unet.eval()
-    metrics = {"loss": validation_loss(pipe.unet, latents, pipe.scheduler.config.sigma_data, seed)}
+    metrics = {"loss": validation_loss(pipe.unet, latents, pipe.scheduler.config.sigma_data, seed,
+                                       clip=pipe.scheduler.config.clip_denoised)}
     names, sr, seconds = pipe.stem_names, pipe.sample_rate, float(cfg.get("validation_seconds", 12.0))
     steps = cfg.get("validation_steps")  # None: the sampler's default (the scheduler's table)
     kwargs = dict(audio_length_in_s=seconds, num_inference_steps=None if steps is None else int(steps),
@@ -134,14 +141,20 @@ def main(argv=None):
     seed, max_steps, batch_size = int(recipe.get("seed", 0)), int(cfg["max_steps"]), int(cfg["batch_size"])
     logger.info("%d process(es) (%s), batch %d per process", accelerator.num_processes,
                 accelerator.distributed_type, batch_size)
-    if not cfg.get("vae") and args.init_from:
+    if not cfg.get("vae") and args.init_from and kind != "msdm":
         cfg["vae"] = args.init_from  # continuing a pipeline: its own VAE, unless another one is named
-    if not cfg.get("vae"):
+    if not cfg.get("vae") and kind != "msdm":
         raise ValueError("The recipe's msldm.vae is not set: pass --set msldm.vae=PATH (a VAE folder such as "
                          "train_vae.py's OUTPUT/vae, or a pipeline folder).")
+    if kind == "msdm" and (cfg.get("vae") or cfg.get("latents")):
+        raise ValueError("model msdm learns the stems' waveforms: it takes no msldm.vae and no msldm.latents.")
 
-    # 1. Frozen VAE, data (stem names and count come from the data), UNet, EMA, optimizer
-    vae = load_vae(str(cfg["vae"])).to(accelerator.device).eval().requires_grad_(False)
+    # 1. Frozen VAE (a waveform model: the identity), data (stem names and count come from the data), UNet, EMA,
+    #    optimizer
+    if kind == "msdm":
+        vae = WaveformCodec(int(recipe["data"].get("sample_rate", 22050)))
+    else:
+        vae = load_vae(str(cfg["vae"])).to(accelerator.device).eval().requires_grad_(False)
     train_set, stem_names, data_info = training_data(recipe, cfg, vae, "train", True, seed)
     val_set, val_stems, val_info = training_data(recipe, cfg, vae, recipe["data"].get("validation_split", "validation"),
                                                  False, seed)
@@ -178,7 +191,8 @@ def main(argv=None):
                              f"{len(stem_names)} stems x {vae.config.latent_channels} latent channels = {in_channels}.")
         logger.info("Initialised the UNet from %s", args.init_from)
     else:
-        unet_kwargs = {**PRESETS[recipe["preset"]]["unet"], **cfg.get("model", {}), "in_channels": in_channels}
+        architecture = PRESETS[recipe["preset"]]["waveform_unet" if kind == "msdm" else "unet"]
+        unet_kwargs = {**architecture, **cfg.get("model", {}), "in_channels": in_channels}
         if kind == "isldm":
             unet_kwargs["num_sources"] = len(stem_names)
         if "window_frames" not in unet_kwargs:
@@ -236,10 +250,10 @@ def main(argv=None):
         accelerator.init_trackers("train_msldm")
         writer = tensorboard(accelerator)
     vae_state = {}
-    vae_state_file = Path(cfg["vae"]) / STATE_FILE
+    vae_state_file = Path(cfg.get("vae") or ".") / STATE_FILE
     if not vae_state_file.is_file():
-        vae_state_file = Path(cfg["vae"]) / "vae" / STATE_FILE
-    if vae_state_file.is_file():
+        vae_state_file = Path(cfg.get("vae") or ".") / "vae" / STATE_FILE
+    if cfg.get("vae") and vae_state_file.is_file():
         import json
 
         vae_state = json.loads(vae_state_file.read_text())
@@ -254,7 +268,10 @@ def main(argv=None):
     def pipeline(use_ema: bool) -> MultiSourceLatentPipeline:
         model = ema_unet() if use_ema and ema is not None else accelerator.unwrap_model(unet)
         scheduler_copy = EDMScheduler.from_config(scheduler.config)
-        if kind == "mixldm":
+        if kind == "msdm":
+            pipe = MultiSourceDiffusionPipeline(unet=model, scheduler=scheduler_copy, stem_names=stem_names,
+                                                sample_rate=vae.config.sampling_rate)
+        elif kind == "mixldm":
             pipe = MixtureLatentPipeline(vae=vae, unet=model, scheduler=scheduler_copy, mixture_of=mixture_of)
         else:
             pipe = MultiSourceLatentPipeline(vae=vae, unet=model, scheduler=scheduler_copy, stem_names=stem_names)
@@ -267,7 +284,8 @@ def main(argv=None):
                 "data": {**data_info, **val_info}, "vae_training": vae_state, "timing": budget.timing(step)}
 
     def save_models(folder: Path):
-        vae.save_pretrained(folder / "vae")
+        if kind != "msdm":
+            vae.save_pretrained(folder / "vae")
         accelerator.unwrap_model(unet).save_pretrained(folder / "unet")
         scheduler.save_pretrained(folder / "scheduler")
         if ema is not None:
@@ -290,7 +308,8 @@ def main(argv=None):
             generator=step_generator(seed, step, rank, "sigma"), device=accelerator.device)
         noise = torch.randn(x0.shape, generator=step_generator(seed, step, rank, "noise")).to(accelerator.device)
         with accelerator.autocast():
-            denoised = losses.edm_denoise(unet, x0 + sigma[:, None, None] * noise, sigma, sigma_data)
+            denoised = losses.edm_denoise(unet, x0 + sigma[:, None, None] * noise, sigma, sigma_data,
+                                          clip=scheduler.config.clip_denoised)
             loss = losses.edm_training_loss(denoised, x0, sigma, sigma_data)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
@@ -314,7 +333,8 @@ def main(argv=None):
                 validation = validate(pipeline(use_ema=True), val_latents, cfg, seed, writer, step)
                 if ema is not None:
                     validation["loss_raw_weights"] = validation_loss(accelerator.unwrap_model(unet), val_latents,
-                                                                     sigma_data, seed)
+                                                                     sigma_data, seed,
+                                                                     clip=scheduler.config.clip_denoised)
                 accelerator.log({f"validation/{k}": v for k, v in validation.items()}, step=step)
                 logger.info("validation at step %d: %s", step, validation)
             accelerator.wait_for_everyone()

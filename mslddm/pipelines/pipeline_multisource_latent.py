@@ -125,7 +125,8 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs):
         """Loads a pipeline from a local folder or a Hub repo id (``owner/name``). A folder saved by a subclass
-        (the MixLDM baseline's :class:`~mslddm.MixtureLatentPipeline`) loads as that class."""
+        (the baselines: :class:`~mslddm.MixtureLatentPipeline`, :class:`~mslddm.MultiSourceDiffusionPipeline`)
+        loads as that class."""
         hub_kwargs = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "force_download") if k in kwargs}
         local_only = kwargs.get("local_files_only")
         folder = resolve_pretrained_path(pretrained_model_name_or_path, local_files_only=local_only, **hub_kwargs)
@@ -139,14 +140,17 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise PipelineLoadError(f"The pipeline {str(pretrained_model_name_or_path)!r} could not be loaded: "
                                     f"{first}") from error
-        for name in ("vae", "unet"):
-            bad = [k for k, v in getattr(pipe, name).state_dict().items() if not torch.isfinite(v).all()]
-            if bad:
-                raise PipelineLoadError(
-                    f"The {name} weights of {str(pretrained_model_name_or_path)!r} hold NaN or infinite values "
-                    f"({len(bad)} tensors, e.g. {bad[0]}): the file is damaged; download or export it again.")
+        pipe._check_loaded_weights(pretrained_model_name_or_path)
         pipe._name_or_path = str(pretrained_model_name_or_path)
         return pipe
+
+    def _check_loaded_weights(self, name_or_path) -> None:
+        for name in ("vae", "unet"):
+            bad = [k for k, v in getattr(self, name).state_dict().items() if not torch.isfinite(v).all()]
+            if bad:
+                raise PipelineLoadError(
+                    f"The {name} weights of {str(name_or_path)!r} hold NaN or infinite values "
+                    f"({len(bad)} tensors, e.g. {bad[0]}): the file is damaged; download or export it again.")
 
     @staticmethod
     def _check_component_classes(folder) -> None:
@@ -573,6 +577,10 @@ def _saved_class(folder) -> Optional[type]:
         from .pipeline_mixture_latent import MixtureLatentPipeline
 
         return MixtureLatentPipeline
+    if name == "MultiSourceDiffusionPipeline":
+        from .pipeline_multisource_diffusion import MultiSourceDiffusionPipeline
+
+        return MultiSourceDiffusionPipeline
     return MultiSourceLatentPipeline if name == "MultiSourceLatentPipeline" else None
 
 

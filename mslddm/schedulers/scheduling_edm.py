@@ -107,6 +107,8 @@ class EDMScheduler(SchedulerMixin, ConfigMixin):
         training_sigma_distribution: ``"uniform"`` (MSLDM code) or ``"log_normal"`` (EDM paper).
         training_sigma_min, training_sigma_max: bounds of the uniform training distribution (paper: [0, 3)).
         training_log_normal_mean, training_log_normal_std: parameters of the log-normal option (EDM: -1.2, 1.2).
+        clip_denoised: clamp the denoised estimate to ``[-clip_denoised, clip_denoised]`` in sampling and training
+            (MSDM on waveforms: 1.0); None (MSLDM on latents): no clamp.
     """
 
     order = 1
@@ -130,6 +132,7 @@ class EDMScheduler(SchedulerMixin, ConfigMixin):
         training_sigma_max: float = 3.0,
         training_log_normal_mean: float = -1.2,
         training_log_normal_std: float = 1.2,
+        clip_denoised: Optional[float] = None,
     ):
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
@@ -139,6 +142,8 @@ class EDMScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"initial_noise must be 'sigma_max' or 'marginal', got {initial_noise!r}.")
         if sigma_data is None or not sigma_data > 0:
             raise ValueError(f"sigma_data must be a positive number, got {sigma_data!r}.")
+        if clip_denoised is not None and not clip_denoised > 0:
+            raise ValueError(f"clip_denoised must be a positive number or None, got {clip_denoised!r}.")
         self.sigmas: Optional[torch.Tensor] = None
         self.timesteps: Optional[torch.Tensor] = None
         self.settings: Optional[SamplingSettings] = None
@@ -205,7 +210,7 @@ class EDMScheduler(SchedulerMixin, ConfigMixin):
     # ----------------------------------------------------------------------------------------------------------
     def denoiser(self, model) -> Denoiser:
         """The preconditioned denoiser ``D(x; sigma)`` around ``model`` with this scheduler's ``sigma_data``."""
-        return Denoiser(model, self.config.sigma_data)
+        return Denoiser(model, self.config.sigma_data, clip=self.config.clip_denoised)
 
     def sample(self, denoiser, sample: torch.Tensor, generator=None, impute=None, callback=None) -> torch.Tensor:
         """Runs the sampler of the last :meth:`set_timesteps` from ``sample`` (noise at ``init_noise_sigma``)."""

@@ -235,10 +235,19 @@ def export_pipeline(checkpoint, out, ema: bool = True, dtype: Optional[str] = No
     unet_dir = checkpoint / ("unet_ema" if ema and (checkpoint / "unet_ema").is_dir() else "unet")
     weights = "EMA of the UNet weights" if unet_dir.name == "unet_ema" else "raw (non-EMA) UNet weights"
     weights_dtype = getattr(torch, dtype) if dtype else None
-    components = dict(vae=load_vae_folder(checkpoint / "vae", dtype=weights_dtype),
-                      unet=load_unet_folder(unet_dir, dtype=weights_dtype),
-                      scheduler=EDMScheduler.from_pretrained(checkpoint / "scheduler"))
-    if state.get("kind") == "mixldm":  # the MixLDM baseline: mixtures only
+    unet = load_unet_folder(unet_dir, dtype=weights_dtype)
+    scheduler = EDMScheduler.from_pretrained(checkpoint / "scheduler")
+    if state.get("kind") == "msdm":  # MSDM: waveforms, no VAE
+        from mslddm.pipelines.pipeline_multisource_diffusion import MultiSourceDiffusionPipeline
+
+        pipe = MultiSourceDiffusionPipeline(unet=unet, scheduler=scheduler, stem_names=state["stem_names"])
+        components = None
+    else:
+        components = dict(vae=load_vae_folder(checkpoint / "vae", dtype=weights_dtype), unet=unet,
+                          scheduler=scheduler)
+    if components is None:
+        pass
+    elif state.get("kind") == "mixldm":  # the MixLDM baseline: mixtures only
         pipe = MixtureLatentPipeline(**components, mixture_of=state.get("mixture_of"))
     else:
         pipe = MultiSourceLatentPipeline(**components, stem_names=state["stem_names"])

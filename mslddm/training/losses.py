@@ -107,9 +107,10 @@ def edm_training_loss(denoised: torch.Tensor, clean: torch.Tensor, sigma: torch.
     return per_item.mean() if reduce else per_item
 
 
-def edm_denoise(model, noisy: torch.Tensor, sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+def edm_denoise(model, noisy: torch.Tensor, sigma: torch.Tensor, sigma_data: float,
+                clip: float | None = None) -> torch.Tensor:
     """``D(x; sigma)`` for a batch of per-item sigmas ``(B,)``: the sampler's :class:`Denoiser`, with gradients."""
-    return Denoiser(model, sigma_data)(noisy, sigma)
+    return Denoiser(model, sigma_data, clip=clip)(noisy, sigma)
 
 
 def si_sdr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
