@@ -21,6 +21,7 @@ COMMANDS = {
     "separate": "mslddm.commands.separate",
     "export": "mslddm.commands.export",
     "convert-original": "mslddm.commands.convert_original",
+    "convert-msdm": "mslddm.commands.convert_msdm",
 }
 
 

@@ -32,6 +32,7 @@ import torch
 
 from .models.autoencoder_source import SourceVAE
 from .models.unet_1d_multisource import UNET_PRESETS, MultiSourceUNet1DModel
+from .presets import PRESETS as _PRESETS
 from .files import sha256
 from .stems import DEFAULT_STEMS as PAPER_STEMS
 
@@ -375,18 +376,19 @@ def attention_width(sd: Mapping[str, torch.Tensor]) -> int | None:
     return None if key is None else sd[key].shape[0]
 
 
-def detect_variant(shapes: Mapping[str, Any], width: int | None) -> str | None:
+def detect_variant(shapes: Mapping[str, Any], width: int | None, presets=None) -> str | None:
     """The name of the paper preset whose architecture these shapes are, if any."""
-    for name, preset in UNET_PRESETS.items():
-        reference = infer_unet_shapes(_preset_shapes(name))
+    presets = UNET_PRESETS if presets is None else presets
+    for name, preset in presets.items():
+        reference = infer_unet_shapes(_preset_shapes(name, presets))
         if reference == dict(shapes) and width == preset["attention_heads"] * preset["attention_features"]:
             return name
     return None
 
 
-def _preset_shapes(name: str) -> dict[str, torch.Tensor]:
+def _preset_shapes(name: str, presets=None) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
-        return MultiSourceUNet1DModel.from_preset(name).state_dict()
+        return MultiSourceUNet1DModel(**(UNET_PRESETS if presets is None else presets)[name]).state_dict()
 
 
 @dataclass
@@ -403,14 +405,17 @@ def resolve_unet_config(
     hparams: Mapping[str, Any],
     variant: str | None = None,
     overrides: Mapping[str, Any] | None = None,
+    presets: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> UNetConfigResolution:
     """Builds the UNet config: reference defaults < named/detected preset < checkpoint hyper-parameters < tensor
-    shapes < explicit ``overrides``. Attention heads must come from a preset, the hyper-parameters or overrides."""
+    shapes < explicit ``overrides``. Attention heads must come from a preset, the hyper-parameters or overrides.
+    ``presets``: the named architectures to detect (default: MSLDM's; :data:`MSDM_PRESETS` for MSDM)."""
+    presets = UNET_PRESETS if presets is None else presets
     shapes = infer_unet_shapes(sd)
     width = attention_width(sd)
-    detected = detect_variant(shapes, width)
-    if variant is not None and variant not in UNET_PRESETS:
-        raise CheckpointError(f"Unknown variant {variant!r}; choose one of {sorted(UNET_PRESETS)}.")
+    detected = detect_variant(shapes, width, presets)
+    if variant is not None and variant not in presets:
+        raise CheckpointError(f"Unknown variant {variant!r}; choose one of {sorted(presets)}.")
     if variant is not None and variant != detected:
         raise CheckpointError(
             f"--variant {variant} was given, but the checkpoint's weights are not those of {variant} (they are "
@@ -419,7 +424,7 @@ def resolve_unet_config(
     variant = variant or detected
     layers: list[tuple[str, Mapping[str, Any]]] = [("reference default", _UNET_UNSEEN_DEFAULTS)]
     if variant is not None:
-        layers.append((f"preset {variant}", UNET_PRESETS[variant]))
+        layers.append((f"preset {variant}", presets[variant]))
     layers += [
         ("checkpoint hyper_parameters", {k: v for k, v in hparams.items() if k in _UNET_ARGS}),
         ("tensor shapes", shapes),
@@ -487,9 +492,10 @@ def build_vae(path: str | Path, config: Mapping[str, Any] | None = None) -> tupl
     return vae.eval(), vae_config
 
 
-def build_unet(path: str | Path, variant: str | None = None, config: Mapping[str, Any] | None = None):
+def build_unet(path: str | Path, variant: str | None = None, config: Mapping[str, Any] | None = None,
+               presets: Mapping[str, Mapping[str, Any]] | None = None):
     sd, hparams = read_unet_state_dict(path)
-    resolution = resolve_unet_config(sd, hparams, variant, config)
+    resolution = resolve_unet_config(sd, hparams, variant, config, presets)
     try:
         unet = MultiSourceUNet1DModel(**resolution.config)
     except (TypeError, ValueError) as error:
@@ -579,3 +585,46 @@ steps with s_churn 20, sigma_data 0.4. Verification: mslddm's tests convert chec
 implementations (audio-diffusion-pytorch 0.0.43 `UNet1d`, descript-audio-codec's DAC encoder/decoder without
 tanh) and match their outputs and the reference sampling loop numerically (see `docs/convert_original.md`).""",
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# MSDM (the waveform baseline): one Lightning checkpoint holding the UNet1d on the 4 stems' waveforms
+
+# MSDM's released architecture (UPSTREAM.md): 405,497,700 parameters on 4 waveform channels.
+MSDM_PRESETS: dict[str, dict[str, Any]] = {"msdm": {"in_channels": 4, **_PRESETS["msldm"]["waveform_unet"]}}
+
+
+def convert_msdm(
+    unet_path: str | Path,
+    output_dir: str | Path | None = None,
+    *,
+    dtype: str = "float32",
+    unet_config: Mapping[str, Any] | None = None,
+) -> ConversionResult:
+    """Builds a :class:`~mslddm.MultiSourceDiffusionPipeline` from one of MSDM's released Lightning checkpoints
+    (UNet1d weights under ``model.unet.*`` / ``model.diffusion.net.*``; only tensors are read) with MSDM's sampling
+    settings, and given ``output_dir`` saves it with a model card."""
+    from .pipelines.pipeline_multisource_diffusion import MultiSourceDiffusionPipeline, msdm_scheduler
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
+    _TensorOnlyUnpickler.inert_globals = set()
+    unet, resolution = build_unet(unet_path, None, unet_config, MSDM_PRESETS)
+    if unet.config.in_channels != len(PAPER_STEMS):
+        raise CheckpointError(
+            f"The UNet takes {unet.config.in_channels} input channels, but MSDM models the {len(PAPER_STEMS)} stems' "
+            "waveforms (4 channels): this looks like a latent MSLDM checkpoint; convert it with convert-original.")
+    pipe = MultiSourceDiffusionPipeline(unet=torch.nn.Module.to(unet, DTYPES[dtype]), scheduler=msdm_scheduler(),
+                                        stem_names=list(PAPER_STEMS), sample_rate=PAPER_SAMPLE_RATE)
+    result = ConversionResult(pipeline=pipe, variant=resolution.variant, vae_config={},
+                              unet_config=resolution.config, unet_config_sources=resolution.sources,
+                              inert_globals=sorted(_TensorOnlyUnpickler.inert_globals))
+    if output_dir is not None:
+        count = sum(p.numel() for p in unet.parameters())
+        sections = {"Conversion": "\n".join([
+            f"- Converted from MSDM's `{Path(unet_path).name}` with `mslddm convert-msdm` (tensors only).",
+            f"- Architecture: {resolution.variant or 'custom (read off the weights)'}, {count:,} parameters.",
+            "- Sampling: MSDM's (Karras sigmas 1e-4 to 20, rho 7, churned Euler 150 steps, churn 20; denoised "
+            "clamped to [-1, 1], sigma_data 0.2).", f"- Weights saved in {dtype}."])}
+        pipe.save_pretrained(output_dir, model_card_sections=sections)
+    return result
