@@ -91,6 +91,15 @@ def markdown(results: dict) -> str:
                     "",
                     _table(["set"] + stems, rows),
                 ]
+    separation = results.get("separation") or {}
+    if separation:
+        names = list(separation["si_sdri"])
+        out += ["", f"## Separation: SI-SDR improvement over the mixture (dB, {separation['num_chunks']} mixtures of "
+                "test chunks with every stem, higher is better)", "",
+                _table(["", *names, "mean"],
+                       [["SI-SDRi"] + [_fmt(separation["si_sdri"][n]) for n in names] + [_fmt(separation["si_sdri_mean"])],
+                        ["SI-SDR separated"] + [_fmt(separation["si_sdr"][n]) for n in names] + [""],
+                        ["SI-SDR of the mixture"] + [_fmt(separation["si_sdr_mixture"][n]) for n in names] + [""]])]
     if partial:
         labels = list(partial["sub_fad"])
         out += [
@@ -306,6 +315,13 @@ def comparison_markdown(comparison: dict) -> str:
                 "aligned stems is better; the shuffled row is chance); empty-stem rate: share of generated stems "
                 "under the silence level; similarity: spectrogram cosine between stems.", "",
                 _table(["model", "rhythm", "harmony", "empty-stem rate", "stem similarity"], coherence_rows)]
+    separating = {name: m["results"]["separation"] for name, m in models.items()
+                  if (m["results"].get("separation") or {}).get("si_sdri")}
+    if separating:
+        names = list(next(iter(separating.values()))["si_sdri"])
+        out += ["", "## Separation: SI-SDR improvement (dB, higher is better)", "",
+                _table(["model", *names, "mean"], [[n] + [_fmt(r["si_sdri"].get(k)) for k in names]
+                                                   + [_fmt(r["si_sdri_mean"])] for n, r in separating.items()])]
     size_rows = []
     for name, m in models.items():
         t = m.get("timing") or {}
