@@ -212,6 +212,43 @@ class Studio:
         note = f"the first {length_s:.1f} s are the variation you extended, the last {float(extend_s):g} s are new"
         return self._write(result, [seed], settings, seconds, mixer, [note], progress, session)
 
+    @property
+    def can_separate(self) -> bool:
+        """Whether the pipeline separates mixtures (a waveform multi-source model: MSDM)."""
+        return hasattr(self.pipe, "separate")
+
+    def separate(self, mixture_path: str | None, method: str, steps: int, churn: float, seed: str | int | None,
+                 variations: int, mixer: Mixer | None = None, progress: Callable | None = None,
+                 session: str = "api") -> Outputs:
+        """Separates an uploaded mixture into the pipeline's stems (their sum is the mixture); the same players,
+        mixer and ZIP as a generation."""
+        # 1. Check the settings and the upload
+        if not self.can_separate:
+            raise user_error(f"This pipeline ({self.public_pipeline_name}) cannot separate mixtures: separation "
+                             "needs a waveform multi-source model (MSDM).")
+        if not mixture_path:
+            raise user_error("Upload a mixture to separate.")
+        _, sampling, variations = self._check_settings(1.0, steps, "euler", churn, variations)
+        seeds = self._seeds(seed, variations)
+        try:
+            mixture = load_stem("mixture", mixture_path, self.pipe.sample_rate, max_seconds=self.limits.max_song_s,
+                                silence_dbfs=self.limits.silence_dbfs, limit_hint=" Trim it and upload it again.")
+        except StemError as error:
+            raise user_error(str(error)) from None
+
+        # 2. Separate
+        result, seconds = self._timed_sample({
+            "_separate": True, "mixture": mixture, "method": method or "dirac",
+            "num_inference_steps": sampling.num_inference_steps, "s_churn": sampling.s_churn,
+            "num_samples": variations, "generator": [torch.Generator().manual_seed(s) for s in seeds],
+        }, progress)
+
+        # 3. Write the render
+        settings = {"pipeline": self.public_pipeline_name, "given": {}, "generated": list(result.generated),
+                    "silent": [], "duration_s": result.stems.shape[-1] / result.sample_rate,
+                    "separated_from": Path(mixture_path).name, "method": result.sampling["method"]}
+        return self._write(result, seeds, settings, seconds, mixer, [], progress, session)
+
     def remix(self, zip_path: str | None, variation: str | None, mixer: Mixer,
               session: str = "api") -> Outputs:
         """Re-mixes a render with new gains and mutes without sampling again; writes a new ZIP."""
@@ -329,6 +366,10 @@ class Studio:
             return tensors
 
         try:
+            if kwargs.pop("_separate", False):
+                if progress is not None:
+                    progress(0.0, desc="Separating")
+                return self.pipe.separate(**kwargs, output_type="np")
             result = self.pipe(**kwargs, output_type="np", callback_on_step_end=on_step)
         except FloatingPointError as error:
             raise user_error(f"{error} Try the Euler sampler with less churn, or more steps.") from None
@@ -357,6 +398,9 @@ class Studio:
         generated = ", ".join(settings["generated"])
         given = ", ".join(settings["given"]) or None
         what = f"Generated **{generated}**" + (f" around the uploaded **{given}**" if given else "")
+        if settings.get("separated_from"):
+            what = (f"Separated **{settings['separated_from']}** into **{generated}** ({settings.get('method')} "
+                    "separation: the stems sum to the mixture)")
         if settings.get("silent"):
             what += f" (silent: {', '.join(settings['silent'])})"
         seeds = ", ".join(str(s) for s in settings["seeds"])

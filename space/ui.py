@@ -64,6 +64,9 @@ class Page:
     extend_s: gr.Number | None = None
     selected: gr.Textbox | None = None  # the shown variation's label, as text (the API's /extend takes any label)
     extend_button: gr.Button | None = None
+    mixture: gr.Audio | None = None  # separation (pipelines that can: MSDM)
+    method: gr.Radio | None = None
+    separate_button: gr.Button | None = None
     info: gr.Markdown | None = None
     variation: gr.Radio | None = None
     zip_file: gr.File | None = None
@@ -88,6 +91,8 @@ def build_demo(studio: Studio, examples_dir: str | None = None, title: str = "ms
     with gr.Blocks(title=title, delete_cache=(1800, 3600)) as demo:
         page = _layout(studio, title)
         _wire_generate(studio, page)
+        if studio.can_separate:
+            _wire_separate(studio, page)
         _wire_mixer(studio, page)
         _wire_examples(studio, page, find_examples(examples_dir, studio.stem_names))
         fill, sampler, targets = page.fill_defaults
@@ -139,6 +144,16 @@ def _layout(studio: Studio, title: str) -> Page:
                                  "the duration is not used)", elem_id="whole-song")
         page.button = gr.Button("Generate", variant="primary", elem_id="generate-button", scale=2)
     page.settings = [duration, steps, sampler, churn, seed, variations, whole_song]
+    if studio.can_separate:
+        gr.Markdown("### Or separate a mixture: this model samples stems whose sum is the mixture (Euler; the "
+                    "steps, churn, seed and variations above apply)")
+        with gr.Row():
+            page.mixture = gr.Audio(label="mixture to separate", type="filepath", sources=["upload"],
+                                    elem_id="upload-mixture")
+            page.method = gr.Radio([("Dirac: one stem is the mixture minus the others (MSDM)", "dirac"),
+                                    ("Gaussian likelihood on the sum", "gaussian")], value="dirac",
+                                   label="Separation", elem_id="separation-method")
+            page.separate_button = gr.Button("Separate", variant="primary", elem_id="separate-button")
     def on_sampler(name):
         d = studio.sampling_defaults(name)
         return (gr.Number(value=min(d.num_inference_steps, lim.max_steps)),
@@ -265,6 +280,41 @@ def _wire_generate(studio: Studio, page: Page) -> None:
     for name in names:  # an upload makes the stem a condition: its "generate" box no longer applies
         page.uploads[name].change(lambda path: gr.Checkbox(value=not path, interactive=not path),
                                   page.uploads[name], page.generate[name], api_visibility="private", queue=False)
+
+
+def _wire_separate(studio: Studio, page: Page) -> None:
+    """The Separate button: the public ``/separate`` endpoint (same outputs as ``/generate``)."""
+    names = studio.stem_names
+    params = api_names(names)
+
+    def run_separate(*args):
+        mixture, method, steps, churn, seed, variations, *mixer, progress, request = args
+        out = studio.separate(mixture, method, steps, churn, seed, variations, mixer=_mixer_values(names, mixer),
+                              progress=progress, session=_session(request))
+        return _show(page, out, plain=True)
+
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    defaults = ([("mixture", None), ("method", "dirac"), ("steps", None), ("churn", None), ("seed", ""),
+                 ("variations", 1)] + [(f"gain_db_{p}", 0.0) for p in params] + [(f"mute_{p}", False) for p in params])
+    run_separate.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, positional, default=d) for n, d in defaults]
+        + [inspect.Parameter("progress", positional, default=gr.Progress()),
+           inspect.Parameter("request", positional, default=None, annotation=gr.Request)])
+    run_separate.__annotations__ = {"request": gr.Request}
+    run_separate.__doc__ = ("Separates the uploaded `mixture` into the pipeline's stems (they sum to it) with the "
+                            "Dirac or Gaussian separator. Returns what /generate returns.")
+    _, steps, _, churn, seed, variations, _ = page.settings
+
+    def show_variations(zip_path):
+        if not zip_path:
+            return gr.skip()
+        labels = [variation_label(i, s) for i, s in enumerate(read_settings(zip_path)["seeds"])]
+        return _variation_update(labels, 0)
+
+    page.separate_button.click(run_separate, [page.mixture, page.method, steps, churn, seed, variations]
+                               + page.mixer, page.outputs, api_name="separate", concurrency_limit=1,
+                               concurrency_id="sampling").success(show_variations, page.zip_file, page.variation,
+                                                                  api_visibility="private", queue=False)
 
 
 def _wire_mixer(studio: Studio, page: Page) -> None:

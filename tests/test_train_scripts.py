@@ -336,3 +336,38 @@ def test_mixldm_trains_a_mixture_vae_and_a_mixture_unet(tmp_path, data):
                  UNET_SET + [f"msldm.vae={tmp_path / 'vae' / 'vae'}", f"msldm.latents={tmp_path / 'latents'}"],
                  check=False)
     assert bad.returncode == 1 and "mixldm recipe" in bad.stderr
+
+
+def test_msdm_trains_on_waveforms_resumes_exports_generates_and_separates(tmp_path, data):
+    """MSDM through the same script (model: msdm): no VAE, raw-audio segments, MSDM's EDM settings, exact resume of
+    weights and EMA, export of a waveform pipeline that generates and separates from the CLI."""
+    from mslddm import MultiSourceLatentPipeline
+    from mslddm.cli import main
+    from mslddm.pipelines.pipeline_multisource_diffusion import MultiSourceDiffusionPipeline
+
+    sets = ["model=msdm", "msldm.segment_frames=4096", "msldm.batch_size=2", "msldm.validation_seconds=0.5",
+            "msldm.validation_segments=1", "msldm.validation_steps=2", "msldm.checkpointing_steps=2",
+            "msldm.validate_every=100", "msldm.log_every=1", "msldm.checkpoints_total_limit=5", "msldm.ema_decay=0.9",
+            "msldm.scheduler={sigma_min: 1.0e-4, sigma_max: 20.0, sigma_data: 0.2, training_sigma_distribution: "
+            "log_normal, training_log_normal_mean: -3.0, training_log_normal_std: 1.0, clip_denoised: 1.0}"]
+    launch("train_msldm.py", tmp_path / "straight", data, ["--max_steps", "4"], sets)
+    launch("train_msldm.py", tmp_path / "split", data, ["--max_steps", "2"], sets)
+    launch("train_msldm.py", tmp_path / "split", data, ["--max_steps", "4", "--resume_from_checkpoint", "latest"], sets)
+    for sub in ("unet", "unet_ema"):
+        _checkpoint_tensors_equal(tmp_path / "straight" / "checkpoint-4", tmp_path / "split" / "checkpoint-4", sub)
+    assert not (tmp_path / "straight" / "checkpoint-4" / "vae").exists()
+    state = json.loads((tmp_path / "straight" / "checkpoint-4" / "training_state.json").read_text())
+    assert state["kind"] == "msdm" and "loss" in state["validation"]
+    pipe = MultiSourceLatentPipeline.from_pretrained(tmp_path / "straight" / "pipeline")
+    assert isinstance(pipe, MultiSourceDiffusionPipeline) and pipe.unet.config.in_channels == 4
+    assert pipe.scheduler.config.clip_denoised == 1.0 and pipe.scheduler.config.sigma_data == 0.2
+    mix = data / "validation" / "Trackv0" / "bass.wav"
+    assert main(["separate", str(mix), "--pipeline", str(tmp_path / "straight" / "pipeline"), "--steps", "3",
+                 "--out", str(tmp_path / "sep"), "--device", "cpu"]) == 0
+    assert (tmp_path / "sep" / "seed0" / "piano.wav").is_file()
+    assert main(["generate", "--pipeline", str(tmp_path / "straight" / "pipeline"), "--duration", "0.5",
+                 "--steps", "2", "--out", str(tmp_path / "gen"), "--device", "cpu"]) == 0
+    assert (tmp_path / "gen" / "sample_000_seed0" / "drums.wav").is_file()
+    bad = launch("train_msldm.py", tmp_path / "bad", data, ["--max_steps", "1"], sets + ["msldm.vae=some/vae"],
+                 check=False)
+    assert bad.returncode == 1 and "takes no msldm.vae" in bad.stderr
