@@ -265,3 +265,41 @@ def test_page_whole_song_then_extend(song_app_url, page, tmp_path):
         assert len(after) == round(4.5 * SR)
         np.testing.assert_allclose(after[:3 * SR - 512], before[:3 * SR - 512],
                                    atol=4 * pcm / min(settings["gain_applied"], extended["gain_applied"]))
+
+
+@pytest.fixture(scope="module")
+def msdm_app_url(tmp_path_factory):
+    """A tiny MSDM pipeline: the page gets its Separate section."""
+    from test_msdm import tiny_msdm
+
+    tmp = tmp_path_factory.mktemp("msdm_app")
+    tiny_msdm().save_pretrained(tmp / "pipeline")
+    with running_app(tmp / "pipeline", tmp, "--examples", tmp / "none", "--max-duration", 2) as url:
+        yield url
+
+
+@pytest.mark.timeout(300)
+def test_page_separates_an_uploaded_mixture(msdm_app_url, page, tmp_path):
+    page.goto(msdm_app_url)
+    page.wait_for_selector("#separate-button")
+    page.wait_for_function("() => document.querySelector('#steps input').value === '150'")
+    mixture = write_tone(tmp_path / "song.wav", 110.0, 1.5)
+    page.locator("#upload-mixture input[type=file]").set_input_files(str(mixture))
+    page.wait_for_selector("#upload-mixture audio, #upload-mixture [data-testid='waveform-controls'], "
+                           "#upload-mixture button[aria-label='Clear']", state="attached")
+    set_number(page, "steps", 30)
+    set_number(page, "churn", 0)
+    page.locator("#seed textarea, #seed input").first.fill("5")
+    page.click("#separate-button")
+    wait_for_new_href(page, "#zip a", None)
+    info = page.locator("#info").inner_text()
+    assert "Separated song.wav into bass, drums, guitar, piano" in info and "Seed: 5" in info
+    settings, files = download_zip(page, tmp_path / "separated.zip")
+    assert settings["separated_from"] == "song.wav" and settings["method"] == "dirac" and settings["steps"] == 30
+    stems = np.stack([files[f"variation_1_seed5/{name}.wav"] for name in STEMS])
+    mix = files["variation_1_seed5/mix.wav"]
+    assert stems.shape == (4, round(1.5 * SR))
+    assert np.abs(stems.sum(0) - mix).max() < 5e-4 * max(1.0, np.abs(stems).max())
+    # the uploaded mixture, at the page's level: the separated mix is the song
+    song = load_audio(mixture, SR) * settings["gain_applied"]
+    assert np.abs(mix - song[: len(mix)]).max() < 5e-3
