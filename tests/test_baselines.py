@@ -311,3 +311,16 @@ def test_compare_writes_one_table_and_chart_for_three_kinds_of_model(tmp_path, s
     with pytest.raises(SystemExit, match="given twice"):
         main(["compare", "--pipeline", f"A={saved_pipeline}", "--pipeline", f"A={saved_pipeline}", "--data",
               str(data), "--out", str(tmp_path / "x")])
+
+
+@pytest.mark.parametrize("name", ["compare", "separate", "convert_msdm"])
+def test_every_option_of_the_new_commands_has_help(name):
+    import argparse
+    import importlib
+
+    module = importlib.import_module(f"mslddm.commands.{name}")
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert options and all(a.help for a in options)
+    assert module.HELP and "\n" not in module.HELP
