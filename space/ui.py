@@ -203,6 +203,15 @@ def _variation_update(labels: list[str], index: int):
     return gr.update(choices=labels, value=labels[index], visible=len(labels) > 1)
 
 
+def show_variations(zip_path):
+    """After a generation or separation (which shows its first variation): the selector lists the render's
+    variations; the API itself returns plain values."""
+    if not zip_path:
+        return gr.skip()
+    labels = [variation_label(i, seed) for i, seed in enumerate(read_settings(zip_path)["seeds"])]
+    return _variation_update(labels, 0)
+
+
 def _mixer_values(names: list[str], values) -> dict:
     """``{stem: (gain_db, muted)}`` from the faders' values followed by the mutes'."""
     return {n: (values[k], values[len(names) + k]) for k, n in enumerate(names)}
@@ -238,14 +247,6 @@ def _wire_generate(studio: Studio, page: Page) -> None:
         "(with whole_song, as long as the uploads). "
         "Returns a WAV per stem, the mix WAV, the spectrogram PNG, the ZIP (stems, mix, settings.json), a "
         "Markdown summary with the seeds, and the variation shown.")
-    def show_variations(zip_path):
-        """After a generation (which shows its first variation): the selector lists the render's variations; the
-        API itself returns plain values."""
-        if not zip_path:
-            return gr.skip()
-        labels = [variation_label(i, seed) for i, seed in enumerate(read_settings(zip_path)["seeds"])]
-        return _variation_update(labels, 0)
-
     page.button.click(run_generate, list(page.uploads.values()) + list(page.generate.values()) + page.settings
                       + page.mixer, page.outputs, api_name="generate", concurrency_limit=1,
                       concurrency_id="sampling").success(show_variations, page.zip_file, page.variation,
@@ -304,12 +305,6 @@ def _wire_separate(studio: Studio, page: Page) -> None:
     run_separate.__doc__ = ("Separates the uploaded `mixture` into the pipeline's stems (they sum to it) with the "
                             "Dirac or Gaussian separator. Returns what /generate returns.")
     _, steps, _, churn, seed, variations, _ = page.settings
-
-    def show_variations(zip_path):
-        if not zip_path:
-            return gr.skip()
-        labels = [variation_label(i, s) for i, s in enumerate(read_settings(zip_path)["seeds"])]
-        return _variation_update(labels, 0)
 
     page.separate_button.click(run_separate, [page.mixture, page.method, steps, churn, seed, variations]
                                + page.mixer, page.outputs, api_name="separate", concurrency_limit=1,
