@@ -2,6 +2,7 @@
 preconditioning, and its size."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -191,7 +192,8 @@ def test_evaluate_scores_separation_and_skips_what_a_waveform_model_lacks(tmp_pa
 
     data = write_dataset(tmp_path / "data", num_tracks=3, seconds=2.0)
     config = ProtocolConfig(num_clips=2, num_chunks=2, clip_seconds=1.0, batch_size=2, num_inference_steps=40,
-                            s_churn=0.0, tasks=("reconstruction", "total", "separation"))
+                            s_churn=0.0, tasks=("reconstruction", "total", "separation"), separation_steps=30,
+                            separation_churn=0.0)
     logs = []
     result = evaluate(tiny_msdm(), data, tmp_path / "eval", BandEnergyEmbedder(), config,
                       cache_dir=tmp_path / "cache", log=logs.append, pipeline_name="msdm").to_dict()
@@ -203,7 +205,36 @@ def test_evaluate_scores_separation_and_skips_what_a_waveform_model_lacks(tmp_pa
         assert sep["si_sdri"][name] == pytest.approx(sep["si_sdr"][name] - sep["si_sdr_mixture"][name], abs=1e-6)
     separated = tmp_path / "eval" / "audio" / "separation" / "00001"
     assert sorted(p.name for p in separated.iterdir()) == sorted(f"{s}.wav" for s in STEMS)
-    assert "## Separation: SI-SDR improvement" in markdown(result)
+    assert (sep["method"], sep["num_inference_steps"], sep["s_churn"]) == ("dirac", 30, 0.0)  # its own settings
+    assert "## Separation: SI-SDR improvement" in markdown(result) and "Euler x 30" in markdown(result)
+    with pytest.raises(ValueError, match="separations in .* were made with"):  # a resume with other settings
+        evaluate(tiny_msdm(), data, tmp_path / "eval", BandEnergyEmbedder(), replace(config, separation_steps=31),
+                 cache_dir=tmp_path / "cache", pipeline_name="msdm")
+
+
+def test_separation_settings_default_to_msdms_and_are_checked():
+    from mslddm.evaluation.protocol import ProtocolConfig
+
+    config = ProtocolConfig(num_inference_steps=50, s_churn=40.0)  # generation's settings are not separation's
+    assert (config.separation_method, config.separation_steps, config.separation_churn) == ("dirac", 150, 20.0)
+    with pytest.raises(ValueError, match="separation_method must be one of"):
+        ProtocolConfig(separation_method="oracle")
+
+
+def test_stored_results_of_more_tasks_are_reused_and_separation_settings_count_only_for_separation(tmp_path):
+    from mslddm.commands.evaluate import _stored_results
+    from mslddm.evaluation.protocol import ProtocolConfig
+
+    def protocol(**kw):
+        return json.loads(json.dumps(ProtocolConfig(**kw).describe()))
+
+    stored = protocol(tasks=("floor", "total", "partial", "separation"))
+    (tmp_path / "results.json").write_text(json.dumps({"protocol": stored, "total": {}}))
+    assert _stored_results(tmp_path, protocol(tasks=("floor", "total", "partial"))) is not None
+    assert _stored_results(tmp_path, protocol(tasks=("floor", "total", "partial"), separation_steps=50)) is not None
+    assert _stored_results(tmp_path, protocol(tasks=("total", "separation"), separation_steps=50)) is None
+    assert _stored_results(tmp_path, protocol(tasks=("total", "reconstruction"))) is None  # a task it did not run
+    assert _stored_results(tmp_path, protocol(tasks=("total",), seed=1)) is None
 
 
 def test_si_sdr_of_a_perfect_and_a_scaled_estimate():

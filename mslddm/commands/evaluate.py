@@ -30,7 +30,7 @@ def add_protocol_arguments(parser):
     """The protocol's options (shared with ``mslddm compare``)."""
     from mslddm.evaluation.embedders import EMBEDDERS
     from mslddm.evaluation.protocol import TASKS, ProtocolConfig
-    from mslddm.schedulers.sampling import SAMPLER_DEFAULTS
+    from mslddm.schedulers.sampling import SAMPLER_DEFAULTS, SEPARATION_CHURN, SEPARATION_METHODS, SEPARATION_STEPS
 
     d = ProtocolConfig()
     parser.add_argument("--split", default=d.split, help="dataset split holding the reference tracks")
@@ -75,6 +75,12 @@ def add_protocol_arguments(parser):
     parser.add_argument("--churn", type=float, default=None,
                         help="s_churn for euler/heun; None means the sampler's own; dpmpp_2m takes none")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="clips generated at once")
+    parser.add_argument("--separation-method", choices=SEPARATION_METHODS, default=d.separation_method,
+                        help="separation task: dirac (MSDM's) or gaussian")
+    parser.add_argument("--separation-steps", type=int, default=None,
+                        help=f"separation task: Euler steps (default {SEPARATION_STEPS}, MSDM's)")
+    parser.add_argument("--separation-churn", type=float, default=None,
+                        help=f"separation task: s_churn (default {SEPARATION_CHURN:g}, MSDM's)")
     parser.add_argument(
         "--embedder",
         choices=EMBEDDERS,
@@ -130,6 +136,9 @@ def _config(args, tasks):
         tasks=tasks,
         subsets=_split(args.subsets),
         silence_db=args.silence_db,
+        separation_method=args.separation_method,
+        separation_steps=args.separation_steps,
+        separation_churn=args.separation_churn,
     )
 
 
@@ -150,18 +159,21 @@ def check_protocol_arguments(args):
     tasks = VAE_TASKS if args.vae_only else (_split(args.tasks) or ())
     if not tasks or any(t not in TASKS for t in tasks):
         raise SystemExit(f"--tasks must name some of {TASKS}, got {args.tasks!r}.")
-    for name in ("num_clips", "num_chunks", "steps", "batch_size"):
+    for name in ("num_clips", "num_chunks", "steps", "batch_size", "separation_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1.")
     if args.clip_seconds <= 0:
         raise SystemExit("--clip-seconds must be positive.")
+    if args.separation_churn is not None and args.separation_churn < 0:
+        raise SystemExit("--separation-churn must be at least 0.")
     if not (Path(args.data) / args.split).is_dir():
         raise SystemExit(f"--data: no {args.split!r} split at {Path(args.data) / args.split}.")
     return tasks
 
 
 def _stored_results(out, protocol: dict) -> dict | None:
-    """``out/results.json`` when it was made with exactly ``protocol`` (the settings, embedder, data, pipeline)."""
+    """``out/results.json`` when it was made with ``protocol`` (the settings, embedder, data, pipeline), by a run of
+    the same tasks or more; separation settings matter only when separation is asked for."""
     import json
 
     path = Path(out) / "results.json"
@@ -172,7 +184,16 @@ def _stored_results(out, protocol: dict) -> dict | None:
     except ValueError:
         return None
     found = stored.get("protocol", {})
-    return stored if all(found.get(k) == v for k, v in protocol.items()) else None
+    separating = "separation" in protocol.get("tasks", ())
+
+    def same(key, value):
+        if key == "tasks":  # a run of more tasks holds every result asked for
+            return set(value) <= set(found.get(key) or ())
+        if key.startswith("separation_") and not separating:
+            return True
+        return found.get(key) == value
+
+    return stored if all(same(k, v) for k, v in protocol.items()) else None
 
 
 def evaluate_one(args, pipeline: str, out, reuse: bool = False) -> dict:

@@ -63,6 +63,10 @@ class ProtocolConfig:
     tasks: tuple[str, ...] = DEFAULT_TASKS
     subsets: tuple[str, ...] | None = None  # partial generation: subset labels to run (default: all)
     silence_db: float = -50.0  # below this RMS (dBFS) a stem counts as silent
+    # separation: its own sampler settings (the Dirac separator needs fine steps, docs/msdm.md); None: MSDM's 150 / 20
+    separation_method: str = "dirac"
+    separation_steps: int | None = None
+    separation_churn: float | None = None
 
     def __post_init__(self):
         # Resolved here, from the samplers' one table, so that results and resume checks record the values used.
@@ -71,12 +75,25 @@ class ProtocolConfig:
         settings = EDMScheduler().sampling_settings(self.sampler, self.num_inference_steps, self.s_churn)
         object.__setattr__(self, "num_inference_steps", settings.num_inference_steps)
         object.__setattr__(self, "s_churn", settings.s_churn)
+        from ..schedulers.sampling import SEPARATION_CHURN, SEPARATION_METHODS, SEPARATION_STEPS
+
+        if self.separation_method not in SEPARATION_METHODS:
+            raise ValueError(f"separation_method must be one of {SEPARATION_METHODS}, got {self.separation_method!r}.")
+        if self.separation_steps is None:
+            object.__setattr__(self, "separation_steps", SEPARATION_STEPS)
+        if self.separation_churn is None:
+            object.__setattr__(self, "separation_churn", SEPARATION_CHURN)
 
     def generation(self) -> dict:
         """The settings generated audio depends on: a resumed run must match them."""
         return {
             k: getattr(self, k) for k in ("clip_seconds", "seed", "num_inference_steps", "sampler", "s_churn")
         }
+
+    def separation(self) -> dict:
+        """The settings separated audio depends on (checked on resume, in the separation audio's own folder)."""
+        return {"clip_seconds": self.clip_seconds, "seed": self.seed, "method": self.separation_method,
+                "num_inference_steps": self.separation_steps, "s_churn": self.separation_churn}
 
     def describe(self) -> dict:
         return {
@@ -589,15 +606,24 @@ def evaluate_separation(run: _Run) -> dict:
     reference, _ = run.reference("partial")
     clips = GeneratedClips(run.out_dir / "audio" / "separation", len(reference), run.names, run.sample_rate,
                            run.names)
+    settings = run.config.separation()
+    settings_path = run.out_dir / "audio" / "separation" / "settings.json"
+    if settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
+        raise ValueError(f"The separations in {settings_path.parent} were made with "
+                         f"{json.loads(settings_path.read_text())}, not {settings}; use another output folder or the "
+                         "same settings.")
     todo = clips.missing()
     if todo:
         pipe = run.pipeline.get()
         if pipe is None or not hasattr(pipe, "separate"):
             run.log("Separation: not measured, the pipeline cannot separate (a waveform multi-source model can).")
             return {}
+        settings_path.parent.mkdir(parents=True, exist_ok=True)
+        settings_path.write_text(json.dumps(settings, indent=1))
         for i in run.progress(todo, desc="Separating", total=len(todo)):
-            out = pipe.separate(reference[i].sum(axis=0), num_inference_steps=run.config.num_inference_steps,
-                                s_churn=run.config.s_churn, generator=torch.Generator().manual_seed(run.config.seed + i))
+            out = pipe.separate(reference[i].sum(axis=0), method=settings["method"],
+                                num_inference_steps=settings["num_inference_steps"], s_churn=settings["s_churn"],
+                                generator=torch.Generator().manual_seed(run.config.seed + i))
             clips.save(i, np.asarray(out.stems[0]))
     per_stem = {name: [] for name in run.names}
     for i in range(len(reference)):
@@ -606,7 +632,8 @@ def evaluate_separation(run: _Run) -> dict:
         for k, name in enumerate(run.names):
             if float(10 * np.log10(max(np.mean(np.square(real[k], dtype=np.float64)), 1e-12))) >= run.config.silence_db:
                 per_stem[name].append((si_sdr_db(separated[k], real[k]), si_sdr_db(mixture, real[k])))
-    result = {"num_chunks": len(reference), "si_sdr": {}, "si_sdr_mixture": {}, "si_sdri": {}, "chunks_used": {}}
+    result = {"num_chunks": len(reference), **{k: settings[k] for k in ("method", "num_inference_steps", "s_churn")},
+              "si_sdr": {}, "si_sdr_mixture": {}, "si_sdri": {}, "chunks_used": {}}
     for name, pairs in per_stem.items():
         sdr = np.array(pairs, dtype=np.float64).reshape(-1, 2)
         result["si_sdr"][name] = float(sdr[:, 0].mean()) if len(sdr) else float("nan")

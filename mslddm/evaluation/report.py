@@ -95,7 +95,9 @@ def markdown(results: dict) -> str:
     if separation:
         names = list(separation["si_sdri"])
         out += ["", f"## Separation: SI-SDR improvement over the mixture (dB, {separation['num_chunks']} mixtures of "
-                "test chunks with every stem, higher is better)", "",
+                "test chunks with every stem, higher is better"
+                + (f"; {separation['method']} separator, Euler x {separation['num_inference_steps']}, churn "
+                   f"{separation['s_churn']:g}" if "method" in separation else "") + ")", "",
                 _table(["", *names, "mean"],
                        [["SI-SDRi"] + [_fmt(separation["si_sdri"][n]) for n in names] + [_fmt(separation["si_sdri_mean"])],
                         ["SI-SDR separated"] + [_fmt(separation["si_sdr"][n]) for n in names] + [""],

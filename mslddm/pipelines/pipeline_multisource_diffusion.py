@@ -19,15 +19,12 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..hub import PipelineLoadError
 from ..models.unet_1d_multisource import MultiSourceUNet1DModel
-from ..schedulers.sampling import SEPARATION_METHODS, sample_separation
+from ..schedulers.sampling import SEPARATION_CHURN, SEPARATION_METHODS, SEPARATION_STEPS, sample_separation
 from ..schedulers.scheduling_edm import EDMScheduler
 from ..stems import DEFAULT_STEMS, load_stem
 from .pipeline_multisource_latent import MultiSourceAudioPipelineOutput, MultiSourceLatentPipeline
 
 Generator = Optional[Union[torch.Generator, List[torch.Generator]]]
-
-# MSDM's separation setting (the authors' separation experiments): Euler, churn 20 over 150 steps.
-SEPARATION_STEPS, SEPARATION_CHURN = 150, 20.0
 
 
 class WaveformCodec:
