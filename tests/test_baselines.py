@@ -276,8 +276,9 @@ def test_protocol_scores_a_mixture_model_on_the_mix_only(tmp_path):
 
 
 @pytest.mark.slow
-def test_compare_writes_one_table_and_chart_for_three_kinds_of_model(tmp_path, saved_pipeline, capsys):
+def test_compare_writes_one_table_and_chart_for_four_kinds_of_model(tmp_path, saved_pipeline, capsys):
     from eval_fixtures import write_dataset
+    from test_msdm import tiny_msdm
 
     from mslddm.cli import main
 
@@ -285,27 +286,38 @@ def test_compare_writes_one_table_and_chart_for_three_kinds_of_model(tmp_path, s
     write_dataset(tmp_path / "data", num_tracks=3, seconds=4.0, split="train")
     isldm_pipeline().save_pretrained(tmp_path / "isldm")
     mixldm_pipeline().save_pretrained(tmp_path / "mixldm")
+    tiny_msdm().save_pretrained(tmp_path / "msdm")
+    protocol = ["--data", str(data), "--num-clips", "2", "--num-chunks", "2", "--clip-seconds", "2", "--steps", "2",
+                "--subsets", "B,DG", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    # MSDM evaluated first with separation too (its own settings): the comparison reuses that run of more tasks
+    assert main(["evaluate", "--pipeline", str(tmp_path / "msdm"), "--out", str(tmp_path / "cmp" / "MSDM"), *protocol,
+                 "--tasks", "floor,reconstruction,total,partial,separation", "--separation-steps", "4",
+                 "--separation-churn", "0"]) == 0
     args = ["compare", "--pipeline", f"MSLDM={saved_pipeline}", "--pipeline", f"ISLDM={tmp_path / 'isldm'}",
-            "--pipeline", f"MixLDM={tmp_path / 'mixldm'}", "--data", str(data), "--out", str(tmp_path / "cmp"),
-            "--num-clips", "2", "--num-chunks", "2", "--clip-seconds", "2", "--steps", "2", "--subsets", "B,DG",
-            "--timing-seconds", "1", "--timing-runs", "1", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+            "--pipeline", f"MixLDM={tmp_path / 'mixldm'}", "--pipeline", f"MSDM={tmp_path / 'msdm'}",
+            "--out", str(tmp_path / "cmp"), *protocol, "--timing-seconds", "1", "--timing-runs", "1"]
+    capsys.readouterr()
     assert main(args) == 0
+    assert capsys.readouterr().out.count("results.json of the same protocol found; reused") == 1  # MSDM's
     comparison = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     models = comparison["models"]
-    assert list(models) == ["MSLDM", "ISLDM", "MixLDM"]
-    assert [m["kind"] for m in models.values()] == ["msldm", "isldm", "mixldm"]
+    assert list(models) == ["MSLDM", "ISLDM", "MixLDM", "MSDM"]
+    assert [m["kind"] for m in models.values()] == ["msldm", "isldm", "mixldm", "msdm"]
     assert models["ISLDM"]["parameters"]["unet"] > models["MSLDM"]["parameters"]["unet"]
+    assert models["MSDM"]["parameters"]["vae"] == 0 and models["MSDM"]["parameters"]["unet"] > 0  # no autoencoder
+    assert list(models["MSDM"]["results"]["partial"]["sub_fad"]) == ["B", "DG"]
     assert all(m["seconds_per_song"] > 0 for m in models.values())
     assert list(models["ISLDM"]["results"]["partial"]["sub_fad"]) == ["B", "DG"]
     assert models["MixLDM"]["results"]["partial"] == {}
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| real training chunks (floor) | data |" in table and "| MixLDM | mixldm | n/a | n/a |" in table
     assert "| ISLDM |" in table and "## Coherence of total generation" in table and "## Size and speed" in table
+    assert "## Separation: SI-SDR improvement" in table and "| MSDM |" in table
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 1000
     assert (tmp_path / "cmp" / "ISLDM" / "results.md").is_file()
     capsys.readouterr()
     assert main(args) == 0  # finished evaluations of the same protocol are reused, not recomputed
-    assert capsys.readouterr().out.count("results.json of the same protocol found; reused") == 3
+    assert capsys.readouterr().out.count("results.json of the same protocol found; reused") == 4
     assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["models"]["ISLDM"]["results"] == models[
         "ISLDM"]["results"]
     with pytest.raises(SystemExit, match="given twice"):

@@ -46,8 +46,11 @@ def describe(pipe, args) -> dict:
     """What the table says about a model besides its scores: kind, parameters, time per song."""
     import torch
 
+    def count(module):  # MSDM's identity codec (waveforms) is not a module: no parameters
+        return sum(p.numel() for p in module.parameters()) if isinstance(module, torch.nn.Module) else 0
+
     info = {"kind": getattr(pipe, "model_kind", "msldm"),
-            "parameters": {n: sum(p.numel() for p in getattr(pipe, n).parameters()) for n in ("vae", "unet")}}
+            "parameters": {n: count(getattr(pipe, n)) for n in ("vae", "unet")}}
     info["parameters"]["total"] = sum(info["parameters"].values())
     if args.timing_seconds > 0:
         pipe.set_progress_bar_config(disable=True)
