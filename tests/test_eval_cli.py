@@ -29,6 +29,10 @@ def test_bad_arguments_are_explained(tmp_path, monkeypatch):
         main(base + ["--tasks", "everything"])
     with pytest.raises(SystemExit, match="no 'dev' split"):
         main(base + ["--split", "dev"])
+    with pytest.raises(SystemExit, match="--separation-steps must be at least 1"):
+        main(base + ["--tasks", "separation", "--separation-steps", "0"])
+    with pytest.raises(SystemExit, match="--separation-churn must be at least 0"):
+        main(base + ["--tasks", "separation", "--separation-churn", "-1"])
     monkeypatch.delenv("MSLDDM_VGGISH_WEIGHTS", raising=False)
     with pytest.raises(SystemExit, match="needs weights"):
         main(base + ["--embedder", "vggish"])

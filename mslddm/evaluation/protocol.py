@@ -608,10 +608,10 @@ def evaluate_separation(run: _Run) -> dict:
                            run.names)
     settings = run.config.separation()
     settings_path = run.out_dir / "audio" / "separation" / "settings.json"
-    if settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
-        raise ValueError(f"The separations in {settings_path.parent} were made with "
-                         f"{json.loads(settings_path.read_text())}, not {settings}; use another output folder or the "
-                         "same settings.")
+    made_with = json.loads(settings_path.read_text()) if settings_path.is_file() else settings
+    if made_with != settings:
+        raise ValueError(f"The separations in {settings_path.parent} were made with {made_with}, not {settings}; use "
+                         "another output folder or the same settings.")
     todo = clips.missing()
     if todo:
         pipe = run.pipeline.get()
