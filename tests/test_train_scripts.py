@@ -2,6 +2,7 @@
 by ``--set`` overrides: checkpoints, exact resume, export, and a 2-process run."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -169,7 +170,8 @@ def test_msldm_export_loads_and_generates(msldm_runs, tmp_path):
     assert out.stems.shape == (1, 4, SR // 2) and np.isfinite(out.stems).all()
     assert pipe.stem_names == STEMS
     m = pipe.unet.length_multiple  # the run's window: its 0.5-s validation clips (longer than its 16-frame segments)
-    assert pipe.unet.config.window_frames == max(16, int(0.5 * SR / pipe.vae.hop_length) // m * m) == 32
+    assert pipe.unet.config.window_frames == max(16, math.ceil(0.5 * SR / pipe.vae.hop_length / m) * m) == 40
+    assert out.sampling["windows"] == 1  # a clip of the validation length is one window, not two
 
 
 def test_export_refuses_a_vae_checkpoint(vae_runs, tmp_path):

@@ -197,12 +197,15 @@ def main(argv=None):
             unet_kwargs["num_sources"] = len(stem_names)
         if "window_frames" not in unet_kwargs:
             # The pipeline's generation window: the longest length the recipe trains or validates at (validation
-            # samples clips of validation_seconds, so the model is seen working at that length). Passed to the
-            # constructor, so that the config (and every copy from_config makes) records it.
+            # samples clips of validation_seconds, so the model is seen working at that length), rounded up to
+            # the UNet's multiple so that such a clip is one window (rounded down, a 12-s clip took two windows:
+            # twice the model evaluations and a seam). Passed to the constructor, so that the config (and every
+            # copy from_config makes) records it.
             with torch.device("meta"):
                 multiple = unet_cls(**unet_kwargs).length_multiple
-            val_frames = int(float(cfg.get("validation_seconds", 12.0)) * vae.config.sampling_rate / vae.hop_length)
-            unet_kwargs["window_frames"] = max(frames, val_frames // multiple * multiple)
+            val_frames = math.ceil(float(cfg.get("validation_seconds", 12.0)) * vae.config.sampling_rate
+                                   / vae.hop_length)
+            unet_kwargs["window_frames"] = max(frames, math.ceil(val_frames / multiple) * multiple)
         unet = unet_cls(**unet_kwargs)
     length_multiple = unet.length_multiple
     if frames % length_multiple:
