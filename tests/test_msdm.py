@@ -232,6 +232,7 @@ def test_stored_results_of_more_tasks_are_reused_and_separation_settings_count_o
     (tmp_path / "results.json").write_text(json.dumps({"protocol": stored, "total": {}}))
     assert _stored_results(tmp_path, protocol(tasks=("floor", "total", "partial"))) is not None
     assert _stored_results(tmp_path, protocol(tasks=("floor", "total", "partial"), separation_steps=50)) is not None
+    assert _stored_results(tmp_path, protocol(tasks=("total", "separation"))) is not None  # same separation settings
     assert _stored_results(tmp_path, protocol(tasks=("total", "separation"), separation_steps=50)) is None
     assert _stored_results(tmp_path, protocol(tasks=("total", "reconstruction"))) is None  # a task it did not run
     assert _stored_results(tmp_path, protocol(tasks=("total",), seed=1)) is None
