@@ -307,11 +307,13 @@ def test_compare_writes_one_table_and_chart_for_four_kinds_of_model(tmp_path, sa
     assert models["MSDM"]["parameters"]["vae"] == 0 and models["MSDM"]["parameters"]["unet"] > 0  # no autoencoder
     assert list(models["MSDM"]["results"]["partial"]["sub_fad"]) == ["B", "DG"]
     assert all(m["seconds_per_song"] > 0 for m in models.values())
+    assert all(m["timing"]["windows"] >= 1 and m["timing"]["model_evaluations"] >= 2 for m in models.values())
     assert list(models["ISLDM"]["results"]["partial"]["sub_fad"]) == ["B", "DG"]
     assert models["MixLDM"]["results"]["partial"] == {}
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| real training chunks (floor) | data |" in table and "| MixLDM | mixldm | n/a | n/a |" in table
     assert "| ISLDM |" in table and "## Coherence of total generation" in table and "## Size and speed" in table
+    assert "1 window, 2 evaluations" in table  # the time per song says how many windows and evaluations it took
     assert "## Separation: SI-SDR improvement" in table and "| MSDM |" in table
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 1000
     assert (tmp_path / "cmp" / "ISLDM" / "results.md").is_file()

@@ -89,15 +89,17 @@ class RecordingPipeline:
     def __init__(self):
         from conftest import tiny_pipeline
 
-        self.pipe, self.calls = tiny_pipeline(), []
+        self.pipe, self.calls, self.windows = tiny_pipeline(), [], []
         self.stem_names, self.sample_rate = self.pipe.stem_names, self.pipe.sample_rate
 
     def set_progress_bar_config(self, **kwargs):
         self.pipe.set_progress_bar_config(**kwargs)
 
     def __call__(self, **kwargs):
+        out = self.pipe(**kwargs)
         self.calls.append({"num_samples": kwargs["num_samples"], "generate": list(kwargs.get("generate") or [])})
-        return self.pipe(**kwargs)
+        self.windows.append(out.sampling["windows"])
+        return out
 
 
 def test_fourteen_subsets_for_four_stems_in_the_papers_order():
@@ -259,3 +261,17 @@ def test_churn_defaults_to_the_samplers_own():
     assert ProtocolConfig().s_churn == 20.0  # the paper's Euler
     assert ProtocolConfig(sampler="dpmpp_2m").s_churn == 0.0 and ProtocolConfig(sampler="heun").s_churn == 0.0
     assert ProtocolConfig(sampler="heun", s_churn=5.0).generation()["s_churn"] == 5.0
+
+
+def test_the_window_option_makes_every_clip_one_window(tmp_path):
+    """Models with different windows are compared on clips of one window each: ``window_s`` = the clip length."""
+    recording = RecordingPipeline()
+    recording.pipe.unet.register_to_config(window_frames=32)  # 0.46 s: a 1-s clip is several windows by default
+    for window_s, windows in ((None, 3), (1.0, 1)):
+        config = small(clip_seconds=1.0, num_clips=1, window_s=window_s)
+        generate_missing(recording, GeneratedClips(tmp_path / str(window_s), 1, STEMS, SR, STEMS), config)
+        assert recording.windows[-1] == windows
+        assert ("window_s" in config.generation()) == (window_s is not None)  # unset: old audio stays valid
+        assert config.describe()["window_s"] == window_s
+    with pytest.raises(ValueError, match="window_s"):
+        small(window_s=0.0)

@@ -57,12 +57,14 @@ def describe(pipe, args) -> dict:
         times = []
         for _ in range(max(1, args.timing_runs)):
             start = time.perf_counter()
-            pipe(audio_length_in_s=args.timing_seconds, num_inference_steps=args.steps, sampler=args.sampler,
-                 s_churn=args.churn, generator=torch.Generator().manual_seed(0))
+            out = pipe(audio_length_in_s=args.timing_seconds, num_inference_steps=args.steps, sampler=args.sampler,
+                       s_churn=args.churn, window_s=args.window_s, generator=torch.Generator().manual_seed(0))
             times.append(time.perf_counter() - start)
         info["seconds_per_song"] = min(times)
+        sampling = getattr(out, "sampling", None) or {}
         info["timing"] = {"song_seconds": args.timing_seconds, "runs": len(times), "threads": torch.get_num_threads(),
-                          "device": str(pipe.device)}
+                          "device": str(pipe.device), "windows": sampling.get("windows"),
+                          "model_evaluations": sampling.get("model_evaluations")}
     return info
 
 

@@ -81,6 +81,9 @@ def add_protocol_arguments(parser):
                         help=f"separation task: Euler steps (default {SEPARATION_STEPS}, MSDM's)")
     parser.add_argument("--separation-churn", type=float, default=None,
                         help=f"separation task: s_churn (default {SEPARATION_CHURN:g}, MSDM's)")
+    parser.add_argument("--window-s", type=float, default=None,
+                        help="seconds of one generation window (default: each pipeline's own, its UNet's "
+                        "window_frames); the clip length makes every clip one window, for models whose windows differ")
     parser.add_argument(
         "--embedder",
         choices=EMBEDDERS,
@@ -139,6 +142,7 @@ def _config(args, tasks):
         separation_method=args.separation_method,
         separation_steps=args.separation_steps,
         separation_churn=args.separation_churn,
+        window_s=args.window_s,
     )
 
 
@@ -164,6 +168,8 @@ def check_protocol_arguments(args):
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1.")
     if args.clip_seconds <= 0:
         raise SystemExit("--clip-seconds must be positive.")
+    if args.window_s is not None and not args.window_s > 0:
+        raise SystemExit("--window-s must be positive.")
     if args.separation_churn is not None and args.separation_churn < 0:
         raise SystemExit("--separation-churn must be at least 0.")
     if not (Path(args.data) / args.split).is_dir():

@@ -67,6 +67,9 @@ class ProtocolConfig:
     separation_method: str = "dirac"
     separation_steps: int | None = None
     separation_churn: float | None = None
+    # seconds of one generation window; None: each pipeline's own (its UNet's ``window_frames``). A comparison of
+    # models with different windows sets it to the clip length, so that every clip is one window (docs/baselines.md)
+    window_s: float | None = None
 
     def __post_init__(self):
         # Resolved here, from the samplers' one table, so that results and resume checks record the values used.
@@ -83,12 +86,17 @@ class ProtocolConfig:
             object.__setattr__(self, "separation_steps", SEPARATION_STEPS)
         if self.separation_churn is None:
             object.__setattr__(self, "separation_churn", SEPARATION_CHURN)
+        if self.window_s is not None and not (isinstance(self.window_s, (int, float)) and self.window_s > 0):
+            raise ValueError(f"window_s must be a positive number of seconds, got {self.window_s!r}.")
 
     def generation(self) -> dict:
         """The settings generated audio depends on: a resumed run must match them."""
-        return {
+        settings = {
             k: getattr(self, k) for k in ("clip_seconds", "seed", "num_inference_steps", "sampler", "s_churn")
         }
+        if self.window_s is not None:  # absent when unset, so that audio generated before the option stays valid
+            settings["window_s"] = self.window_s
+        return settings
 
     def separation(self) -> dict:
         """The settings separated audio depends on (checked on resume, in the separation audio's own folder)."""
@@ -243,11 +251,12 @@ def generate_missing(pipe, clips: GeneratedClips, config: ProtocolConfig, progre
     import torch
 
     todo = clips.missing()
+    window = {} if config.window_s is None else {"window_s": config.window_s}  # unset: the pipeline's own
     batches = [todo[i : i + config.batch_size] for i in range(0, len(todo), config.batch_size)]
     if isinstance(clips, MixtureClips):  # a mixture-only model: no stems to give or to ask for
         for batch in progress(batches, desc="Generating mixtures", total=len(batches)):
             out = pipe(audio_length_in_s=config.clip_seconds, num_inference_steps=config.num_inference_steps,
-                       sampler=config.sampler, s_churn=config.s_churn, num_samples=len(batch),
+                       sampler=config.sampler, s_churn=config.s_churn, num_samples=len(batch), **window,
                        generator=[torch.Generator().manual_seed(config.seed + i) for i in batch], output_type="np")
             for j, i in enumerate(batch):
                 clips.save(i, np.asarray(out.mixture[j])[None])
@@ -268,6 +277,7 @@ def generate_missing(pipe, clips: GeneratedClips, config: ProtocolConfig, progre
             sampler=config.sampler,
             s_churn=config.s_churn,
             num_samples=len(batch),
+            **window,
             generator=[torch.Generator().manual_seed(config.seed + i) for i in batch],
             output_type="np",
         )

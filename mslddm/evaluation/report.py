@@ -327,7 +327,9 @@ def comparison_markdown(comparison: dict) -> str:
     size_rows = []
     for name, m in models.items():
         t = m.get("timing") or {}
-        speed = (f"{m['seconds_per_song']:.2f} ({t.get('threads')} threads, {t.get('device')})"
+        windows = (f"; {t['windows']} window{'s' if t['windows'] != 1 else ''}, {t['model_evaluations']} evaluations"
+                   if t.get("windows") is not None and t.get("model_evaluations") is not None else "")
+        speed = (f"{m['seconds_per_song']:.2f} ({t.get('threads')} threads, {t.get('device')}{windows})"
                  if m.get("seconds_per_song") is not None else "n/a")
         size_rows.append([name, m["kind"], f"{m['parameters']['vae']:,}", f"{m['parameters']['unet']:,}",
                           f"{m['parameters']['total']:,}", speed])

@@ -313,7 +313,8 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
                         crossfade_s: Optional[float] = None) -> Dict[str, int]:
         """Window, overlap and crossfade in latent frames: the given seconds, else the model's defaults: the UNet
         config's ``window_frames`` (the length the model was trained to generate; 12 s when a config predates
-        it), an overlap of a third of the window and a crossfade of a quarter of the overlap."""
+        it), an overlap of a third of the window and a crossfade of a quarter of the overlap. The window is
+        rounded up to the UNet's length multiple: ``window_s=12`` makes a 12-s request one window."""
         fps = self.sample_rate / self.vae.hop_length
 
         def to_frames(seconds, name, positive=False):
@@ -328,7 +329,8 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
             window = getattr(self.unet.config, "window_frames", None) or round(DEFAULT_WINDOW_SECONDS * fps)
         else:
             window = to_frames(window_s, "window_s", positive=True)
-        window = max(multiple, window // multiple * multiple)
+        # Rounded up to the UNet's multiple, so that a request of exactly the window's length is one window.
+        window = max(multiple, -(-window // multiple) * multiple)
         overlap = window // 3 if overlap_s is None else to_frames(overlap_s, "overlap_s")
         crossfade = overlap // 4 if crossfade_s is None else to_frames(crossfade_s, "crossfade_s")
         return {"window": window, "overlap": overlap, "crossfade": crossfade}
