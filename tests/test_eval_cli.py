@@ -33,6 +33,10 @@ def test_bad_arguments_are_explained(tmp_path, monkeypatch):
         main(base + ["--tasks", "separation", "--separation-steps", "0"])
     with pytest.raises(SystemExit, match="--separation-churn must be at least 0"):
         main(base + ["--tasks", "separation", "--separation-churn", "-1"])
+    for bad in ("0", "-2", "inf", "nan"):  # before anything is generated or written
+        with pytest.raises(SystemExit, match="--window-s must be a positive, finite number"):
+            main(base + ["--window-s", bad])
+    assert not (tmp_path / "out").exists()
     monkeypatch.delenv("MSLDDM_VGGISH_WEIGHTS", raising=False)
     with pytest.raises(SystemExit, match="needs weights"):
         main(base + ["--embedder", "vggish"])

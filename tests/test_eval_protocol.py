@@ -273,5 +273,6 @@ def test_the_window_option_makes_every_clip_one_window(tmp_path):
         assert recording.windows[-1] == windows
         assert ("window_s" in config.generation()) == (window_s is not None)  # unset: old audio stays valid
         assert config.describe()["window_s"] == window_s
-    with pytest.raises(ValueError, match="window_s"):
-        small(window_s=0.0)
+    for bad in (0.0, -1.0, float("inf"), float("nan"), True):
+        with pytest.raises(ValueError, match="window_s"):
+            small(window_s=bad)

@@ -168,8 +168,8 @@ def check_protocol_arguments(args):
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1.")
     if args.clip_seconds <= 0:
         raise SystemExit("--clip-seconds must be positive.")
-    if args.window_s is not None and not args.window_s > 0:
-        raise SystemExit("--window-s must be positive.")
+    if args.window_s is not None and not 0 < args.window_s < float("inf"):
+        raise SystemExit(f"--window-s must be a positive, finite number of seconds, got {args.window_s!r}.")
     if args.separation_churn is not None and args.separation_churn < 0:
         raise SystemExit("--separation-churn must be at least 0.")
     if not (Path(args.data) / args.split).is_dir():

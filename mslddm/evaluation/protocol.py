@@ -86,7 +86,8 @@ class ProtocolConfig:
             object.__setattr__(self, "separation_steps", SEPARATION_STEPS)
         if self.separation_churn is None:
             object.__setattr__(self, "separation_churn", SEPARATION_CHURN)
-        if self.window_s is not None and not (isinstance(self.window_s, (int, float)) and self.window_s > 0):
+        if self.window_s is not None and not (isinstance(self.window_s, (int, float)) and not isinstance(self.window_s, bool)
+                                              and 0 < self.window_s < float("inf")):
             raise ValueError(f"window_s must be a positive number of seconds, got {self.window_s!r}.")
 
     def generation(self) -> dict:
