@@ -234,6 +234,29 @@ def test_msldm_measures_sigma_data_and_continues_a_pipeline(tmp_path, data, msld
                   tmp_path / "more" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
 
 
+def test_msldm_learns_trained_conditioning_from_an_unconditioned_pipeline(tmp_path, data, msldm_runs):
+    """msldm.conditioning: --init_from an imputation-only pipeline adds the zero-initialised conditioning input,
+    trains it on random stem masks, validates accompaniment (loss_given_one) and exports a conditioned pipeline."""
+    pipeline = msldm_runs / "straight" / "pipeline"
+    sets = UNET_SET + ["msldm.conditioning={given_probability: 0.5, total_probability: 0.0, "
+                       "continuation_probability: 0.5}", "msldm.use_ema=false", "msldm.learning_rate=1e-2",
+                       "msldm.lr_warmup_steps=0"]
+    launch("train_msldm.py", tmp_path / "cond", data, ["--max_steps", "2", "--init_from", str(pipeline)], sets)
+    from mslddm import MultiSourceLatentPipeline
+
+    pipe = MultiSourceLatentPipeline.from_pretrained(tmp_path / "cond" / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.unet.config.conditioning_channels == len(STEMS) * (pipe.latent_channels + 1)
+    assert pipe.unet.to_cond.weight.abs().max() > 0  # zero at the start, learnt in two steps
+    state = json.loads((tmp_path / "cond" / "checkpoint-2" / "training_state.json").read_text())
+    validation = state["validation"]
+    assert validation["loss_given_one"] > 0 and math.isfinite(validation["loss_given_one"])
+    bass = (0.3 * np.sin(2 * np.pi * 55 * np.arange(SR // 2) / SR)).astype(np.float32)
+    out = pipe(stems={"bass": bass}, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert out.generated == STEMS[1:] and np.isfinite(out.stems).all()
+    np.testing.assert_array_equal(out.stems[0, 0], bass)
+
+
 def test_non_finite_loss_stops_before_the_weights_change(tmp_path, data, vae_runs):
     """Infinite training sigmas (log-normal mean 200) make the loss NaN at the first step after a resume: the run
     stops with one sentence naming the step and the last good checkpoint, which is left as it was."""

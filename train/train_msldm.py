@@ -25,6 +25,7 @@ from mslddm import (EDMScheduler, IndependentSourceUNet1DModel, MixtureLatentPip
 from mslddm.data.datasets import LatentSegmentDataset, MultiSourceSegmentDataset, load_tracks, validation_segments
 from mslddm.data.latents import load_vae
 from mslddm.models import load_unet_folder
+from mslddm.models.unet_1d_multisource import stem_conditioning, stem_conditioning_channels
 from mslddm.pipelines.pipeline_multisource_diffusion import MultiSourceDiffusionPipeline, WaveformCodec
 from mslddm.presets import PRESETS
 from mslddm.schedulers.scheduling_edm import sample_training_sigmas
@@ -86,19 +87,57 @@ def measure_sigma_data(cfg: dict, train_set, vae, frames: int, items: int = 64) 
     return round(float(torch.stack(squares).mean().sqrt()), 4)
 
 
+def conditioned(unet) -> bool:
+    """Whether the UNet was built for trained partial generation (it reads given stems as conditioning)."""
+    return bool(getattr(unet.config, "conditioning_channels", 0))
+
+
+def with_conditioning(unet, channels: int):
+    """The same UNet with a (zero-initialised) conditioning input: it starts equal to ``unet``."""
+    if unet.config.conditioning_channels == channels:
+        return unet
+    if unet.config.conditioning_channels:
+        raise ValueError(f"The UNet's conditioning takes {unet.config.conditioning_channels} channels, not {channels}.")
+    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}  # _use_default_values would win
+    model = type(unet).from_config({**config, "conditioning_channels": channels})
+    missing, unexpected = model.load_state_dict(unet.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("to_cond.") for key in missing):
+        raise RuntimeError(f"Adding conditioning changed more than to_cond: missing {missing}, unexpected {unexpected}.")
+    return model.to(unet.device, unet.dtype)
+
+
+def training_conditioning(x0: torch.Tensor, options: dict, num_stems: int, sigma_data: float, generator):
+    """Random given stems (and continuation prefixes) for one batch: the UNet's conditioning input and the loss
+    weight (1 on the generated stems' channels and frames)."""
+    given = losses.draw_given_stems(x0.shape[0], num_stems, float(options.get("given_probability", 0.5)),
+                                    float(options.get("total_probability", 0.25)), generator)
+    frames = losses.draw_given_frames(given, x0.shape[-1], float(options.get("continuation_probability", 0.1)),
+                                      generator).to(x0.device)
+    weight = (~frames).repeat_interleave(x0.shape[1] // num_stems, dim=1)
+    return stem_conditioning(x0, frames, sigma_data), weight
+
+
 @torch.no_grad()
 def validation_loss(unet, latents: torch.Tensor, sigma_data: float, seed: int, sigmas=(0.05, 0.2, 0.5, 1.0, 2.0),
-                    clip=None):
-    """EDM loss of fixed latents at fixed sigmas with fixed noise: comparable across steps and runs."""
+                    clip=None, given: int | None = None, num_stems: int = 1):
+    """EDM loss of fixed latents at fixed sigmas with fixed noise: comparable across steps and runs. With ``given``
+    (a stem index), that stem is given (as conditioning to a conditioned UNet; to any UNet its noisy channels,
+    as imputation gives them) and the loss is taken on the other stems."""
     gen = step_generator(seed, 0, 0, "validation")
-    total = 0.0
+    total, weight, conditioning = 0.0, None, None
+    if given is not None:
+        mask = torch.zeros(latents.shape[0], num_stems, latents.shape[-1], dtype=torch.bool)
+        mask[:, given] = True
+        weight = (~mask).repeat_interleave(latents.shape[1] // num_stems, dim=1).to(unet.device)
+        if conditioned(unet):
+            conditioning = stem_conditioning(latents, mask, sigma_data).to(unet.device)
     for s in sigmas:
         sigma = torch.full((latents.shape[0],), float(s))
         noise = torch.randn(latents.shape, generator=gen)
         denoised = losses.edm_denoise(unet, (latents + s * noise).to(unet.device, unet.dtype),
-                                      sigma.to(unet.device), sigma_data, clip=clip)
+                                      sigma.to(unet.device), sigma_data, clip=clip, conditioning=conditioning)
         total += float(losses.edm_training_loss(denoised, latents.to(denoised.device), sigma.to(unet.device),
-                                                sigma_data))
+                                                sigma_data, weight=weight))
     return total / len(sigmas)
 
 
@@ -106,8 +145,14 @@ def validation_loss(unet, latents: torch.Tensor, sigma_data: float, seed: int, s
 def validate(pipe: MultiSourceLatentPipeline, latents: torch.Tensor, cfg: dict, seed: int, writer, step: int):
     """Validation loss, and a total and a partial generation (first stem given) logged as audio."""
     pipe.unet.eval()
-    metrics = {"loss": validation_loss(pipe.unet, latents, pipe.scheduler.config.sigma_data, seed,
-                                       clip=pipe.scheduler.config.clip_denoised)}
+    sigma_data, clip = pipe.scheduler.config.sigma_data, pipe.scheduler.config.clip_denoised
+    metrics = {"loss": validation_loss(pipe.unet, latents, sigma_data, seed, clip=clip)}
+    if pipe.generates_stems and len(pipe.stem_names) > 1:
+        # Accompaniment at the loss level: each stem given in turn, the loss on the others (comparable between a
+        # conditioned UNet and one that only sees the given stems' noisy channels).
+        metrics["loss_given_one"] = sum(
+            validation_loss(pipe.unet, latents, sigma_data, seed, clip=clip, given=i, num_stems=len(pipe.stem_names))
+            for i in range(len(pipe.stem_names))) / len(pipe.stem_names)
     names, sr, seconds = pipe.stem_names, pipe.sample_rate, float(cfg.get("validation_seconds", 12.0))
     steps = cfg.get("validation_steps")  # None: the sampler's default (the scheduler's table)
     kwargs = dict(audio_length_in_s=seconds, num_inference_steps=None if steps is None else int(steps),
@@ -207,6 +252,12 @@ def main(argv=None):
                                    / vae.hop_length)
             unet_kwargs["window_frames"] = max(frames, math.ceil(val_frames / multiple) * multiple)
         unet = unet_cls(**unet_kwargs)
+    conditioning = cfg.get("conditioning")
+    if conditioning:
+        if kind != "msldm":
+            raise ValueError(f"msldm.conditioning (trained partial generation) is for model msldm, not {kind}.")
+        unet = with_conditioning(unet, stem_conditioning_channels(len(stem_names), vae.config.latent_channels))
+        logger.info("Trained conditioning: %s", conditioning)
     length_multiple = unet.length_multiple
     if frames % length_multiple:
         raise ValueError(f"msldm.segment_frames={frames} must be a multiple of the UNet's {length_multiple}.")
@@ -310,10 +361,14 @@ def main(argv=None):
             log_normal_std=scheduler.config.training_log_normal_std,
             generator=step_generator(seed, step, rank, "sigma"), device=accelerator.device)
         noise = torch.randn(x0.shape, generator=step_generator(seed, step, rank, "noise")).to(accelerator.device)
+        cond, weight = None, None
+        if conditioning:
+            cond, weight = training_conditioning(x0, conditioning, len(stem_names), sigma_data,
+                                                 step_generator(seed, step, rank, "stems"))
         with accelerator.autocast():
             denoised = losses.edm_denoise(unet, x0 + sigma[:, None, None] * noise, sigma, sigma_data,
-                                          clip=scheduler.config.clip_denoised)
-            loss = losses.edm_training_loss(denoised, x0, sigma, sigma_data)
+                                          clip=scheduler.config.clip_denoised, conditioning=cond)
+            loss = losses.edm_training_loss(denoised, x0, sigma, sigma_data, weight=weight)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         grad_norm = clip_grad(accelerator, unet.parameters(), cfg.get("grad_clip"))

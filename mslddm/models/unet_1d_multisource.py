@@ -29,6 +29,8 @@ __all__ = [
     "MultiSourceUNet1DModel",
     "UNet1DOutput",
     "convert_reference_unet_state_dict",
+    "stem_conditioning",
+    "stem_conditioning_channels",
 ]
 
 
@@ -52,6 +54,38 @@ def convert_reference_unet_state_dict(state_dict: Mapping[str, torch.Tensor]) ->
     if any(key.startswith(prefix) for key in state_dict):
         return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
     return dict(state_dict)
+
+
+def stem_conditioning_channels(num_stems: int, latent_channels: int) -> int:
+    """Input channels of a conditioned UNet's `conditioning`: each stem's clean latent, then one mask per stem."""
+    return num_stems * (latent_channels + 1)
+
+
+def stem_conditioning(known: torch.Tensor | None, given: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """The conditioning input of trained partial generation (as MSG-LD and MGE-LDM): the clean latents of the given
+    stems scaled to unit variance, zeros elsewhere, followed by the per-stem masks.
+
+    Args:
+        known (`torch.Tensor` of shape `(batch, stems * latent_channels, length)` or `None`): The stems' clean latents
+            (only the given frames are read); `None` with nothing given.
+        given (`torch.Tensor` of shape `(batch, stems, length)` or `(batch, stems)`, bool): Which stems (and frames)
+            are given. All `False` is total generation: the input is then all zeros.
+        sigma_data (`float`): The latents' standard deviation (the scheduler's).
+
+    Returns `(batch, stems * (latent_channels + 1), length)`.
+    """
+    if known is None:
+        raise ValueError("stem_conditioning needs the known latents; pass conditioning=None for total generation.")
+    batch, channels, length = known.shape
+    if given.ndim == 2:
+        given = given[..., None].expand(-1, -1, length)
+    stems = given.shape[1]
+    if channels % stems or given.shape[-1] != length:
+        raise ValueError(f"`given` of shape {tuple(given.shape)} does not fit latents of shape {tuple(known.shape)}.")
+    given = given.to(known.device).expand(batch, -1, -1)
+    per_channel = given.repeat_interleave(channels // stems, dim=1)
+    clean = torch.where(per_channel, known.float() / sigma_data, torch.zeros((), device=known.device))
+    return torch.cat([clean, given.float()], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -422,6 +456,11 @@ class MultiSourceUNet1DModel(ModelMixin, ConfigMixin):
             training segments: 1024 frames, 14.9 s): the pipeline generates longer music in overlapping windows of
             this length. Not used by the network (it takes any multiple of `length_multiple`); `train_msldm.py`
             records its recipe's length. `None`: 12 s.
+        conditioning_channels (`int`, defaults to 0): Channels of the optional `conditioning` input of trained
+            partial generation (`stem_conditioning`: stems x (latent channels + 1)); 0 (the paper's model) takes
+            none and is told about given stems by imputation only. The input enters through a zero-initialised
+            patch convolution added after the patcher, so a model converted from an unconditioned one starts equal
+            to it.
     """
 
     _supports_gradient_checkpointing = True
@@ -449,6 +488,7 @@ class MultiSourceUNet1DModel(ModelMixin, ConfigMixin):
         num_fourier_features: int | None = None,
         mapping_features: int | None = None,
         window_frames: int | None = 1024,
+        conditioning_channels: int = 0,
     ):
         super().__init__()
         # Store the level lists as lists, as they come back from config.json, whatever sequence type was passed.
@@ -482,6 +522,12 @@ class MultiSourceUNet1DModel(ModelMixin, ConfigMixin):
             nn.GELU(),
         )
         self.to_in = Patcher(in_channels, channels, patch_blocks, patch_factor, mapping_features)
+        self.to_cond = None
+        if conditioning_channels:
+            patch = patch_factor**patch_blocks
+            # No bias: all-zero conditioning (total generation) adds exactly nothing, the same as `None`.
+            self.to_cond = nn.Conv1d(conditioning_channels, channels, kernel_size=patch, stride=patch, bias=False)
+            nn.init.zeros_(self.to_cond.weight)
         self.downsamples = nn.ModuleList(
             DownBlock1d(
                 widths[i],
@@ -529,6 +575,15 @@ class MultiSourceUNet1DModel(ModelMixin, ConfigMixin):
         """Input lengths must be multiples of this: patch_factor ** patch_blocks * prod(factors) (64 for MSLDM)."""
         return self.config.patch_factor**self.config.patch_blocks * math.prod(self.config.factors)
 
+    def _embed_conditioning(self, conditioning: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        if self.to_cond is None:
+            raise ValueError("This UNet was built without conditioning_channels: it takes no `conditioning` (given "
+                             "stems reach it by imputation).")
+        expected = (sample.shape[0], self.config.conditioning_channels, sample.shape[-1])
+        if tuple(conditioning.shape) != expected:
+            raise ValueError(f"`conditioning` must have shape {expected}, got {tuple(conditioning.shape)}.")
+        return self.to_cond(conditioning.to(self.to_cond.weight.dtype))
+
     def _check_inputs(self, sample: torch.Tensor, timestep: torch.Tensor | float) -> torch.Tensor:
         if sample.ndim != 3 or sample.shape[1] != self.config.in_channels:
             raise ValueError(
@@ -552,7 +607,8 @@ class MultiSourceUNet1DModel(ModelMixin, ConfigMixin):
         return timestep
 
     def forward(
-        self, sample: torch.Tensor, timestep: torch.Tensor | float, return_dict: bool = True
+        self, sample: torch.Tensor, timestep: torch.Tensor | float, return_dict: bool = True,
+        conditioning: torch.Tensor | None = None,
     ) -> UNet1DOutput | tuple[torch.Tensor]:
         """
         Args:
@@ -560,11 +616,16 @@ class MultiSourceUNet1DModel(ModelMixin, ConfigMixin):
                 (`c_in * x`); `length` must be a multiple of `length_multiple`.
             timestep (`torch.Tensor` or `float`): EDM's `c_noise = log(sigma) / 4`, a scalar or one per item.
             return_dict (`bool`, defaults to `True`): Return a `UNet1DOutput` instead of a tuple.
+            conditioning (`torch.Tensor` of shape `(batch, conditioning_channels, length)`, *optional*): The given
+                stems (`stem_conditioning`) of a model with `conditioning_channels`; `None` is total generation
+                (nothing given). A model without conditioning channels refuses one.
         """
         c_noise = self._check_inputs(sample, timestep)
         mapping = self.to_mapping(self.to_time(c_noise))
 
         x = self.to_in(sample, mapping)
+        if conditioning is not None:
+            x = x + self._embed_conditioning(conditioning, sample)
         patched = x
         skips = []
         for down in self.downsamples:

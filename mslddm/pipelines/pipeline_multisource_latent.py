@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from ..hub import PipelineLoadError, model_card, push_folder_to_hub, resolve_pre
 from ..models.autoencoder_source import SourceVAE
 from ..models.autoencoder_spectral import SpectralSourceVAE
 from ..models.unet_1d_independent import IndependentSourceUNet1DModel
-from ..models.unet_1d_multisource import MultiSourceUNet1DModel
+from ..models.unet_1d_multisource import MultiSourceUNet1DModel, stem_conditioning
 from ..schedulers.scheduling_edm import EDMScheduler
 from ..stems import DEFAULT_STEMS, load_stem
 from .windows import crossfade_weights, plan_windows
@@ -562,9 +563,14 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
             k = len(self.stem_names)
             active = [not bool(m) for m in mask.reshape(mask.shape[0], k, -1).all(-1).all(0)]
         context = only_sources(active) if only_sources is not None else contextlib.nullcontext()
+        denoiser = self.scheduler.denoiser(self.unet)
+        if known is not None and getattr(self.unet.config, "conditioning_channels", 0):
+            # A UNet trained with given stems also reads them (clean) as its conditioning input; imputation stays.
+            given = mask[:, ::self.latent_channels].expand(x.shape[0], -1, -1)
+            conditioning = stem_conditioning(known, given, self.scheduler.config.sigma_data)
+            denoiser = functools.partial(denoiser, conditioning=conditioning)
         with context:
-            x = self.scheduler.sample(self.scheduler.denoiser(self.unet), x, generator=generator, impute=impute,
-                                      callback=on_evaluation)
+            x = self.scheduler.sample(denoiser, x, generator=generator, impute=impute, callback=on_evaluation)
         return x if known is None else torch.where(mask, known, x)
 
 

@@ -96,20 +96,23 @@ class Denoiser:
 
     ``x`` and the result are float32 whatever the network's dtype: the input is cast to the network's dtype after
     scaling, the noise conditioning is passed in float32 (the network's time embedding reads it in float32), and
-    the output is read back as float32 before the skip connection. With ``clip``, the estimate is clamped to
+    the output is read back as float32 before the skip connection. ``conditioning`` (given stems, for a UNet
+    trained with them) passes through to the network unscaled. With ``clip``, the estimate is clamped to
     ``[-clip, clip]`` (MSDM's waveforms: 1.0).
     """
 
     def __init__(self, model, sigma_data: float, clip: Optional[float] = None):
         self.model, self.sigma_data, self.clip = model, float(sigma_data), clip
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, conditioning: Optional[torch.Tensor] = None
+                 ) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
         c_skip, c_out, c_in, c_noise = edm_scalings(sigma, self.sigma_data)
         x = x.float()
-        out = self.model((x * _expand(c_in, x)).to(_parameter_dtype(self.model)), c_noise).sample
+        extra = {} if conditioning is None else {"conditioning": conditioning}  # only conditioned UNets take one
+        out = self.model((x * _expand(c_in, x)).to(_parameter_dtype(self.model)), c_noise, **extra).sample
         denoised = _expand(c_skip, x) * x + _expand(c_out, x) * out.float()
         return denoised if self.clip is None else denoised.clamp(-self.clip, self.clip)
 

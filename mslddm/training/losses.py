@@ -101,16 +101,55 @@ def discriminator_loss(fake_features, real_features) -> torch.Tensor:
 
 
 def edm_training_loss(denoised: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor, sigma_data: float,
-                      reduce: bool = True) -> torch.Tensor:
-    """MSLDM's EDM loss: per item ``mean((D(x + sigma n) - x)^2) * lambda(sigma)``, then the batch mean."""
-    per_item = (denoised.float() - clean.float()).pow(2).flatten(1).mean(1) * edm_loss_weight(sigma, sigma_data)
+                      reduce: bool = True, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """MSLDM's EDM loss: per item ``mean((D(x + sigma n) - x)^2) * lambda(sigma)``, then the batch mean.
+
+    ``weight`` (broadcastable to ``clean``, e.g. ``(B, channels, 1)`` of 0/1) restricts the mean to the weighted
+    elements: with trained conditioning the loss is taken on the generated stems only."""
+    error = (denoised.float() - clean.float()).pow(2)
+    if weight is None:
+        per_item = error.flatten(1).mean(1)
+    else:
+        weight = weight.float().expand_as(error)
+        per_item = (error * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1.0)
+    per_item = per_item * edm_loss_weight(sigma, sigma_data)
     return per_item.mean() if reduce else per_item
 
 
 def edm_denoise(model, noisy: torch.Tensor, sigma: torch.Tensor, sigma_data: float,
-                clip: float | None = None) -> torch.Tensor:
+                clip: float | None = None, conditioning: torch.Tensor | None = None) -> torch.Tensor:
     """``D(x; sigma)`` for a batch of per-item sigmas ``(B,)``: the sampler's :class:`Denoiser`, with gradients."""
-    return Denoiser(model, sigma_data, clip=clip)(noisy, sigma)
+    return Denoiser(model, sigma_data, clip=clip)(noisy, sigma, conditioning=conditioning)
+
+
+def draw_given_stems(batch_size: int, num_stems: int, given_probability: float, total_probability: float,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random stem masks for training with conditioning, ``(B, stems)`` bool (``True``: given).
+
+    An item is total generation (nothing given) with ``total_probability``; otherwise each stem is given with
+    ``given_probability``, and one generated stem is kept where the draw gave them all."""
+    if not (0.0 <= given_probability <= 1.0 and 0.0 <= total_probability <= 1.0):
+        raise ValueError(f"given_probability and total_probability must lie in [0, 1], got {given_probability} "
+                         f"and {total_probability}.")
+    given = torch.rand(batch_size, num_stems, generator=generator) < given_probability
+    total = torch.rand(batch_size, generator=generator) < total_probability
+    given &= ~total[:, None]
+    keep = torch.randint(num_stems, (batch_size,), generator=generator)
+    all_given = given.all(1)
+    given[all_given, keep[all_given]] = False
+    return given
+
+
+def draw_given_frames(given: torch.Tensor, frames: int, continuation_probability: float,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-frame masks ``(B, stems, frames)`` from per-stem ones: with ``continuation_probability`` an item also
+    knows every stem's first 10-60 % of frames (continuation, and the overlap of the pipeline's next window)."""
+    mask = given[..., None].expand(-1, -1, frames).clone()
+    prefix = (torch.rand(given.shape[0], generator=generator) * 0.5 + 0.1) * frames
+    continued = torch.rand(given.shape[0], generator=generator) < continuation_probability
+    known = torch.arange(frames)[None, :] < prefix.long()[:, None]
+    mask |= (known & continued[:, None])[:, None, :]
+    return mask
 
 
 def si_sdr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

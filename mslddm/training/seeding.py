@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 # Streams of randomness within a step, kept apart so that adding a draw to one never shifts another.
-STREAMS = {"noise": 1, "sigma": 2, "posterior": 3, "validation": 4}
+STREAMS = {"noise": 1, "sigma": 2, "posterior": 3, "validation": 4, "stems": 5}
 
 
 def step_generator(seed: int, step: int, process_index: int = 0, stream: str = "noise",
