@@ -18,6 +18,7 @@ COMMANDS = {
     "encode-latents": "mslddm.commands.encode_latents",
     "evaluate": "mslddm.commands.evaluate",
     "compare": "mslddm.commands.compare",
+    "accompany": "mslddm.commands.accompany",
     "separate": "mslddm.commands.separate",
     "export": "mslddm.commands.export",
     "convert-original": "mslddm.commands.convert_original",

@@ -87,17 +87,19 @@ def chance_agreement(stem: np.ndarray, given: np.ndarray, sample_rate: int, shif
 
 def accompaniment_clip(given: np.ndarray, generated: np.ndarray, real: np.ndarray, stem_names: Sequence[str],
                        given_index: int, sample_rate: int, reference_beats: np.ndarray | None = None,
-                       drums: str = "drums", seed: int = 0) -> dict:
+                       drums: str = "drums", seed: int = 0, real_given: np.ndarray | None = None) -> dict:
     """What one accompaniment clip measures. ``given`` ``(T,)`` is the stem given to the model (as the model got
     it: possibly processed), ``generated`` and ``real`` ``(K, T)`` the model's stems and the song's real ones.
 
     Per other stem: rhythmic agreement with the given one (generated, real aligned, chance mean), and the level
-    relation in dB (stem minus given), generated and real; with ``reference_beats``, the generated and the real
-    drums' beat F-measure and tempo."""
+    relation in dB (stem minus given), generated and real (against ``real_given``, the song's own given stem, when
+    the model got it at another level); with ``reference_beats``, the generated and the real drums' beat
+    F-measure and tempo."""
     from ..audio import rms_db
 
     out: dict = {"stems": {}}
     given_db = rms_db(given)
+    real_given_db = given_db if real_given is None else rms_db(real_given)
     for k, name in enumerate(stem_names):
         if k == given_index:
             continue
@@ -106,7 +108,7 @@ def accompaniment_clip(given: np.ndarray, generated: np.ndarray, real: np.ndarra
             "agreement_real": rhythmic_agreement(real[k], given, sample_rate),
             "agreement_chance": float(chance_agreement(generated[k], given, sample_rate, seed=seed).mean()),
             "level_db": rms_db(generated[k]) - given_db,
-            "level_db_real": rms_db(real[k]) - given_db,
+            "level_db_real": rms_db(real[k]) - real_given_db,
         }
     if reference_beats is not None and drums in stem_names and stem_names.index(drums) != given_index:
         k = list(stem_names).index(drums)
