@@ -55,11 +55,11 @@ def test_augmentation_chain_is_seeded_and_keeps_the_level():
 
 def test_accompaniment_task_on_a_tiny_pipeline(clicks_data):
     pipe = tiny_pipeline()
-    config = AccompanimentConfig(num_clips=2, seconds=2.0, given=("guitar", "bass"), levels_dbfs=(-40.0, None),
+    config = AccompanimentConfig(num_clips=1, seconds=2.0, given=("guitar", "bass"), levels_dbfs=(-40.0, None),
                                  augment=True, num_inference_steps=2)
     results = evaluate_accompaniment(pipe, clicks_data, config)
     records = results["records"]
-    assert len(records) == 2 * 2 * 2 and {r["given"] for r in records} == {"guitar", "bass"}
+    assert len(records) == 1 * 2 * 2 and {r["given"] for r in records} == {"guitar", "bass"}
     first = records[0]
     assert set(first["stems"]) == set(STEMS) - {first["given"]}
     assert first["beats"]["f_measure_real"] > 0.8  # real drums on the song's grid: the grid is right
@@ -68,7 +68,7 @@ def test_accompaniment_task_on_a_tiny_pipeline(clicks_data):
     assert max(real) - min(real) < 0.5
     summary = results["summary"]
     assert {"all", "guitar@-40.0", "guitar@None", "bass@-40.0", "bass@None"} <= set(summary)
-    assert summary["all"]["runs"] == 8 and np.isfinite(summary["all"]["level_error_db"])
+    assert summary["all"]["runs"] == 4 and np.isfinite(summary["all"]["level_error_db"])
     with pytest.raises(ValueError, match="Unknown stem"):
         evaluate_accompaniment(pipe, clicks_data, AccompanimentConfig(given=("vocals",)))
 
