@@ -135,3 +135,27 @@ def test_pipeline_gives_a_conditioned_unet_the_given_stems():
     without = pipe(stems={"drums": tone(200)}, num_inference_steps=3, output_type="latent", generator=seed())
     pipe.unet.to_cond.weight.data.copy_(weights)
     assert (with_cond - without.stems[0, [0, 2, 3]]).abs().max() > 1e-3
+
+
+def test_windows_and_continuation_give_a_conditioned_unet_the_known_frames():
+    """Long-form: a later window knows the frames it shares with the previous one (every stem); continuation: the
+    given part of each stem. Both reach a conditioned UNet as given frames, beside imputation."""
+    pipe = tiny_pipeline()
+    spy = Spy(conditioned_copy(pipe.unet, scale=0.5))
+    pipe.unet = spy
+    window = dict(window_s=0.7, overlap_s=0.3, crossfade_s=0.1)  # 48-frame windows
+    out = pipe(audio_length_in_s=1.6, num_inference_steps=2, generator=torch.Generator().manual_seed(0), **window)
+    assert out.sampling["windows"] > 1 and np.isfinite(out.stems).all()
+    first, later = spy.seen[0], spy.seen[-1]
+    assert first is None  # the first window of a total generation knows nothing
+    masks = later[0, -len(STEMS):]
+    known = masks[0].bool()
+    assert masks.eq(masks[:1]).all() and known[0] and not known[-1]  # every stem: the shared frames, then free
+    spy.seen.clear()
+    take = tone(220, seconds=0.5)
+    out = pipe(stems={"guitar": take}, generate=["bass", "guitar"], extend_s=0.4, num_inference_steps=2,
+               generator=torch.Generator().manual_seed(0))
+    masks = spy.seen[-1][0, -len(STEMS):]
+    assert masks[1].all() and masks[3].all()  # drums and piano held silent: known throughout
+    assert masks[2, 0] == 1 and masks[2, -1] == 0  # the guitar: its take, then its continuation
+    assert not masks[0].any()  # the bass: generated throughout
