@@ -238,9 +238,10 @@ def test_msldm_learns_trained_conditioning_from_an_unconditioned_pipeline(tmp_pa
     """msldm.conditioning: --init_from an imputation-only pipeline adds the zero-initialised conditioning input,
     trains it on random stem masks, validates accompaniment (loss_given_one) and exports a conditioned pipeline."""
     pipeline = msldm_runs / "straight" / "pipeline"
+    # The UNet at rate 0, its new conditioning input at its own rate: only the conditioning learns
     sets = UNET_SET + ["msldm.conditioning={given_probability: 0.5, total_probability: 0.0, "
-                       "continuation_probability: 0.5}", "msldm.use_ema=false", "msldm.learning_rate=1e-2",
-                       "msldm.lr_warmup_steps=0"]
+                       "continuation_probability: 0.5, learning_rate: 1.0e-2}", "msldm.use_ema=false",
+                       "msldm.learning_rate=0", "msldm.lr_warmup_steps=0"]
     launch("train_msldm.py", tmp_path / "cond", data, ["--max_steps", "2", "--init_from", str(pipeline)], sets)
     from mslddm import MultiSourceLatentPipeline
 
@@ -248,6 +249,9 @@ def test_msldm_learns_trained_conditioning_from_an_unconditioned_pipeline(tmp_pa
     pipe.set_progress_bar_config(disable=True)
     assert pipe.unet.config.conditioning_channels == len(STEMS) * (pipe.latent_channels + 1)
     assert pipe.unet.to_cond.weight.abs().max() > 0  # zero at the start, learnt in two steps
+    trained = load_file(tmp_path / "cond" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    base = load_file(pipeline / "unet" / "diffusion_pytorch_model.safetensors")
+    assert set(trained) - set(base) == {"to_cond.weight"} and all(torch.equal(trained[k], base[k]) for k in base)
     state = json.loads((tmp_path / "cond" / "checkpoint-2" / "training_state.json").read_text())
     validation = state["validation"]
     assert validation["loss_given_one"] > 0 and math.isfinite(validation["loss_given_one"])

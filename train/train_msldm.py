@@ -106,6 +106,18 @@ def with_conditioning(unet, channels: int):
     return model.to(unet.device, unet.dtype)
 
 
+def parameter_groups(unet, cfg: dict) -> list[dict]:
+    """The optimizer's parameter groups: one, or with ``msldm.conditioning.learning_rate`` the (new, zero-initialised)
+    conditioning input apart at its own rate, so that it learns while the rest continues gently."""
+    rate = (cfg.get("conditioning") or {}).get("learning_rate")
+    if rate is None:
+        return [{"params": list(unet.parameters())}]
+    named = dict(unet.named_parameters())
+    cond = [p for n, p in named.items() if n.startswith("to_cond.")]
+    return [{"params": [p for n, p in named.items() if not n.startswith("to_cond.")]},
+            {"params": cond, "lr": float(rate)}]
+
+
 def training_conditioning(x0: torch.Tensor, options: dict, num_stems: int, sigma_data: float, generator):
     """Random given stems (and continuation prefixes) for one batch: the UNet's conditioning input and the loss
     weight (1 on the generated stems' channels and frames)."""
@@ -276,7 +288,7 @@ def main(argv=None):
         ema = EMAModel(unet.parameters(), decay=float(cfg.get("ema_decay", 0.999)),
                        model_cls=unet_cls, model_config=unet.config)
         accelerator.register_for_checkpointing(ema)
-    optimizer = torch.optim.Adam(unet.parameters(), lr=float(cfg["learning_rate"]),
+    optimizer = torch.optim.Adam(parameter_groups(unet, cfg), lr=float(cfg["learning_rate"]),
                                  betas=tuple(cfg.get("betas", (0.9, 0.99))))
     schedule = dict(warmup_steps=int(cfg.get("lr_warmup_steps", 0)), decay_start=cfg.get("lr_decay_start"),
                     decay_steps=int(cfg.get("lr_decay_steps", 0)), final_ratio=float(cfg.get("lr_final_ratio", 0.1)))
