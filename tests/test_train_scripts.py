@@ -151,7 +151,7 @@ def test_msldm_resume_is_exact_for_weights_and_ema(msldm_runs):
     assert config == json.loads((a / "unet" / "config.json").read_text())
 
 
-def test_msldm_export_loads_and_generates(msldm_runs, tmp_path):
+def test_msldm_export_loads_and_generates(msldm_runs, data, tmp_path):
     from mslddm import MultiSourceLatentPipeline
     from mslddm.cli import main
 
@@ -169,6 +169,10 @@ def test_msldm_export_loads_and_generates(msldm_runs, tmp_path):
     out = pipe(audio_length_in_s=0.5, num_inference_steps=2, sampler="dpmpp_2m", generator=torch.Generator().manual_seed(0))
     assert out.stems.shape == (1, 4, SR // 2) and np.isfinite(out.stems).all()
     assert pipe.stem_names == STEMS
+    from mslddm.data.datasets import measure_stem_levels
+
+    assert pipe.stem_levels_dbfs == measure_stem_levels(data, "train", STEMS, SR)  # measured on its training audio
+    assert all(-60 < level < 0 for level in pipe.stem_levels_dbfs.values())
     m = pipe.unet.length_multiple  # the run's window: its 0.5-s validation clips (longer than its 16-frame segments)
     assert pipe.unet.config.window_frames == max(16, math.ceil(0.5 * SR / pipe.vae.hop_length / m) * m) == 40
     assert out.sampling["windows"] == 1  # a clip of the validation length is one window, not two

@@ -15,6 +15,7 @@ end, the complete pipeline folder ``OUTPUT/pipeline`` (EMA weights) with a model
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -22,7 +23,8 @@ import torch
 
 from mslddm import (EDMScheduler, IndependentSourceUNet1DModel, MixtureLatentPipeline, MultiSourceLatentPipeline,
                     MultiSourceUNet1DModel)
-from mslddm.data.datasets import LatentSegmentDataset, MultiSourceSegmentDataset, load_tracks, validation_segments
+from mslddm.data.datasets import (LatentSegmentDataset, MultiSourceSegmentDataset, load_tracks, measure_stem_levels,
+                                   validation_segments)
 from mslddm.data.latents import load_vae
 from mslddm.models import load_unet_folder
 from mslddm.models.unet_1d_multisource import stem_conditioning, stem_conditioning_channels
@@ -72,6 +74,22 @@ def to_latents(batch: torch.Tensor, vae, frames: int) -> torch.Tensor:
     b, k, t = batch.shape
     means = vae.encode(batch.reshape(b * k, 1, t).to(vae.dtype)).latent_dist.mean.float()[..., :frames]
     return means.reshape(b, k * means.shape[1], frames)
+
+
+def training_levels(recipe: dict, stem_names: list[str], sample_rate: int, init_from=None):
+    """The stems' training levels (dBFS) the pipeline records (:mod:`mslddm.loudness`): measured on the training
+    audio when it is here, else the ``--init_from`` pipeline's, else None (given stems are then encoded at their own
+    level)."""
+    root = (recipe.get("data") or {}).get("root")
+    if root and stem_names != ["mix"] and Path(root).is_dir():
+        try:
+            return measure_stem_levels(root, "train", stem_names, sample_rate)
+        except (ValueError, OSError) as error:
+            logger.warning("The stems' training levels could not be measured on %s: %s", root, error)
+    index = Path(init_from or ".") / "model_index.json"
+    if init_from and index.is_file():
+        return json.loads(index.read_text()).get("stem_levels_dbfs")
+    return None
 
 
 @torch.no_grad()
@@ -325,6 +343,10 @@ def main(argv=None):
         vae_state = json.loads(vae_state_file.read_text())
         vae_state = {k: vae_state.get(k) for k in ("step", "recipe", "validation", "data")}
 
+    levels = training_levels(recipe, stem_names, vae.config.sampling_rate, args.init_from) \
+        if kind in ("msldm", "isldm") else None
+    logger.info("The stems' training levels (dBFS): %s", levels)
+
     def ema_unet():
         """A UNet holding the EMA weights (a clean config: EMAModel.save_pretrained adds its own keys)."""
         model = unet_cls.from_config(accelerator.unwrap_model(unet).config)
@@ -340,12 +362,14 @@ def main(argv=None):
         elif kind == "mixldm":
             pipe = MixtureLatentPipeline(vae=vae, unet=model, scheduler=scheduler_copy, mixture_of=mixture_of)
         else:
-            pipe = MultiSourceLatentPipeline(vae=vae, unet=model, scheduler=scheduler_copy, stem_names=stem_names)
+            pipe = MultiSourceLatentPipeline(vae=vae, unet=model, scheduler=scheduler_copy, stem_names=stem_names,
+                                             stem_levels_dbfs=levels)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
     def state(validation):
         return {"kind": kind, "recipe": recipe, "stem_names": stem_names, "mixture_of": mixture_of,
+                "stem_levels_dbfs": levels,
                 "validation": validation,
                 "data": {**data_info, **val_info}, "vae_training": vae_state, "timing": budget.timing(step)}
 

@@ -43,6 +43,9 @@ def add_arguments(parser):
                         help=f"sampler steps; None means the sampler's default ({defaults})")
     parser.add_argument("--churn", type=float, default=None,
                         help="s_churn for euler/heun; None means the sampler's default")
+    parser.add_argument("--no-match-levels", dest="match_levels", action="store_false", default=None,
+                        help="encode given stems at their own level (default: set them to the pipeline's training "
+                             "levels first and give the band back at their level, when the pipeline records them)")
     parser.add_argument("--max-stem-seconds", type=float, default=None,
                         help="longest given stem, and longest result, accepted (as on the web page); None means 600 s (10 min)")
     parser.add_argument("--seed", type=int, action="append", default=None,
@@ -55,6 +58,13 @@ def add_arguments(parser):
     parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
                         help="model weights' precision (sampling math stays float32); auto: bfloat16 on a GPU, and "
                              "on a CPU with native bf16 for paper-size models (where it is faster), else float32")
+
+
+def _sample_levels(levels, j: int):
+    """Sample ``j``'s level matching (given stems' gains and the band's, in dB), or None when it was off."""
+    if not levels:
+        return None
+    return {"given": {n: g[j] for n, g in levels["given_gain_db"].items()}, "band": levels["band_gain_db"][j]}
 
 
 def _load_given(pipe, given: dict, duration, max_seconds) -> dict:
@@ -202,7 +212,7 @@ def _run(args) -> int:
         result = pipe(
             stems=given or None, input_sample_rate=pipe.sample_rate, generate=generate,
             audio_length_in_s=args.duration, extend_s=args.extend, window_s=args.window, overlap_s=args.overlap,
-            num_inference_steps=args.steps, sampler=args.sampler, s_churn=args.churn,
+            num_inference_steps=args.steps, sampler=args.sampler, s_churn=args.churn, match_levels=args.match_levels,
             num_samples=len(batch_seeds), generator=[torch.Generator().manual_seed(s) for s in batch_seeds],
         )
         seconds = time.perf_counter() - tic
@@ -221,6 +231,7 @@ def _run(args) -> int:
                 "sampler": result.sampling["sampler"], "s_churn": result.sampling["s_churn"],
                 "model_evaluations": result.sampling["model_evaluations"], "windows": result.sampling["windows"],
                 "extended_by_s": args.extend, "gain_applied": gain, "device": device,
+                "level_gain_db": _sample_levels(result.sampling.get("levels"), j),
                 "dtype": dtype_name,
                 "batch_seconds": round(seconds, 3),
             }

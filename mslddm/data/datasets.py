@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from mslddm.audio import AudioReadError
+from mslddm.loudness import stem_levels
 from mslddm.data.slakh import DEFAULT_STEM_CLASSES, index_slakh, is_slakh_track
 from mslddm.data.tracks import DEFAULT_STEMS, Track, index_stem_folders, require_tracks, split_dir, track_dirs
 
@@ -310,3 +311,18 @@ def _segment_problem(dataset, index: int) -> str | None:
     if segment.ndim == 2 and all(is_silent(stem) for stem in segment.numpy()):
         return f"{name} is silent in every stem from sample {start}"
     return None
+
+
+def measure_stem_levels(root, split: str = "train", stem_names=DEFAULT_STEMS, sample_rate: int = 22050,
+                        clips: int = 64, seconds: float = 12.0) -> dict[str, float]:
+    """Each stem's level in the data (the median gated level of :func:`mslddm.loudness.stem_levels` over ``clips``
+    consecutive chunks spread over the split's tracks): what a pipeline trained on it records as
+    ``stem_levels_dbfs``."""
+    tracks = load_tracks(root, split, stem_names, sample_rate=sample_rate)
+    if not tracks:
+        raise ValueError(f"{root}/{split} holds no usable tracks to measure the stems' levels on.")
+    length = int(seconds * sample_rate)
+    chunks = [(track, start) for track in tracks for start in range(0, max(1, track.num_samples - length + 1), length)]
+    picked = [chunks[i] for i in np.linspace(0, len(chunks) - 1, min(clips, len(chunks))).round().astype(int)]
+    return stem_levels([track.read(start, length, list(stem_names)) for track, start in picked], stem_names,
+                       sample_rate)

@@ -20,6 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..audio import AudioLike
 from ..hub import PipelineLoadError, model_card, push_folder_to_hub, resolve_pretrained_path
+from ..loudness import band_gain, check_stem_levels, gain_to_level
 from ..models.autoencoder_source import SourceVAE
 from ..models.autoencoder_spectral import SpectralSourceVAE
 from ..models.unet_1d_independent import IndependentSourceUNet1DModel
@@ -71,6 +72,9 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
         scheduler: the :class:`EDMScheduler`.
         stem_names: names of the stems, any number (default: the paper's bass, drums, guitar, piano).
         sample_rate: audio sample rate (default: the VAE's).
+        stem_levels_dbfs: the level (gated RMS, :mod:`mslddm.loudness`) each stem has in the training data; when
+            recorded, given stems are set to it before encoding and the generated band is given back at the
+            level of the upload (``match_levels``). Folders saved without it generate as before.
     """
 
     model_cpu_offload_seq = "vae->unet->vae"
@@ -83,6 +87,7 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
         scheduler: EDMScheduler,
         stem_names: Optional[Sequence[str]] = None,
         sample_rate: Optional[int] = None,
+        stem_levels_dbfs: Optional[Mapping[str, float]] = None,
     ):
         super().__init__()
         stem_names = list(stem_names or DEFAULT_STEMS)
@@ -96,6 +101,8 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
             )
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler)
         self.register_to_config(stem_names=stem_names, sample_rate=int(sample_rate or vae.config.sampling_rate))
+        if stem_levels_dbfs is not None:  # only when recorded: folders saved without it keep their model_index.json
+            self.register_to_config(stem_levels_dbfs=check_stem_levels(stem_levels_dbfs, stem_names))
 
     # Read from the config, never stored as attributes: diffusers treats list-valued attributes as components.
     @property
@@ -105,6 +112,12 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
     @property
     def sample_rate(self) -> int:
         return int(self.config.sample_rate)
+
+    @property
+    def stem_levels_dbfs(self) -> Optional[Dict[str, float]]:
+        """The stems' training levels in dBFS (``None`` when the pipeline does not record them)."""
+        levels = self.config.get("stem_levels_dbfs")
+        return dict(levels) if levels else None
 
     @property
     def latent_channels(self) -> int:
@@ -352,6 +365,7 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
         generator: Generator = None,
         latents: Optional[torch.Tensor] = None,
         input_sample_rate: Optional[int] = None,
+        match_levels: Optional[bool] = None,
         extend_s: Optional[float] = None,
         window_s: Optional[float] = None,
         overlap_s: Optional[float] = None,
@@ -383,6 +397,11 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
                 depends only on its own generator, so a seed reproduces its item in any batch.
             latents: initial unit-variance noise ``(num_samples, num_stems * latent_channels, frames)``.
             input_sample_rate: sample rate of bare arrays in ``stems`` (default: the pipeline's).
+            match_levels: set each given stem to the level its stem has in the training data
+                (``stem_levels_dbfs``) before encoding it, and give the generated stems back at the upload's level
+                (each generated stem scaled by the inverse of the given stems' mean gain in dB; a continued stem by
+                its own). The given stems themselves always come back unchanged. Default: on when the pipeline
+                records its training levels.
             extend_s: continuation: the given stems are the beginning of the music (a previous result, or takes
                 of some stems); the result is ``extend_s`` seconds longer than the longest of them, the given
                 stems continue after their ends and the other stems (``generate``) are generated throughout.
@@ -435,6 +454,7 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
         if num_samples_audio < 1:
             raise ValueError(f"audio_length_in_s={audio_length_in_s} is shorter than one sample.")
         given = {n: _fit(a, num_samples_audio) for n, a in given.items()}
+        gains = self._level_gains(given, match_levels)  # per given stem and sample; undone on the band in step 7
         frames = self.num_frames_for(num_samples_audio) if latents is None else latents.shape[-1]
         if frames % self.unet.length_multiple:
             raise ValueError(f"latents have {frames} frames; the UNet needs a multiple of {self.unet.length_multiple}.")
@@ -457,7 +477,7 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
             audio = torch.zeros(num_samples, k, padded)
             for i, name in enumerate(names):
                 if name in given:
-                    audio[:, i, :num_samples_audio] = torch.from_numpy(given[name])
+                    audio[:, i, :num_samples_audio] = torch.from_numpy(given[name] * gains[name][:, None] if name in gains else given[name])
             known = self.encode_stems(audio.to(device))[..., :frames]
             if known.shape[-1] != frames:
                 raise RuntimeError(f"The VAE encoded {padded} samples to {known.shape[-1]} frames, not {frames}.")
@@ -521,6 +541,15 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
         audio = self.decode_latents(latents)[..., :num_samples_audio]  # on the models' device: "pt" stays there
         if audio.shape[-1] < num_samples_audio:
             audio = torch.nn.functional.pad(audio, (0, num_samples_audio - audio.shape[-1]))
+        if gains:  # the band back at the upload's level
+            band = torch.tensor([band_gain([g[b] for g in gains.values()]) for b in range(num_samples)])
+            for i, name in enumerate(names):
+                if name in generate:
+                    scale = torch.from_numpy(1.0 / gains[name]) if name in gains else band
+                    audio[:, i] *= scale.to(audio.device, audio.dtype)[:, None]
+            sampling["levels"] = {"given_gain_db": {n: [round(20 * math.log10(v), 2) for v in g]
+                                                    for n, g in gains.items()},
+                                  "band_gain_db": [round(20 * math.log10(v), 2) for v in band.tolist()]}
         for i, name in enumerate(names):
             if name in given and name in generate:  # continued: the take, then a crossfade into its continuation
                 end = given_length[name]
@@ -538,6 +567,20 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
         if not return_dict:
             return audio, mixture
         return MultiSourceAudioPipelineOutput(audio, mixture, names, self.sample_rate, generate, sampling)
+
+    def _level_gains(self, given: Mapping[str, np.ndarray], match_levels: Optional[bool]) -> Dict[str, np.ndarray]:
+        """``{stem: (num_samples,) gains}`` that set each given stem to its training level (empty when off)."""
+        levels = self.stem_levels_dbfs
+        if match_levels not in (None, True, False):
+            raise ValueError(f"match_levels must be True, False or None (the pipeline's choice), got {match_levels!r}.")
+        if match_levels and not levels:
+            raise ValueError("match_levels=True, but this pipeline records no stem_levels_dbfs (its training "
+                             "levels); save it with them, or leave match_levels unset.")
+        if match_levels is False or not levels:
+            return {}
+        return {name: np.array([gain_to_level(item, self.sample_rate, levels[name]) for item in audio],
+                               dtype=np.float32)
+                for name, audio in given.items() if name in levels}
 
     def _denoise_window(self, x, known, mask, generator, progress_bar, callback, tensor_inputs, offset: int):
         """Samples one window from its initial noise ``x``; where ``mask`` holds, the channels and frames of

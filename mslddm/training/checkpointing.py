@@ -250,7 +250,8 @@ def export_pipeline(checkpoint, out, ema: bool = True, dtype: Optional[str] = No
     elif state.get("kind") == "mixldm":  # the MixLDM baseline: mixtures only
         pipe = MixtureLatentPipeline(**components, mixture_of=state.get("mixture_of"))
     else:
-        pipe = MultiSourceLatentPipeline(**components, stem_names=state["stem_names"])
+        pipe = MultiSourceLatentPipeline(**components, stem_names=state["stem_names"],
+                                         stem_levels_dbfs=state.get("stem_levels_dbfs"))
     if description:
         state = {**state, "description": description}
     sections = model_card_sections(state, weights)
