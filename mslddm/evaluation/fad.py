@@ -154,3 +154,28 @@ def save_cached_statistics(cache_dir: str | os.PathLike | None, spec: dict, stat
     if cache_dir is not None:
         stats.save(_cache_path(cache_dir, spec))
     return stats
+
+
+def load_cached_embeddings(cache_dir: str | os.PathLike | None, spec: dict) -> list[np.ndarray] | None:
+    """The per-clip embeddings stored for ``spec`` (a list of ``(frames, D)`` arrays), or ``None``: what the
+    intervals of :mod:`mslddm.evaluation.distances` resample."""
+    path = None if cache_dir is None else Path(cache_dir) / f"embeddings-{statistics_key(spec)}.npz"
+    if path is None or not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        if json.loads(str(data["spec"])) != _normalised(spec):
+            return None
+        return np.split(np.asarray(data["embeddings"], np.float64), np.cumsum(data["lengths"])[:-1])
+
+
+def save_cached_embeddings(cache_dir: str | os.PathLike | None, spec: dict, clips: list[np.ndarray]) -> None:
+    """Store per-clip embeddings for ``spec`` (no-op without ``cache_dir``); written under a temporary name and
+    renamed, so never half-written."""
+    if cache_dir is None:
+        return
+    path = Path(cache_dir) / f"embeddings-{statistics_key(spec)}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial.npz")
+    np.savez(tmp, embeddings=np.concatenate(clips), lengths=np.array([len(c) for c in clips], np.int64),
+             spec=json.dumps(_normalised(spec)))
+    os.replace(tmp, path)

@@ -26,12 +26,16 @@ import numpy as np
 from ..audio import read_audio, write_audio
 from .coherence import CoherenceConfig, ShuffledAcrossSongs, coherence_metrics
 from .embedders.base import AudioEmbedder
+from .distances import fad_interval, kad_interval
 from .levels import level_statistics
+from .spectral import spectral_statistics
 from .fad import (
     EmbeddingStatistics,
     StatisticsAccumulator,
     fad,
+    load_cached_embeddings,
     load_cached_statistics,
+    save_cached_embeddings,
     save_cached_statistics,
 )
 from .reference import Chunk, ReferenceClips, list_tracks, select_chunks, split_fingerprint
@@ -298,13 +302,26 @@ def clip_statistics(
     desc: str = "Embedding",
 ) -> list[EmbeddingStatistics]:
     """Statistics of several views of the same clips in one pass; a part is a stem index, or ``None`` for the mix."""
-    accumulators = [StatisticsAccumulator() for _ in parts]
+    return [statistics_of(e) for e in clip_embeddings(clips, embedder, sample_rate, parts, progress, desc)]
+
+
+def clip_embeddings(clips: Sequence[np.ndarray], embedder, sample_rate: int, parts: Sequence[int | None],
+                    progress=lambda it, **kw: it, desc: str = "Embedding") -> list[list[np.ndarray]]:
+    """Per part (a stem index, or ``None`` for the mix), the embeddings of each clip ``(frames, D)``."""
+    out = [[] for _ in parts]
     for i in progress(range(len(clips)), desc=desc):
         clip = clips[i]
-        for acc, part in zip(accumulators, parts):
-            audio = clip.sum(axis=0) if part is None else clip[part]
-            acc.add(embedder.embed(audio, sample_rate))
-    return [acc.statistics() for acc in accumulators]
+        for per_part, part in zip(out, parts):
+            per_part.append(np.asarray(embedder.embed(clip.sum(axis=0) if part is None else clip[part],
+                                                      sample_rate), np.float64))
+    return out
+
+
+def statistics_of(per_clip: Sequence[np.ndarray]) -> EmbeddingStatistics:
+    accumulator = StatisticsAccumulator()
+    for embeddings in per_clip:
+        accumulator.add(embeddings)
+    return accumulator.statistics()
 
 
 def reference_statistics(
@@ -321,10 +338,23 @@ def reference_statistics(
     cached = [load_cached_statistics(cache_dir, spec) for spec in specs]
     if all(s is not None for s in cached):
         return cached
-    stats = clip_statistics(
-        reference, embedder, reference.sample_rate, parts, progress, "Embedding reference"
-    )
-    return [save_cached_statistics(cache_dir, spec, s) for spec, s in zip(specs, stats)]
+    embeddings = reference_embeddings(reference, chunks_spec, embedder, parts, labels, cache_dir, progress)
+    return [save_cached_statistics(cache_dir, spec, statistics_of(e)) for spec, e in zip(specs, embeddings)]
+
+
+def reference_embeddings(reference: ReferenceClips, chunks_spec: dict, embedder, parts, labels, cache_dir,
+                         progress=lambda it, **kw: it) -> list[list[np.ndarray]]:
+    """Per-clip reference embeddings of each part (what the intervals resample), cached beside the statistics
+    (which are saved from them too)."""
+    specs = [{"embedder": embedder.identity(), "chunks": chunks_spec, "part": label} for label in labels]
+    cached = [load_cached_embeddings(cache_dir, spec) for spec in specs]
+    if all(c is not None for c in cached):
+        return cached
+    embeddings = clip_embeddings(reference, embedder, reference.sample_rate, parts, progress, "Embedding reference")
+    for spec, per_clip in zip(specs, embeddings):
+        save_cached_embeddings(cache_dir, spec, per_clip)
+        save_cached_statistics(cache_dir, spec, statistics_of(per_clip))
+    return embeddings
 
 
 @dataclass
@@ -406,6 +436,7 @@ class _Run:
     sample_rate: int
     mixture_only: bool = False
     _reference_stats: list | None = None
+    _reference_embeddings: list | None = None
 
     def reference(self, task: str, split: str | None = None) -> tuple[ReferenceClips, dict]:
         """The task's reference chunks of the test split (or of ``split``: the floor draws training chunks the
@@ -433,10 +464,27 @@ class _Run:
         return {"mix": fad(stats, self._reference_stats[-1])}
 
     def fad_parts(self, clips, desc: str) -> tuple[dict, list]:
-        """FAD of ``clips`` against the test reference, per stem and on the mix (the total task's chunks)."""
+        """FAD of ``clips`` against the test reference, per stem and on the mix (the total task's chunks), and the
+        clips' embeddings per part."""
         parts = [*range(len(self.names)), None]
-        stats = clip_statistics(clips, self.embedder, self.sample_rate, parts, self.progress, desc)
-        return self.fad_against_reference(stats), stats
+        embeddings = clip_embeddings(clips, self.embedder, self.sample_rate, parts, self.progress, desc)
+        return self.fad_against_reference([statistics_of(e) for e in embeddings]), embeddings
+
+    def distances(self, embeddings) -> dict:
+        """FAD with its 95 % bootstrap interval over clips and KAD (x100, with its interval) of per-part clip
+        embeddings (stems, then the mix) against the test reference's, per stem and mix."""
+        labels = [*self.names, "mix"]
+        if self._reference_embeddings is None:
+            reference, spec = self.reference("total")
+            self._reference_embeddings = reference_embeddings(reference, spec, self.embedder,
+                                                              [*range(len(self.names)), None], labels,
+                                                              self.cache_dir, self.progress)
+        pairs = list(zip(labels, embeddings, self._reference_embeddings))
+        return {"fad_interval": {label: fad_interval(g, r) for label, g, r in pairs},
+                "kad": {label: kad_interval(g, r) for label, g, r in pairs}}
+
+    def spectral(self, clips) -> dict:
+        return spectral_statistics(clips, self.names, self.sample_rate)
 
     def fad_against_reference(self, stats) -> dict:
         """FAD of per-part statistics (stems, then the mix) against the test reference's, per stem and mix."""
@@ -478,12 +526,12 @@ def evaluate_floor(run: _Run) -> dict | None:
     train = ReferenceClips(run.data_root, "train", train.chunks[: len(test)], run.names, run.sample_rate)
     parts, labels = [*range(len(run.names)), None], [*run.names, "mix"]
     # Real audio, like the test reference: its statistics are cached too (keyed by the chunks used).
-    train_stats = reference_statistics(train, {**train_spec, "used": len(train)}, run.embedder, parts, labels,
-                                       run.cache_dir, run.progress)
-    fads = run.fad_against_reference(train_stats)
+    train_embeddings = reference_embeddings(train, {**train_spec, "used": len(train)}, run.embedder, parts, labels,
+                                            run.cache_dir, run.progress)
+    fads = run.fad_against_reference([statistics_of(e) for e in train_embeddings])
     run.log("Real-data floor (train vs test) FAD: " + ", ".join(f"{k} {v:.3f}" for k, v in fads.items()))
     return {"num_train_chunks": len(train), "num_reference_chunks": len(test), "fad": fads,
-            "levels": run.levels(train)}
+            **run.distances(train_embeddings), "levels": run.levels(train), "spectral": run.spectral(train)}
 
 
 class ReconstructedClips(GeneratedClips):
@@ -535,10 +583,11 @@ def evaluate_reconstruction(run: _Run) -> dict | None:
         return {"num_reference_chunks": len(reference), "fad": fads,
                 "levels": level_statistics(clips, [], run.sample_rate, run.config.silence_db),
                 "levels_reference": run.levels(reference)}
-    fads, _ = run.fad_parts(clips, "Embedding reconstructions")
+    fads, embeddings = run.fad_parts(clips, "Embedding reconstructions")
     run.log("VAE reconstruction FAD: " + ", ".join(f"{k} {v:.3f}" for k, v in fads.items()))
-    return {"num_reference_chunks": len(reference), "fad": fads, "levels": run.levels(clips),
-            "levels_reference": run.levels(reference)}
+    return {"num_reference_chunks": len(reference), "fad": fads, **run.distances(embeddings),
+            "levels": run.levels(clips), "levels_reference": run.levels(reference),
+            "spectral": run.spectral(clips), "spectral_reference": run.spectral(reference)}
 
 
 def evaluate_total(run: _Run) -> dict:
@@ -553,14 +602,17 @@ def evaluate_total(run: _Run) -> dict:
                 "levels": level_statistics(generated, [], sr, run.config.silence_db),
                 "levels_reference": run.levels(reference), "coherence": {},
                 "note": "a mixture-only model: FAD of the mix only, no stems to score"}
-    fads, _ = run.fad_parts(generated, "Embedding generated")
+    fads, embeddings = run.fad_parts(generated, "Embedding generated")
     coherence_config = CoherenceConfig(silence_db=run.config.silence_db)
     result = {
         "num_reference_chunks": len(reference),
         "num_generated": len(generated),
         "fad": fads,
+        **run.distances(embeddings),
         "levels": run.levels(generated),
         "levels_reference": run.levels(reference),
+        "spectral": run.spectral(generated),
+        "spectral_reference": run.spectral(reference),
         "coherence": {
             "generated": coherence_metrics(generated, names, sr, coherence_config),
             "reference": coherence_metrics(reference, names, sr, coherence_config),

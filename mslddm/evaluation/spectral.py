@@ -42,7 +42,7 @@ def spectral_statistics(clips: Sequence[np.ndarray], stem_names: Sequence[str], 
     (``sounding[i][k]``; all when not given)."""
     result = {}
     for k, name in enumerate(stem_names):
-        shapes = [spectral_shape(np.asarray(clip)[k], sample_rate) for i, clip in enumerate(clips)
+        shapes = [spectral_shape(np.asarray(clips[i])[k], sample_rate) for i in range(len(clips))
                   if sounding is None or sounding[i][k]]
         shares = [s["high_share"] for s in shapes if np.isfinite(s["high_share"])]
         centroids = [s["centroid_hz"] for s in shapes if np.isfinite(s["centroid_hz"])]
