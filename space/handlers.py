@@ -226,6 +226,7 @@ class Studio:
                              "needs a waveform multi-source model (MSDM).")
         if not mixture_path:
             raise user_error("Upload a mixture to separate.")
+        # Separation is Euler: sampling_settings("euler", ...) is the scheduler's separation_settings rule.
         _, sampling, variations = self._check_settings(1.0, steps, "euler", churn, variations)
         seeds = self._seeds(seed, variations)
         try:
@@ -286,7 +287,7 @@ class Studio:
             raise user_error(f"Steps must be a whole number from 1 to {lim.max_steps}, got {steps}.")
         if variations is None or int(variations) != float(variations) or not 1 <= int(variations) <= lim.max_variations:
             raise user_error(f"Variations must be a whole number from 1 to {lim.max_variations}, got {variations}.")
-        try:  # unset steps or churn: the sampler's defaults, resolved by the scheduler as for every caller
+        try:  # unset ones: the pipeline's own (its scheduler config), resolved as for every caller
             sampling = self.pipe.scheduler.sampling_settings(sampler or None, None if steps is None else int(steps),
                                                              None if churn is None else float(churn))
         except ValueError as error:
