@@ -79,7 +79,8 @@ def measure(preset, device, batch, seconds, sampler, steps, dtype, repeats, snr=
     peak = _peak_mib(device)
     params = sum(p.numel() for p in pipe.unet.parameters()) + sum(p.numel() for p in pipe.vae.parameters())
     row = {"preset": preset + (" +compile" if compile_unet else ""), "params_M": params / 1e6, "device": device,
-           "dtype": dtype, "batch": batch, "sampler": f"{sampler} x{steps}", "evals": len(pipe.scheduler.timesteps),
+           "dtype": dtype, "batch": batch, "sampler": f"{sampler} x{steps}",
+           "evals": pipe.scheduler.sampling_settings(sampler, steps).model_evaluations,
            "sample_s": s / batch, "decode_s": d / batch, "song_s": (s + d) / batch, "rtf": seconds * batch / (s + d),
            "songs_per_s": batch / (s + d), "peak_MiB": peak, "snr_db": None}
     if snr and dtype != "float32":

@@ -9,7 +9,6 @@ import math
 import secrets
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -106,7 +105,6 @@ class Studio:
             Path(workdir).mkdir(parents=True, exist_ok=True)
         self.workdir = Path(tempfile.mkdtemp(prefix="mslddm-space-", dir=workdir))  # removed by close()
         self.ttl_s = ttl_s
-        self._lock = threading.Lock()  # the scheduler holds per-call state: one sampling at a time per pipeline
         self._sample = gpu(duration=self.limits.gpu_duration_s)(self._run_pipeline)
         atexit.register(self.close)
 
@@ -228,6 +226,7 @@ class Studio:
                              "needs a waveform multi-source model (MSDM).")
         if not mixture_path:
             raise user_error("Upload a mixture to separate.")
+        # Separation is Euler: sampling_settings("euler", ...) is the scheduler's separation_settings rule.
         _, sampling, variations = self._check_settings(1.0, steps, "euler", churn, variations)
         seeds = self._seeds(seed, variations)
         try:
@@ -288,7 +287,7 @@ class Studio:
             raise user_error(f"Steps must be a whole number from 1 to {lim.max_steps}, got {steps}.")
         if variations is None or int(variations) != float(variations) or not 1 <= int(variations) <= lim.max_variations:
             raise user_error(f"Variations must be a whole number from 1 to {lim.max_variations}, got {variations}.")
-        try:  # unset steps or churn: the sampler's defaults, resolved by the scheduler as for every caller
+        try:  # unset ones: the pipeline's own (its scheduler config), resolved as for every caller
             sampling = self.pipe.scheduler.sampling_settings(sampler or None, None if steps is None else int(steps),
                                                              None if churn is None else float(churn))
         except ValueError as error:
@@ -337,10 +336,11 @@ class Studio:
         return stem, note
 
     def _timed_sample(self, kwargs: dict, progress: Callable | None):
-        """The pipeline run, one at a time, and its wall-clock seconds."""
+        """The pipeline run and its wall-clock seconds. Sampling keeps no state in the pipeline, so calls may
+        overlap; the page's queue (``concurrency_id="sampling"`` in ``ui.py``) still runs one at a time, for the
+        device's memory."""
         tic = time.perf_counter()
-        with self._lock:
-            result = self._sample(kwargs, progress)
+        result = self._sample(kwargs, progress)
         return result, time.perf_counter() - tic
 
     def _write(self, result, seeds, settings, seconds, mixer, notes, progress, session) -> Outputs:

@@ -306,6 +306,8 @@ def test_compare_writes_one_table_and_chart_for_four_kinds_of_model(tmp_path, sa
     assert models["ISLDM"]["parameters"]["unet"] > models["MSLDM"]["parameters"]["unet"]
     assert models["MSDM"]["parameters"]["vae"] == 0 and models["MSDM"]["parameters"]["unet"] > 0  # no autoencoder
     assert list(models["MSDM"]["results"]["partial"]["sub_fad"]) == ["B", "DG"]
+    # each model's resolved sampler is recorded (here --steps 2 and every scheduler's Euler churn 20)
+    assert all(m["sampling"] == {"sampler": "euler", "num_inference_steps": 2, "s_churn": 20.0} for m in models.values())
     assert all(m["seconds_per_song"] > 0 for m in models.values())
     assert all(m["timing"]["windows"] >= 1 and m["timing"]["model_evaluations"] >= 2 for m in models.values())
     assert list(models["ISLDM"]["results"]["partial"]["sub_fad"]) == ["B", "DG"]

@@ -13,6 +13,7 @@ from mslddm.evaluation.protocol import (
     ProtocolConfig,
     evaluate,
     generate_missing,
+    resolve_sampling,
     stem_subsets,
     subset_label,
 )
@@ -24,7 +25,10 @@ class FakePipeline:
     """Test double with MultiSourceLatentPipeline's interface: 'generates' a fixture song seeded by the generator."""
 
     def __init__(self, stem_names=STEMS, sample_rate=SR, garble=False):
+        from mslddm import EDMScheduler
+
         self.stem_names, self.sample_rate, self.garble = list(stem_names), sample_rate, garble
+        self.scheduler = EDMScheduler()  # unset sampler settings resolve against it
         self.calls = []
 
     def __call__(
@@ -91,6 +95,7 @@ class RecordingPipeline:
 
         self.pipe, self.calls, self.windows = tiny_pipeline(), [], []
         self.stem_names, self.sample_rate = self.pipe.stem_names, self.pipe.sample_rate
+        self.scheduler = self.pipe.scheduler
 
     def set_progress_bar_config(self, **kwargs):
         self.pipe.set_progress_bar_config(**kwargs)
@@ -257,10 +262,28 @@ def test_subset_selection_and_unknown_labels(tmp_path, data):
         )
 
 
-def test_churn_defaults_to_the_samplers_own():
-    assert ProtocolConfig().s_churn == 20.0  # the paper's Euler
-    assert ProtocolConfig(sampler="dpmpp_2m").s_churn == 0.0 and ProtocolConfig(sampler="heun").s_churn == 0.0
-    assert ProtocolConfig(sampler="heun", s_churn=5.0).generation()["s_churn"] == 5.0
+def test_unset_sampler_settings_are_the_pipelines_own_and_explicit_ones_win(tmp_path):
+    from mslddm import EDMScheduler
+
+    own = EDMScheduler(sampler="heun", num_inference_steps=7, s_churn=1.5)
+    config = ProtocolConfig().resolved(own)
+    assert (config.sampler, config.num_inference_steps, config.s_churn) == ("heun", 7, 1.5)
+    assert (config.separation_steps, config.separation_churn) == (150, 20.0)  # Euler's own: the pipeline's is Heun
+    assert ProtocolConfig(sampler="dpmpp_2m").resolved(own).s_churn == 0.0  # another sampler: its own defaults
+    assert ProtocolConfig(sampler="heun", s_churn=5.0).resolved(own).generation()["s_churn"] == 5.0
+    explicit = ProtocolConfig(sampler="euler", num_inference_steps=3, s_churn=0.0, separation_steps=4,
+                              separation_churn=0.0)
+    assert explicit.resolved(own) == explicit and resolve_sampling(explicit, own) is explicit
+    # Without a pipeline: what the audio already there was made with (an earlier run's manifest); else unset.
+    assert resolve_sampling(ProtocolConfig(), None, tmp_path) == ProtocolConfig()
+    (tmp_path / "audio").mkdir()
+    (tmp_path / "audio" / "manifest.json").write_text(json.dumps(
+        {"pipeline": "p", "stem_names": STEMS, "sample_rate": SR,
+         "generation": {**config.generation(), "sampler": "euler", "num_inference_steps": 150, "s_churn": 20.0}}))
+    found = resolve_sampling(ProtocolConfig(s_churn=3.0), None, tmp_path)
+    assert (found.sampler, found.num_inference_steps, found.s_churn) == ("euler", 150, 3.0)
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        ProtocolConfig(sampler="ddim")
 
 
 def test_the_window_option_makes_every_clip_one_window(tmp_path):

@@ -216,6 +216,7 @@ def test_separation_settings_default_to_msdms_and_are_checked():
     from mslddm.evaluation.protocol import ProtocolConfig
 
     config = ProtocolConfig(num_inference_steps=50, s_churn=40.0)  # generation's settings are not separation's
+    config = config.resolved(msdm_scheduler())
     assert (config.separation_method, config.separation_steps, config.separation_churn) == ("dirac", 150, 20.0)
     with pytest.raises(ValueError, match="separation_method must be one of"):
         ProtocolConfig(separation_method="oracle")

@@ -21,14 +21,18 @@ def gaussian_denoiser(x, sigma):
     return x * SD**2 / (sigma**2 + SD**2)
 
 
-def run(scheduler, x, generator=None, denoiser=gaussian_denoiser):
+def run(scheduler, plan, x, generator=None, denoiser=gaussian_denoiser):
     evaluations = []
 
     def counting(x, sigma):
         evaluations.append(float(sigma))
         return denoiser(x, sigma)
 
-    return scheduler.sample(counting, x, generator=generator), len(evaluations)
+    return scheduler.sample(counting, x, plan, generator=generator), len(evaluations)
+
+
+def plan(scheduler, *args, **kwargs):
+    return scheduler.sampling_plan(scheduler.sampling_settings(*args, **kwargs))
 
 
 def test_karras_sigmas_match_eq5():
@@ -70,8 +74,7 @@ def ode_error(sampler, steps):
     last step (sigma_min -> 0) maps x(sigma_min) to D(x(sigma_min)).
     """
     s = EDMScheduler()
-    s.set_timesteps(steps, sampler=sampler, s_churn=0.0)
-    out, _ = run(s, torch.full((1, 1, 1), 3.0, dtype=torch.float64))
+    out, _ = run(s, plan(s, sampler, steps, 0.0), torch.full((1, 1, 1), 3.0, dtype=torch.float64))
     x_min = 3.0 * math.sqrt(SD**2 + 0.01**2) / math.sqrt(SD**2 + 9.0)
     exact = x_min * SD**2 / (SD**2 + 0.01**2)
     return abs(out.item() - exact) / exact
@@ -93,9 +96,9 @@ def test_higher_order_samplers_beat_euler_at_few_steps():
 def test_evaluation_counts():
     s = EDMScheduler()
     for sampler, n, expected in (("euler", 150, 150), ("heun", 10, 19), ("dpmpp_2m", 10, 10)):
-        s.set_timesteps(n, sampler=sampler)
-        _, evaluations = run(s, torch.randn(1, 2, 4) * 3)
-        assert evaluations == len(s.timesteps) == expected
+        p = plan(s, sampler, n)
+        _, evaluations = run(s, p, torch.randn(1, 2, 4) * 3)
+        assert evaluations == len(p.timesteps) == len(p) == p.settings.model_evaluations == expected
 
 
 def first_evaluation(s_churn, seed=3):
@@ -137,13 +140,11 @@ def test_bad_arguments_raise_clear_errors():
         EDMScheduler(sampler="ddim")
     s = EDMScheduler()
     with pytest.raises(ValueError, match="num_inference_steps"):
-        s.set_timesteps(0)
+        s.sampling_settings(num_inference_steps=0)
     with pytest.raises(ValueError, match="churn"):
-        s.set_timesteps(10, sampler="dpmpp_2m", s_churn=5.0)
+        s.sampling_settings("dpmpp_2m", 10, 5.0)
     with pytest.raises(ValueError, match="s_churn"):
         s.set_timesteps(10, s_churn=float("nan"))
-    with pytest.raises(RuntimeError, match="set_timesteps"):
-        EDMScheduler().sample(gaussian_denoiser, torch.zeros(1, 1, 1))
 
 
 def test_defaults_come_from_one_table_and_explicit_values_win():
@@ -159,7 +160,22 @@ def test_defaults_come_from_one_table_and_explicit_values_win():
     assert own.sampling_settings().num_inference_steps == 12
     assert own.sampling_settings("euler").num_inference_steps == 150
     assert EDMScheduler(s_churn=5.0).sampling_settings("heun").s_churn == 0.0
-    assert own.set_timesteps() == own.settings and len(own.timesteps) == 12
+    assert own.separation_settings() == own.sampling_settings("euler")  # separation is Euler, resolved the same way
+    assert EDMScheduler(num_inference_steps=40, s_churn=3.0).separation_settings().to_dict()["s_churn"] == 3.0
+
+
+def test_sampling_leaves_the_scheduler_as_it_was_and_set_timesteps_still_serves_outside_code():
+    s = EDMScheduler(sampler="heun", num_inference_steps=6)
+    before = dict(vars(s))
+    p = plan(s)
+    out, _ = run(s, p, torch.full((1, 1, 3), 3.0))
+    assert {k: v for k, v in vars(s).items() if k != "_internal_dict"} == {
+        k: v for k, v in before.items() if k != "_internal_dict"}
+    assert s.sigmas is None and s.timesteps is None and s.settings is None
+    # diffusers' set_timesteps sets the attributes (outside code may read them) from the same plan
+    assert s.set_timesteps() == s.settings == p.settings and len(s) == 6
+    torch.testing.assert_close(s.sigmas, p.sigmas) and torch.testing.assert_close(s.timesteps, p.timesteps)
+    torch.testing.assert_close(run(s, p, torch.full((1, 1, 3), 3.0))[0], out)  # the attributes change nothing
 
 
 def test_config_round_trip(tmp_path):

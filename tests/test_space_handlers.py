@@ -271,3 +271,36 @@ def test_extend_refuses_what_it_cannot_do(song_studio):
         song_studio.extend(str(first.zip_path), None, 3.5, 2, "dpmpp_2m", 0.0)
     with pytest.raises(gr.Error, match="positive"):
         song_studio.extend(str(first.zip_path), None, 0, 2, "dpmpp_2m", 0.0)
+
+
+def test_overlapping_calls_on_one_pipeline_give_the_sequential_results(song_studio):
+    """No lock: sampling keeps no state in the pipeline. Two generations of two windows each, with different
+    samplers, advance in lockstep (a barrier after every model evaluation) and equal the same calls made one by one."""
+    import threading
+
+    calls = [{"sampler": "euler", "churn": 20.0, "steps": 3, "seed": "1"},
+             {"sampler": "dpmpp_2m", "churn": 0.0, "steps": 3, "seed": "2"}]  # 3 evaluations per window each
+    sequential = [read_render(run(song_studio, duration=1.0, **c).zip_path) for c in calls]
+    assert all(r.settings["windows"] == 2 for r in sequential)
+    barrier, results, errors = threading.Barrier(2, timeout=60), [None, None], []
+
+    def lockstep(value, desc=None, **_):
+        if desc == "Sampling":
+            barrier.wait()
+
+    def call(i):
+        try:
+            results[i] = read_render(run(song_studio, duration=1.0, progress=lockstep, **calls[i]).zip_path)
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for alone, together in zip(sequential, results):
+        assert together.settings["sampler"] == alone.settings["sampler"]
+        np.testing.assert_array_equal(together.stems, alone.stems)

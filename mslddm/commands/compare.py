@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 HELP = "evaluate several pipelines on one protocol into one comparison table and chart"
+SAMPLING_KEYS = ("sampler", "num_inference_steps", "s_churn")
 
 
 def add_arguments(parser):
@@ -94,6 +95,8 @@ def run(args) -> int:
         del pipe
     comparison = {"protocol": next(iter(models.values()))["results"]["protocol"], "models": models}
     for model in models.values():
+        # Unset sampler flags are each pipeline's own (its scheduler config): recorded per model.
+        model["sampling"] = {k: model["results"]["protocol"].get(k) for k in SAMPLING_KEYS}
         model["results"] = {k: v for k, v in model["results"].items() if k != "protocol"}
     paths = write_comparison(comparison, out)
     print((out / "comparison.md").read_text())

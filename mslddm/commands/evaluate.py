@@ -30,7 +30,7 @@ def add_protocol_arguments(parser):
     """The protocol's options (shared with ``mslddm compare``)."""
     from mslddm.evaluation.embedders import EMBEDDERS
     from mslddm.evaluation.protocol import TASKS, ProtocolConfig
-    from mslddm.schedulers.sampling import SAMPLER_DEFAULTS, SEPARATION_CHURN, SEPARATION_METHODS, SEPARATION_STEPS
+    from mslddm.schedulers.sampling import SAMPLER_DEFAULTS, SEPARATION_METHODS
 
     d = ProtocolConfig()
     parser.add_argument("--split", default=d.split, help="dataset split holding the reference tracks")
@@ -63,24 +63,23 @@ def add_protocol_arguments(parser):
     parser.add_argument(
         "--seed", type=int, default=d.seed, help="chunk draw seed; item i is generated with seed + i"
     )
-    defaults = ", ".join(f"{k} {v.num_inference_steps} / {v.s_churn:g}" for k, v in SAMPLER_DEFAULTS.items())
-    parser.add_argument("--steps", type=int, default=None,
-                        help=f"sampler steps; None means the sampler's own (steps / churn: {defaults})")
+    own = "default: the pipeline's scheduler config, recorded in results.json"
+    parser.add_argument("--steps", type=int, default=None, help=f"sampler steps ({own})")
     parser.add_argument(
         "--sampler",
         choices=tuple(SAMPLER_DEFAULTS),
         default=d.sampler,
-        help="euler: the paper's churned Euler; heun / dpmpp_2m: few-step samplers",
+        help=f"euler: the paper's churned Euler; heun / dpmpp_2m: few-step samplers ({own})",
     )
     parser.add_argument("--churn", type=float, default=None,
-                        help="s_churn for euler/heun; None means the sampler's own; dpmpp_2m takes none")
+                        help=f"s_churn for euler/heun; dpmpp_2m takes none ({own})")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="clips generated at once")
     parser.add_argument("--separation-method", choices=SEPARATION_METHODS, default=d.separation_method,
                         help="separation task: dirac (MSDM's) or gaussian")
     parser.add_argument("--separation-steps", type=int, default=None,
-                        help=f"separation task: Euler steps (default {SEPARATION_STEPS}, MSDM's)")
+                        help=f"separation task: Euler steps ({own})")
     parser.add_argument("--separation-churn", type=float, default=None,
-                        help=f"separation task: s_churn (default {SEPARATION_CHURN:g}, MSDM's)")
+                        help=f"separation task: s_churn ({own})")
     parser.add_argument("--window-s", type=float, default=None,
                         help="seconds of one generation window (default: each pipeline's own, its UNet's "
                         "window_frames); the clip length makes every clip one window, for models whose windows differ")
@@ -144,6 +143,23 @@ def _config(args, tasks):
         separation_churn=args.separation_churn,
         window_s=args.window_s,
     )
+
+
+def _resolved_config(args, tasks, pipeline: str, out):
+    """The protocol of ``args``, unset sampler settings resolved from the pipeline's own scheduler config (read
+    without loading the models); for ``--pipeline none``, from the settings of the audio already under ``out``."""
+    from mslddm.evaluation.protocol import resolve_sampling
+    from mslddm.hub import resolve_pretrained_path
+    from mslddm.schedulers import EDMScheduler
+
+    config = _config(args, tasks)
+    scheduler = None
+    if pipeline.lower() != "none" and not config.is_resolved():
+        try:
+            scheduler = EDMScheduler.from_pretrained(resolve_pretrained_path(pipeline), subfolder="scheduler")
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"--pipeline {pipeline}: its scheduler config could not be read ({error}).") from None
+    return resolve_sampling(config, scheduler, out)
 
 
 def run(args) -> int:
@@ -215,7 +231,7 @@ def evaluate_one(args, pipeline: str, out, reuse: bool = False) -> dict:
     tasks = check_protocol_arguments(args)
     device = resolve_device(args.device)
     try:
-        config = _config(args, tasks)
+        config = _resolved_config(args, tasks, pipeline, out)
     except ValueError as error:
         raise SystemExit(str(error)) from None
     try:

@@ -35,14 +35,11 @@ def add_arguments(parser):
                         help="seconds each window shares with the one before (default: a third of the window)")
     from mslddm.schedulers.sampling import SAMPLER_DEFAULTS
 
-    defaults = ", ".join(f"{k} {d.num_inference_steps} steps churn {d.s_churn:g}" for k, d in SAMPLER_DEFAULTS.items())
+    own = "default: the pipeline's scheduler config, written to settings.json"
     parser.add_argument("--sampler", choices=tuple(SAMPLER_DEFAULTS), default=None,
-                        help="euler: the paper's churned Euler; heun / dpmpp_2m: few-step samplers; None means the "
-                             "pipeline's (its scheduler config)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help=f"sampler steps; None means the sampler's default ({defaults})")
-    parser.add_argument("--churn", type=float, default=None,
-                        help="s_churn for euler/heun; None means the sampler's default")
+                        help=f"euler: the paper's churned Euler; heun / dpmpp_2m: few-step samplers ({own})")
+    parser.add_argument("--steps", type=int, default=None, help=f"sampler steps ({own})")
+    parser.add_argument("--churn", type=float, default=None, help=f"s_churn for euler/heun ({own})")
     parser.add_argument("--no-match-levels", dest="match_levels", action="store_false", default=None,
                         help="encode given stems at their own level (default: set them to the pipeline's training "
                              "levels first and give the band back at their level, when the pipeline records them)")

@@ -19,8 +19,9 @@ def add_arguments(parser):
     parser.add_argument("--method", choices=SEPARATION_METHODS, default="dirac",
                         help="dirac: one stem is the mixture minus the others throughout (MSDM); gaussian: a "
                              "Gaussian likelihood on the sum, the residual shared at the end")
-    parser.add_argument("--steps", type=int, default=None, help="Euler steps (default 150)")
-    parser.add_argument("--churn", type=float, default=None, help="s_churn (default 20)")
+    own = "default: the pipeline's scheduler config, written to settings.json"
+    parser.add_argument("--steps", type=int, default=None, help=f"Euler steps ({own})")
+    parser.add_argument("--churn", type=float, default=None, help=f"s_churn ({own})")
     parser.add_argument("--resamples", type=int, default=1, help="repeats of every step from re-noised estimates")
     parser.add_argument("--constrained-stem", default=None,
                         help="dirac: the stem set to the mixture minus the others (default: the first)")

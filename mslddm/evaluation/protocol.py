@@ -53,21 +53,24 @@ VAE_TASKS = ("floor", "reconstruction")
 
 @dataclass(frozen=True)
 class ProtocolConfig:
-    """Parameters of one evaluation; the defaults are the paper's (200 x 12 s, 150 Euler steps, churn 20)."""
+    """Parameters of one evaluation; the defaults are the paper's (200 x 12 s chunks, seeds per item). Unset
+    sampler settings are the pipeline's own, resolved by :func:`resolve_sampling` from its scheduler config
+    before anything runs, so results, manifests and resume checks record the values used."""
 
     split: str = "test"
     num_clips: int = 200  # total generation: generated clips, and reference chunks
     num_chunks: int = 200  # partial generation: reference chunks with every stem present
     clip_seconds: float = 12.0
     seed: int = 0
-    num_inference_steps: int | None = None  # None: the sampler's own (euler: the paper's 150)
-    sampler: str = "euler"
-    s_churn: float | None = None  # None: the sampler's own (euler: the paper's 20; heun: 0; dpmpp_2m has none)
+    num_inference_steps: int | None = None  # None: the pipeline's own (EDMScheduler.sampling_settings)
+    sampler: str | None = None  # None: the pipeline's own
+    s_churn: float | None = None  # None: the pipeline's own
     batch_size: int = 4
     tasks: tuple[str, ...] = DEFAULT_TASKS
     subsets: tuple[str, ...] | None = None  # partial generation: subset labels to run (default: all)
     silence_db: float = -50.0  # below this RMS (dBFS) a stem counts as silent
-    # separation: its own sampler settings (the Dirac separator needs fine steps, docs/msdm.md); None: MSDM's 150 / 20
+    # separation: its own sampler settings (the Dirac separator needs fine steps, docs/msdm.md); None: the
+    # pipeline's own (EDMScheduler.separation_settings: Euler, MSDM's scheduler config)
     separation_method: str = "dirac"
     separation_steps: int | None = None
     separation_churn: float | None = None
@@ -76,23 +79,28 @@ class ProtocolConfig:
     window_s: float | None = None
 
     def __post_init__(self):
-        # Resolved here, from the samplers' one table, so that results and resume checks record the values used.
-        from ..schedulers.scheduling_edm import EDMScheduler
+        from ..schedulers.sampling import SAMPLERS, SEPARATION_METHODS
 
-        settings = EDMScheduler().sampling_settings(self.sampler, self.num_inference_steps, self.s_churn)
-        object.__setattr__(self, "num_inference_steps", settings.num_inference_steps)
-        object.__setattr__(self, "s_churn", settings.s_churn)
-        from ..schedulers.sampling import SEPARATION_CHURN, SEPARATION_METHODS, SEPARATION_STEPS
-
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS} or None (the pipeline's own), got {self.sampler!r}.")
         if self.separation_method not in SEPARATION_METHODS:
             raise ValueError(f"separation_method must be one of {SEPARATION_METHODS}, got {self.separation_method!r}.")
-        if self.separation_steps is None:
-            object.__setattr__(self, "separation_steps", SEPARATION_STEPS)
-        if self.separation_churn is None:
-            object.__setattr__(self, "separation_churn", SEPARATION_CHURN)
         if self.window_s is not None and not (isinstance(self.window_s, (int, float)) and not isinstance(self.window_s, bool)
                                               and 0 < self.window_s < float("inf")):
             raise ValueError(f"window_s must be a positive number of seconds, got {self.window_s!r}.")
+
+    def is_resolved(self) -> bool:
+        """Whether every sampler setting is set (by the caller or by :func:`resolve_sampling`)."""
+        return None not in (self.sampler, self.num_inference_steps, self.s_churn, self.separation_steps,
+                            self.separation_churn)
+
+    def resolved(self, scheduler) -> "ProtocolConfig":
+        """This config with unset sampler settings resolved by a pipeline's scheduler, as its own calls would."""
+        generation = scheduler.sampling_settings(self.sampler, self.num_inference_steps, self.s_churn)
+        separation = scheduler.separation_settings(self.separation_steps, self.separation_churn)
+        return replace(self, sampler=generation.sampler, num_inference_steps=generation.num_inference_steps,
+                       s_churn=generation.s_churn, separation_steps=separation.num_inference_steps,
+                       separation_churn=separation.s_churn)
 
     def generation(self) -> dict:
         """The settings generated audio depends on: a resumed run must match them."""
@@ -118,6 +126,24 @@ class ProtocolConfig:
             "silence, mixture = sum of stems",
             "seeds": f"item i uses torch.Generator().manual_seed({self.seed} + i)",
         }
+
+
+def resolve_sampling(config: ProtocolConfig, scheduler=None, out_dir=None) -> ProtocolConfig:
+    """``config`` with unset sampler settings resolved from ``scheduler`` (the pipeline's own); without one, from
+    what the audio already under ``out_dir`` was made with (a setting nothing records stays unset)."""
+    if config.is_resolved():
+        return config
+    if scheduler is not None:
+        return config.resolved(scheduler)
+    audio = Path(out_dir) / "audio" if out_dir is not None else None
+    found = {}
+    if audio is not None and (audio / "manifest.json").is_file():
+        generation = json.loads((audio / "manifest.json").read_text())["generation"]
+        found.update({k: generation.get(k) for k in ("sampler", "num_inference_steps", "s_churn")})
+    if audio is not None and (audio / "separation" / "settings.json").is_file():
+        separation = json.loads((audio / "separation" / "settings.json").read_text())
+        found.update(separation_steps=separation.get("num_inference_steps"), separation_churn=separation.get("s_churn"))
+    return replace(config, **{k: v for k, v in found.items() if getattr(config, k) is None})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -722,11 +748,18 @@ def evaluate(
     """Run the protocol's tasks and return their results.
 
     ``pipe`` is a pipeline, a function without arguments that loads one (called only when audio must be
-    generated), or ``None`` to evaluate audio already generated under ``out_dir``. Generated audio is kept under
+    generated or unset sampler settings resolved: pass a config from :func:`resolve_sampling` to avoid the
+    latter), or ``None`` to evaluate audio already generated under ``out_dir``. Generated audio is kept under
     ``out_dir/audio`` with a manifest of the settings it was made with; a rerun with the same settings resumes
     and one with other settings is refused.
     """
     out_dir, pipeline = Path(out_dir), _LazyPipeline(pipe)
+    if not config.is_resolved():  # unset sampler settings: the pipeline's own (recorded in the results)
+        loaded = pipeline.get()
+        if loaded is not None and not hasattr(loaded, "scheduler"):
+            raise ValueError("The pipeline has no scheduler to resolve unset sampler settings from; set sampler, "
+                             "num_inference_steps, s_churn, separation_steps and separation_churn.")
+        config = resolve_sampling(config, None if loaded is None else loaded.scheduler, out_dir)
     manifest = _audio_manifest(out_dir, pipeline, config, pipeline_name)
     names, sr = list(manifest["stem_names"]), int(manifest["sample_rate"])
     protocol = {

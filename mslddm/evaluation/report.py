@@ -271,12 +271,16 @@ def comparison_markdown(comparison: dict) -> str:
     p, models = comparison["protocol"], comparison["models"]
     steps = "the sampler's own" if p.get("num_inference_steps") is None else p["num_inference_steps"]
     churn = "the sampler's own" if p.get("s_churn") is None else p["s_churn"]
+    sampling = {name: m["sampling"] for name, m in models.items() if m.get("sampling")}
+    sampler = (f"sampler {p['sampler']}, steps {steps}, churn {churn}" if len(
+        {json.dumps(s, sort_keys=True) for s in sampling.values()}) <= 1 else "each model's own sampler ("
+        + "; ".join(f"{name}: {s['sampler']} x {s['num_inference_steps']}, churn {s['s_churn']:g}"
+                    for name, s in sampling.items()) + ")")
     out = ["# Model comparison", "",
            f"Data `{p['data']}` (split `{p['split']}`), embedder `{p['embedder']['embedder']}` "
            f"({p['embedder'].get('model', '')}, weights sha256 {p['embedder']['weights_sha256'][:12]}); "
            f"{p['num_clips']} clips of {p['clip_seconds']} s for total generation, {p['num_chunks']} chunks with "
-           f"every stem for partial generation; sampler {p['sampler']}, steps {steps}, churn "
-           f"{churn}, seed {p['seed']}. "
+           f"every stem for partial generation; {sampler}, seed {p['seed']}. "
            "Every model on the same chunks and seeds.", ""]
     labels, rows = _comparison_rows(comparison)
     floor = next((f.get("mix") for name, kind, f, _ in rows if kind == "data"), None)

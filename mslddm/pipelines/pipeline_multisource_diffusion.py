@@ -19,7 +19,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..hub import PipelineLoadError
 from ..models.unet_1d_multisource import MultiSourceUNet1DModel
-from ..schedulers.sampling import SEPARATION_CHURN, SEPARATION_METHODS, SEPARATION_STEPS, sample_separation
+from ..schedulers.sampling import SEPARATION_METHODS, sample_separation
 from ..schedulers.scheduling_edm import EDMScheduler
 from ..stems import DEFAULT_STEMS, load_stem
 from .pipeline_multisource_latent import MultiSourceAudioPipelineOutput, MultiSourceLatentPipeline
@@ -141,7 +141,8 @@ class MultiSourceDiffusionPipeline(MultiSourceLatentPipeline):
                 ``(samples,)`` or ``(channels, samples)`` (mixed to mono, resampled to :attr:`sample_rate`).
             method: ``"dirac"`` (MSDM's Dirac separator: one stem is the mixture minus the others throughout) or
                 ``"gaussian"`` (a Gaussian likelihood on the sum, then the residual shared equally).
-            num_inference_steps, s_churn: the churned Euler sampler's steps and churn (default 150 and 20).
+            num_inference_steps, s_churn: the churned Euler sampler's steps and churn (default: the pipeline's
+                scheduler config, see ``EDMScheduler.separation_settings``).
             num_resamples: repeats of every step from re-noised estimates (1: none).
             constrained_stem: the stem set to the mixture minus the others (Dirac; default the first stem).
             num_samples: separations of the same mixture (each with its own generator when a list is given).
@@ -174,9 +175,8 @@ class MultiSourceDiffusionPipeline(MultiSourceLatentPipeline):
         audio = load_stem("mixture", mixture, self.sample_rate, source_sample_rate=input_sample_rate)
         length = len(audio)
         device = self._execution_device
-        settings = self.scheduler.set_timesteps(num_inference_steps or SEPARATION_STEPS, device=device,
-                                                sampler="euler",
-                                                s_churn=SEPARATION_CHURN if s_churn is None else s_churn)
+        settings = self.scheduler.separation_settings(num_inference_steps, s_churn)
+        plan = self.scheduler.sampling_plan(settings, device)
 
         # 2. Windows: whole multiples of the UNet's stride, the last one padded with silence
         multiple = self.unet.length_multiple
@@ -186,7 +186,7 @@ class MultiSourceDiffusionPipeline(MultiSourceLatentPipeline):
         y = torch.zeros(1, 1, frames)
         y[0, 0, :length] = torch.from_numpy(audio)
         y = y.to(device).expand(num_samples, 1, frames)
-        self._num_timesteps = len(self.scheduler.timesteps) * num_resamples * len(starts)
+        self._num_timesteps = len(plan) * num_resamples * len(starts)
 
         # 3. Sample each window from noise at sigma_max, constrained by its part of the mixture
         denoiser = self.scheduler.denoiser(self.unet)
@@ -198,11 +198,10 @@ class MultiSourceDiffusionPipeline(MultiSourceLatentPipeline):
                 span = slice(start, min(start + window, frames))
                 x = noise[..., span] * self.scheduler.init_noise_sigma
                 out[..., span] = sample_separation(
-                    denoiser, x, self.scheduler.sigmas, y[..., span], method=method,
+                    denoiser, x, plan.sigmas, y[..., span], method=method,
                     constrained_source=names.index(constrained_stem) if constrained_stem else 0,
-                    num_resamples=num_resamples, s_churn=settings.s_churn, s_tmin=self.scheduler.config.s_tmin,
-                    s_tmax=self.scheduler.config.s_tmax, s_noise=self.scheduler.config.s_noise, generator=generator,
-                    callback=lambda info: progress_bar.update())
+                    num_resamples=num_resamples, s_churn=settings.s_churn, s_tmin=plan.s_tmin, s_tmax=plan.s_tmax,
+                    s_noise=plan.s_noise, generator=generator, callback=lambda info: progress_bar.update())
         if not torch.isfinite(out).all():
             raise FloatingPointError("Separation produced NaN or infinite audio; try float32 or fewer churn.")
         stems, mix = out[..., :length], y[:, 0, :length]

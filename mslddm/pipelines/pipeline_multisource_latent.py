@@ -387,11 +387,11 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
                 are held silent.
             audio_length_in_s: length of the result (default: the longest given stem, else 12 s); any length:
                 beyond the window it is generated in overlapping windows.
-            num_inference_steps: sampler steps (default: the sampler's, see ``EDMScheduler.sampling_settings``:
-                150 for the paper's Euler, 50 Heun, 25 DPM-Solver++).
+            num_inference_steps: sampler steps (default: the pipeline's scheduler config for its own sampler, else
+                the sampler's, see ``EDMScheduler.sampling_settings``).
             sampler: ``"euler"`` (the paper's, churned), ``"heun"`` or ``"dpmpp_2m"`` (few-step); default: the
                 scheduler's.
-            s_churn: churn for Euler/Heun (default: the sampler's, 20 for the paper's Euler, 0 for Heun).
+            s_churn: churn for Euler/Heun (default: as ``num_inference_steps``).
             num_samples: number of variations generated at once (the batch).
             generator: a ``torch.Generator``, or a list of ``num_samples`` generators: with a list, each sample
                 depends only on its own generator, so a seed reproduces its item in any batch.
@@ -483,8 +483,9 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
                 raise RuntimeError(f"The VAE encoded {padded} samples to {known.shape[-1]} frames, not {frames}.")
 
         # 4. Prepare the timesteps (sampler, steps and churn resolved once, by the scheduler) and the windows
-        settings = self.scheduler.set_timesteps(num_inference_steps, device=device, sampler=sampler, s_churn=s_churn)
-        timesteps = self.scheduler.timesteps
+        settings = self.scheduler.sampling_settings(sampler, num_inference_steps, s_churn)
+        sampling_plan = self.scheduler.sampling_plan(settings, device)
+        timesteps = sampling_plan.timesteps
         plan = plan_windows(frames, multiple=self.unet.length_multiple, **windows)
         # A window whose free frames are all known (the given part of a continuation) is copied, not sampled.
         sampled = [j for j, start in enumerate(plan.starts)
@@ -516,8 +517,8 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
                 if j not in sampled:
                     out[..., span] = window_known
                     continue
-                x = self._denoise_window(latents[..., span], window_known, window_mask, generator, progress_bar,
-                                         callback_on_step_end, callback_on_step_end_tensor_inputs,
+                x = self._denoise_window(latents[..., span], window_known, window_mask, sampling_plan, generator,
+                                         progress_bar, callback_on_step_end, callback_on_step_end_tensor_inputs,
                                          offset=sampled.index(j) * len(timesteps))
                 if blended:
                     part = slice(imputed, imputed + blended)
@@ -582,10 +583,10 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
                                dtype=np.float32)
                 for name, audio in given.items() if name in levels}
 
-    def _denoise_window(self, x, known, mask, generator, progress_bar, callback, tensor_inputs, offset: int):
-        """Samples one window from its initial noise ``x``; where ``mask`` holds, the channels and frames of
-        ``known`` are imputed before every model evaluation and restored at the end."""
-        timesteps = self.scheduler.timesteps
+    def _denoise_window(self, x, known, mask, plan, generator, progress_bar, callback, tensor_inputs, offset: int):
+        """Samples one window from its initial noise ``x`` with the sampling ``plan``; where ``mask`` holds, the
+        channels and frames of ``known`` are imputed before every model evaluation and restored at the end."""
+        timesteps = plan.timesteps
         impute = None
         if known is not None:
             def impute(sample, sigma, gen):
@@ -613,7 +614,7 @@ class MultiSourceLatentPipeline(DiffusionPipeline):
             conditioning = stem_conditioning(known, given, self.scheduler.config.sigma_data)
             denoiser = functools.partial(denoiser, conditioning=conditioning)
         with context:
-            x = self.scheduler.sample(denoiser, x, generator=generator, impute=impute, callback=on_evaluation)
+            x = self.scheduler.sample(denoiser, x, plan, generator=generator, impute=impute, callback=on_evaluation)
         return x if known is None else torch.where(mask, known, x)
 
 

@@ -1,7 +1,7 @@
 from .scheduling_edm import (
     SAMPLERS,
     EDMScheduler,
-    EDMSchedulerOutput,
+    SamplingPlan,
     edm_loss_weight,
     edm_scalings,
     get_sigmas_karras,

@@ -13,7 +13,8 @@
 - ``callback({"i", "x", "sigma", "sigma_hat", "denoised"})`` runs after every model evaluation (``i`` counts
   evaluations); a tensor it returns replaces ``x``.
 - :data:`SAMPLER_DEFAULTS` is the one table of default steps and churn that the pipeline, CLI, web page, API,
-  evaluation and training validation read (through :meth:`EDMScheduler.sampling_settings`).
+  evaluation and training validation read (through :meth:`EDMScheduler.sampling_settings`, which puts a
+  pipeline's own scheduler config first).
 """
 
 from __future__ import annotations
@@ -222,9 +223,7 @@ def sample_dpmpp_2m(denoiser, x, sigmas, *, generator: Generator = None, impute:
 
 SAMPLER_FUNCTIONS = {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}
 
-SEPARATION_METHODS = ("dirac", "gaussian")
-# MSDM's separation setting (the authors' separation experiments): Euler, churn 20 over 150 steps.
-SEPARATION_STEPS, SEPARATION_CHURN = 150, 20.0
+SEPARATION_METHODS = ("dirac", "gaussian")  # steps and churn: EDMScheduler.separation_settings
 
 
 def _constrain(x: torch.Tensor, mixture: torch.Tensor, index: int) -> torch.Tensor:

@@ -3,11 +3,12 @@
 
 The math is kept in small functions (k-diffusion style): :func:`get_sigmas_karras`, :func:`edm_scalings` (in
 :mod:`.sampling`, with the :class:`~.sampling.Denoiser` that applies them), :func:`sample_training_sigmas`, and the
-samplers ``sample_euler``, ``sample_heun``, ``sample_dpmpp_2m``. A pipeline's denoising loop is::
+samplers ``sample_euler``, ``sample_heun``, ``sample_dpmpp_2m``. The scheduler remembers nothing of a run: it
+resolves the settings and returns what sampling needs, and a pipeline's denoising loop is::
 
-    settings = scheduler.set_timesteps(num_inference_steps, sampler=sampler, s_churn=s_churn)
+    plan = scheduler.sampling_plan(scheduler.sampling_settings(sampler, num_inference_steps, s_churn), device)
     x = noise * scheduler.init_noise_sigma
-    x = scheduler.sample(scheduler.denoiser(unet), x, generator=generator, impute=impute, callback=callback)
+    x = scheduler.sample(scheduler.denoiser(unet), x, plan, generator=generator, impute=impute, callback=callback)
 
 With ``sampler="euler"`` and ``s_churn=20`` over 150 steps this is exactly the sampler the MSLDM paper used:
 Karras sigmas (0.01, 3, rho 7) plus a final 0, churn ``gamma = min(s_churn / N, sqrt(2) - 1)`` at every step,
@@ -18,12 +19,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Optional, Union
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import BaseOutput
 
 from .sampling import (
     SAMPLER_DEFAULTS,
@@ -34,8 +34,8 @@ from .sampling import (
     edm_scalings,
 )
 
-__all__ = ["SAMPLERS", "EDMScheduler", "EDMSchedulerOutput", "edm_loss_weight", "edm_scalings",
-           "get_sigmas_karras", "sample_training_sigmas"]
+__all__ = ["SAMPLERS", "EDMScheduler", "SamplingPlan", "edm_loss_weight", "edm_scalings", "get_sigmas_karras",
+           "sample_training_sigmas"]
 
 
 def get_sigmas_karras(
@@ -81,12 +81,20 @@ def sample_training_sigmas(
     return sigma.to(device)
 
 
-@dataclass
-class EDMSchedulerOutput(BaseOutput):
-    """``prev_sample``: the sample after the step; ``denoised``: the model's clean estimate it used."""
+@dataclass(frozen=True)
+class SamplingPlan:
+    """Everything one sampling run reads: its resolved ``settings``, the Karras ``sigmas`` (ending with 0), the
+    noise conditioning ``timesteps`` (``c_noise`` of every model evaluation, before churn) and the churn bounds."""
 
-    prev_sample: torch.Tensor
-    denoised: torch.Tensor
+    settings: SamplingSettings
+    sigmas: torch.Tensor
+    timesteps: torch.Tensor
+    s_tmin: float = 0.0
+    s_tmax: Optional[float] = None
+    s_noise: float = 1.0
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
 
 
 class EDMScheduler(SchedulerMixin, ConfigMixin):
@@ -144,6 +152,7 @@ class EDMScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"sigma_data must be a positive number, got {sigma_data!r}.")
         if clip_denoised is not None and not clip_denoised > 0:
             raise ValueError(f"clip_denoised must be a positive number or None, got {clip_denoised!r}.")
+        # Set only by set_timesteps, for outside code written against diffusers; sampling never reads them.
         self.sigmas: Optional[torch.Tensor] = None
         self.timesteps: Optional[torch.Tensor] = None
         self.settings: Optional[SamplingSettings] = None
@@ -174,6 +183,22 @@ class EDMScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("sampler='dpmpp_2m' is deterministic and takes no churn; pass s_churn=0.")
         return SamplingSettings(sampler, num_inference_steps, s_churn)
 
+    def separation_settings(self, num_inference_steps: Optional[int] = None,
+                            s_churn: Optional[float] = None) -> SamplingSettings:
+        """Separation's settings: always churned Euler (MSDM's separator), unset steps and churn resolved as for
+        generation with ``sampler="euler"`` (this pipeline's own when its sampler is Euler, else Euler's)."""
+        return self.sampling_settings("euler", num_inference_steps, s_churn)
+
+    def sampling_plan(self, settings: SamplingSettings, device: Union[str, torch.device, None] = None) -> SamplingPlan:
+        """The sigmas and noise conditioning of a run with ``settings`` (from :meth:`sampling_settings`)."""
+        c, n = self.config, settings.num_inference_steps
+        sigmas = get_sigmas_karras(n, c.sigma_min, c.sigma_max, c.rho, device=device or "cpu")
+        if settings.sampler == "heun":  # a correction evaluation at every next sigma except the final 0
+            evals = torch.stack([s for i in range(n) for s in (sigmas[i], sigmas[i + 1]) if s > 0])
+        else:
+            evals = sigmas[:-1]
+        return SamplingPlan(settings, sigmas, edm_scalings(evals, c.sigma_data)[3], c.s_tmin, c.s_tmax, c.s_noise)
+
     def set_timesteps(
         self,
         num_inference_steps: Optional[int] = None,
@@ -182,19 +207,12 @@ class EDMScheduler(SchedulerMixin, ConfigMixin):
         sampler: Optional[str] = None,
         s_churn: Optional[float] = None,
     ) -> SamplingSettings:
-        """Sets the sigmas for a run (defaults resolved by :meth:`sampling_settings`) and returns its settings.
-        ``timesteps`` holds the noise conditioning ``c_noise`` of every model evaluation (before churn)."""
-        settings = self.sampling_settings(sampler, num_inference_steps, s_churn)
-        n = settings.num_inference_steps
-        self.sigmas = get_sigmas_karras(n, self.config.sigma_min, self.config.sigma_max, self.config.rho,
-                                        device=device or "cpu")
-        if settings.sampler == "heun":  # a correction evaluation at every next sigma except the final 0
-            evals = torch.stack([s for i in range(n) for s in (self.sigmas[i], self.sigmas[i + 1]) if s > 0])
-        else:
-            evals = self.sigmas[:-1]
-        self.timesteps = edm_scalings(evals, self.config.sigma_data)[3]
-        self.num_inference_steps, self.settings = n, settings
-        return settings
+        """diffusers' entry point, for outside code only: sets ``sigmas``, ``timesteps`` and ``settings`` from
+        :meth:`sampling_plan` and returns the settings. Nothing in mslddm reads these attributes."""
+        plan = self.sampling_plan(self.sampling_settings(sampler, num_inference_steps, s_churn), device)
+        self.sigmas, self.timesteps, self.settings = plan.sigmas, plan.timesteps, plan.settings
+        self.num_inference_steps = plan.settings.num_inference_steps
+        return plan.settings
 
     @property
     def init_noise_sigma(self) -> float:
@@ -212,21 +230,13 @@ class EDMScheduler(SchedulerMixin, ConfigMixin):
         """The preconditioned denoiser ``D(x; sigma)`` around ``model`` with this scheduler's ``sigma_data``."""
         return Denoiser(model, self.config.sigma_data, clip=self.config.clip_denoised)
 
-    def sample(self, denoiser, sample: torch.Tensor, generator=None, impute=None, callback=None) -> torch.Tensor:
-        """Runs the sampler of the last :meth:`set_timesteps` from ``sample`` (noise at ``init_noise_sigma``)."""
-        if self.settings is None:
-            raise RuntimeError("Call set_timesteps(...) before sampling.")
-        c = self.config
-        return SAMPLER_FUNCTIONS[self.settings.sampler](
-            denoiser, sample, self.sigmas, s_churn=self.settings.s_churn, s_tmin=c.s_tmin, s_tmax=c.s_tmax,
-            s_noise=c.s_noise, generator=generator, impute=impute, callback=callback)
-
-    def step(self, denoised: torch.Tensor, sample: torch.Tensor, sigma, sigma_next,
-             return_dict: bool = True) -> Union[EDMSchedulerOutput, Tuple[torch.Tensor, torch.Tensor]]:
-        """One Euler step of the probability-flow ODE from ``sigma`` to ``sigma_next`` given the model's
-        ``denoised`` estimate at ``sample`` (for hand-written loops; :meth:`sample` runs whole samplers)."""
-        prev = sample + (sample - denoised) / sigma * (sigma_next - sigma)
-        return EDMSchedulerOutput(prev_sample=prev, denoised=denoised) if return_dict else (prev, denoised)
+    @staticmethod
+    def sample(denoiser, sample: torch.Tensor, plan: SamplingPlan, generator=None, impute=None,
+               callback=None) -> torch.Tensor:
+        """Runs the sampler of ``plan`` from ``sample`` (noise at ``init_noise_sigma``); reads only its arguments."""
+        return SAMPLER_FUNCTIONS[plan.settings.sampler](
+            denoiser, sample, plan.sigmas, s_churn=plan.settings.s_churn, s_tmin=plan.s_tmin, s_tmax=plan.s_tmax,
+            s_noise=plan.s_noise, generator=generator, impute=impute, callback=callback)
 
     # ----------------------------------------------------------------------------------------------------------
     # Training
