@@ -317,6 +317,8 @@ def test_compare_writes_one_table_and_chart_for_four_kinds_of_model(tmp_path, sa
     assert "| ISLDM |" in table and "## Coherence of total generation" in table and "## Size and speed" in table
     assert "1 window, 2 evaluations" in table  # the time per song says how many windows and evaluations it took
     assert "## Separation: SI-SDR improvement" in table and "| MSDM |" in table
+    assert "## Mix FAD and KAD with 95 % intervals" in table and "| MSLDM: VAE reconstruction |" in table
+    assert all("fad_interval" in m["results"]["total"] for k, m in models.items() if k != "MixLDM")  # stems
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 1000
     assert (tmp_path / "cmp" / "ISLDM" / "results.md").is_file()
     capsys.readouterr()

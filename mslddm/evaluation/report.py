@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from .distances import intervals_overlap
+
 COHERENCE_ROWS = (
     ("generated", "generated"),
     ("reference", "real (aligned stems)"),
@@ -51,6 +53,20 @@ def markdown(results: dict) -> str:
             "",
             _table(labels, [[_fmt(total["fad"][k]) for k in labels]]),
         ]
+        if total.get("fad_interval"):
+            out += ["", "FAD [95 % interval over clips] and KAD x100 [interval]:", "",
+                    _table(["", *labels], [["FAD", *[_interval(total["fad_interval"].get(k)) for k in labels]],
+                                           ["KAD", *[_interval(total["kad"].get(k)) for k in labels]]])]
+        if total.get("spectral"):
+            names = list(total["spectral"])
+            ref = total.get("spectral_reference") or {}
+            out += ["", "Spectral shape (generated / real on the same chunks): share of power above 4 kHz (%), "
+                    "centroid (Hz):", "",
+                    _table(["", *names], [
+                        ["> 4 kHz %", *[f"{_fmt(100 * total['spectral'][n]['high_share'])} / "
+                                        f"{_fmt(100 * ref.get(n, {}).get('high_share', float('nan')))}" for n in names]],
+                        ["centroid", *[f"{_fmt(total['spectral'][n]['centroid_hz'])} / "
+                                       f"{_fmt(ref.get(n, {}).get('centroid_hz', float('nan')))}" for n in names]]])]
         coherence = total.get("coherence") or {}
         if total.get("note"):
             out += ["", f"({total['note']}.)"]
@@ -246,6 +262,41 @@ def write_report(results: dict, out_dir: str | Path) -> list[Path]:
 # ----------------------------------------------------------------------------------------------------------------
 # Several models on one protocol (mslddm compare)
 # ----------------------------------------------------------------------------------------------------------------
+def _interval(block: dict | None) -> str:
+    """``value [low, high]`` of a bootstrap block (:mod:`mslddm.evaluation.distances`), or n/a."""
+    if not block:
+        return "n/a"
+    return f"{_fmt(block['value'])} [{_fmt(block['low'])}, {_fmt(block['high'])}]"
+
+
+def interval_rows(comparison: dict) -> list[list[str]]:
+    """Rows of mix FAD and KAD with their 95 % intervals (floor, reconstructions, generations), each generation
+    marked against the first model's: "overlaps" when the intervals overlap (a difference these clips do not
+    show), else "lower" / "higher"."""
+    entries, floor = [], None
+    for name, model in comparison["models"].items():
+        res = model["results"]
+        floor = floor or ((res.get("floor") or {}).get("fad_interval") and res["floor"])
+        if (res.get("reconstruction") or {}).get("fad_interval"):
+            entries.append((f"{name}: VAE reconstruction", res["reconstruction"], False))
+        if (res.get("total") or {}).get("fad_interval"):
+            entries.append((name, res["total"], True))
+    if floor:
+        entries.insert(0, ("real training chunks (floor)", floor, False))
+    first = next((block for _, block, generated in entries if generated), None)
+    rows = []
+    for name, block, generated in entries:
+        fad_mix, kad_mix = block["fad_interval"].get("mix"), (block.get("kad") or {}).get("mix")
+        if not generated or block is first:
+            mark = "" if not generated else "(the first model)"
+        else:
+            ref = first["fad_interval"]["mix"]
+            mark = ("overlaps" if intervals_overlap(fad_mix, ref)
+                    else "lower" if fad_mix["value"] < ref["value"] else "higher")
+        rows.append([name, _interval(fad_mix), _interval(kad_mix), mark])
+    return rows
+
+
 def _comparison_rows(comparison: dict) -> tuple[list[str], list[tuple[str, str, dict, float | None]]]:
     """Stem labels and ``(row name, kind, FAD per part, sub-FAD overall)``: the floor once, each model's VAE
     reconstruction and generation."""
@@ -291,6 +342,14 @@ def comparison_markdown(comparison: dict) -> str:
             "Per stem and on the mix for total generation; a mixture-only model (MixLDM) has a mix only. "
             "sub-FAD overall: the mean over the partial-generation subsets (models that take stems).", "",
             _table(["audio", "model"] + labels + ["mix / floor", "sub-FAD overall"], table)]
+    intervals = interval_rows(comparison)
+    if intervals:
+        first = next(iter(models))
+        out += ["", "## Mix FAD and KAD with 95 % intervals", "",
+                f"Bootstrap over clips (the generated and the reference set resampled alike); KAD x100. The last "
+                f"column compares each model's mix FAD with {first}'s: *overlaps* means these clips do not show "
+                "a difference.", "", _table(["audio", "mix FAD [95 %]", "mix KAD [95 %]", f"vs {first}"],
+                                             intervals)]
     subsets = []
     for model in models.values():
         for label in (model["results"].get("partial") or {}).get("sub_fad", {}):
