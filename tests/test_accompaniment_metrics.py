@@ -105,3 +105,24 @@ def test_agreement_with_a_given_stem_against_chance():
     assert drums["level_db"] == pytest.approx(drums["level_db_real"] - 20, abs=0.5)  # 0.1x: 20 dB under the real
     assert clip["beats"]["f_measure_real"] > 0.9 > clip["beats"]["f_measure"]
     assert clip["beats"]["tempo_bpm"] == pytest.approx(100, rel=0.05)
+
+
+def test_chunk_intervals_resample_whole_chunks():
+    from mslddm.evaluation.accompaniment import chunk_intervals
+
+    def record(chunk, agreement, real=0.2):
+        return {"track": f"T{chunk}", "start": 0, "given": "guitar", "level": None,
+                "stems": {"drums": {"agreement": agreement, "agreement_real": real, "level_db": -30.0,
+                                    "level_db_real": -31.0}},
+                "beats": {"f_measure": agreement * 4}}
+
+    same = chunk_intervals([record(i, 0.1) for i in range(6)])
+    assert same["drums_agreement"]["low"] == pytest.approx(0.1) and same["drums_agreement"]["high"] == pytest.approx(0.1)
+    assert same["drums_agreement_ratio"]["value"] == pytest.approx(0.5)
+    assert same["level_error_db"]["value"] == pytest.approx(1.0)
+    spread = chunk_intervals([record(i, 0.05 * i) for i in range(8)])
+    row = spread["drums_agreement"]
+    assert row["low"] < row["value"] < row["high"] and row["chunks"] == 8
+    # Ten runs of one chunk are one chunk: no spread from them
+    one = chunk_intervals([record(0, 0.05 * i) for i in range(10)])
+    assert one["drums_agreement"]["low"] == pytest.approx(one["drums_agreement"]["high"])

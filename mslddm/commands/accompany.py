@@ -40,6 +40,12 @@ def summary_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def interval_lines(intervals: dict) -> str:
+    """One line per decisive mean with its 95% interval over chunks."""
+    return "\n".join(f"{key}: {row['value']:.3g} [{row['low']:.3g}, {row['high']:.3g}] ({row['chunks']} chunks)"
+                     for key, row in intervals.items())
+
+
 def run(args) -> int:
     from mslddm.devices import load_pipeline
     from mslddm.evaluation.accompaniment import AccompanimentConfig, evaluate_accompaniment
@@ -63,4 +69,5 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "accompaniment.json").write_text(json.dumps(results, indent=1, default=float))
     print(summary_table(results["summary"]))
+    print(interval_lines(results["intervals"]))
     return 0

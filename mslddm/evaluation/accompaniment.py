@@ -88,6 +88,38 @@ def summarise(records: Sequence[dict]) -> dict:
     return out
 
 
+def chunk_intervals(records: Sequence[dict], draws: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict:
+    """95% bootstrap intervals of the overall means that decide the task, resampling whole chunks (the runs of one
+    chunk, every given stem and level, share its music and are not independent): the generated drums' agreement, its
+    ratio to the real drums' (the acceptance's 0.8x), the beat F-measure and the level error."""
+    by_chunk: dict[tuple, list[dict]] = {}
+    for r in records:
+        by_chunk.setdefault((r["track"], r["start"]), []).append(r)
+    chunks = list(by_chunk.values())
+
+    def stats(rows: list[dict]) -> dict:
+        drums = [r["stems"]["drums"] for r in rows if "drums" in r["stems"]]
+        stems = [s for r in rows for s in r["stems"].values()]
+        drums_gen, drums_real = _mean(s["agreement"] for s in drums), _mean(s["agreement_real"] for s in drums)
+        return {"drums_agreement": drums_gen,
+                "drums_agreement_ratio": drums_gen / drums_real if drums_real > 0 else float("nan"),
+                "beat_f_measure": _mean(r["beats"]["f_measure"] for r in rows if "beats" in r),
+                "level_error_db": _mean(abs(s["level_db"] - s["level_db_real"]) for s in stems)}
+
+    value = stats([r for rows in chunks for r in rows])
+    rng = np.random.default_rng(seed)
+    draws_ = [stats([r for i in rng.integers(len(chunks), size=len(chunks)) for r in chunks[i]])
+              for _ in range(draws)]
+    tail = 100 * (1 - confidence) / 2
+    out = {}
+    for key, v in value.items():
+        values = np.array([d[key] for d in draws_], dtype=float)
+        values = values[np.isfinite(values)]
+        low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (float("nan"),) * 2
+        out[key] = {"value": v, "low": float(low), "high": float(high), "chunks": len(chunks)}
+    return out
+
+
 def evaluate_accompaniment(pipe, data_root, config: AccompanimentConfig = AccompanimentConfig(),
                            progress: Callable = lambda it, **kw: it) -> dict:
     """Runs the task on ``pipe`` (a pipeline generating stems): ``{"config", "records", "summary"}``."""
@@ -115,4 +147,4 @@ def evaluate_accompaniment(pipe, data_root, config: AccompanimentConfig = Accomp
                                     seed=config.seed + n, real_given=real[k])
         records.append({"track": chunks[i].track, "start": chunks[i].start, "given": g, "level": level, **record})
     return {"config": asdict(config), "sampling": getattr(out, "sampling", None), "records": records,
-            "summary": summarise(records)}
+            "summary": summarise(records), "intervals": chunk_intervals(records)}
