@@ -50,13 +50,44 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def saved_unet_parameters(folder) -> int | None:
+    """The UNet's parameter count read from the headers of ``folder/unet/*.safetensors`` (no weights loaded);
+    None when the folder has no safetensors UNet."""
+    import math
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    files = sorted((Path(folder) / "unet").glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                total += math.prod(f.get_slice(key).get_shape())
+    return total
+
+
 def load_pipeline(path, device: str = "auto", dtype: str | None = "auto"):
     """A pipeline from a folder or Hub id on ``device`` in the dtype :func:`resolve_dtype` picks; returns
-    ``(pipe, device, dtype_name)``."""
+    ``(pipe, device, dtype_name)``.
+
+    The dtype is chosen from the UNet's size read off the weights' headers and passed to ``from_pretrained``: the
+    weights load in it, where casting a loaded pipeline with ``.to(dtype)`` makes diffusers warn on every model."""
     from mslddm import MultiSourceLatentPipeline
+    from mslddm.hub import resolve_pretrained_path
 
     device = resolve_device(device)
-    pipe = MultiSourceLatentPipeline.from_pretrained(path)
-    chosen = resolve_dtype(dtype, device, sum(p.numel() for p in pipe.unet.parameters()))
-    pipe = pipe.to(device=device, dtype=chosen)
+    folder = resolve_pretrained_path(path)
+    parameters = saved_unet_parameters(folder)
+    if parameters is None:  # no safetensors headers to read: load once to count
+        probe = MultiSourceLatentPipeline.from_pretrained(folder)
+        parameters = sum(p.numel() for p in probe.unet.parameters())
+        del probe
+    chosen = resolve_dtype(dtype, device, parameters)
+    pipe = MultiSourceLatentPipeline.from_pretrained(folder, dtype=chosen)
+    pipe._name_or_path = str(path)
+    if device != "cpu":
+        pipe = pipe.to(device)
     return pipe, device, str(chosen).replace("torch.", "")

@@ -25,3 +25,26 @@ def test_load_pipeline_applies_the_choice(saved_pipeline):
     assert device == "cpu" and dtype == "float32" and pipe.unet.dtype == torch.float32
     pipe, _, dtype = devices.load_pipeline(saved_pipeline, "cpu", "bfloat16")
     assert dtype == "bfloat16" and pipe.unet.dtype == pipe.vae.dtype == torch.bfloat16
+
+
+def test_load_pipeline_loads_in_its_dtype_without_cast_warnings(saved_pipeline):
+    """The dtype goes to from_pretrained: casting a loaded pipeline with .to(dtype) makes diffusers warn ("There are
+    modules in ... that should be kept in float32") once per model on every load. A fresh process, because diffusers'
+    log handler holds the stderr of its import (inside pytest, the capture's)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from mslddm import devices\n"
+            "for dtype in ('auto', 'bfloat16', 'float32'):\n"
+            "    pipe, _, name = devices.load_pipeline(sys.argv[1], 'cpu', dtype)\n"
+            "    print(name, pipe.unet.dtype, pipe.vae.dtype)\n")
+    run = subprocess.run([sys.executable, "-c", code, str(saved_pipeline)], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[:3] == ["float32 torch.float32 torch.float32",
+                                          "bfloat16 torch.bfloat16 torch.bfloat16",
+                                          "float32 torch.float32 torch.float32"]
+    assert "should be kept in float32" not in run.stderr and "torch_dtype" not in run.stderr, run.stderr
+    # The count read off the safetensors headers is the loaded UNet's
+    pipe, _, _ = devices.load_pipeline(saved_pipeline, "cpu", "float32")
+    assert devices.saved_unet_parameters(saved_pipeline) == sum(p.numel() for p in pipe.unet.parameters())
