@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from .recipe_schema import RecipeError, validate
+
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 
@@ -64,15 +66,7 @@ def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = (), _seen: 
     path = recipe_path(name_or_path)
     if path.resolve() in _seen:
         raise ValueError(f"Recipe {path} inherits from itself through 'base'.")
-    text = path.read_text()
-    if path.suffix == ".json":
-        recipe = json.loads(text)
-    else:
-        import yaml
-
-        recipe = yaml.safe_load(text)
-    if not isinstance(recipe, dict):
-        raise ValueError(f"Recipe {path} must hold a mapping, got {type(recipe).__name__}.")
+    recipe = _read(path)
     if recipe.get("base"):
         base = recipe.pop("base")
         local = path.parent / str(base)
@@ -80,4 +74,29 @@ def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = (), _seen: 
         parent.pop("name", None)
         recipe = merge(parent, recipe)
     recipe.setdefault("name", path.stem)
-    return apply_overrides(recipe, overrides)
+    recipe = apply_overrides(recipe, overrides)
+    if not _seen:  # the whole recipe, bases and overrides included, once
+        validate(recipe, str(path) + (f" (with --set {' '.join(overrides)})" if overrides else ""))
+    return recipe
+
+
+def _read(path: Path) -> dict:
+    """A recipe file's mapping; a syntax error names the file and line."""
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            recipe = json.loads(text)
+        else:
+            import yaml
+
+            recipe = yaml.safe_load(text)
+    except json.JSONDecodeError as error:
+        raise RecipeError(f"Recipe {path} is not valid JSON: {error.msg} at line {error.lineno}.") from None
+    except Exception as error:  # yaml.YAMLError; yaml is imported lazily
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise RecipeError(f"Recipe {path} is not valid YAML{where}: {problem}.") from None
+    if not isinstance(recipe, dict):
+        raise RecipeError(f"Recipe {path} must hold a mapping, got {type(recipe).__name__}.")
+    return recipe

@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 
 from mslddm.training.checkpointing import read_state, resolve_checkpoint
+from mslddm.training.recipe_schema import RecipeError
 from mslddm.training.recipes import load_recipe
 
 logger = logging.getLogger("mslddm.training")
@@ -43,6 +44,8 @@ def load_run_recipe(args, section: str) -> tuple[dict, dict]:
     if section not in recipe:
         raise ValueError(f"Recipe {args.config!r} has no {section!r} section.")
     if args.max_steps is not None:
+        if args.max_steps < 1:
+            raise RecipeError(f"--max_steps must be at least 1, got {args.max_steps}.")
         recipe[section]["max_steps"] = int(args.max_steps)
     if args.data_root is not None:
         recipe.setdefault("data", {})["root"] = args.data_root
