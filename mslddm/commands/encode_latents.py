@@ -151,6 +151,11 @@ def run(args) -> int:
                            save_dtype=getattr(torch, args.save_dtype), batch_size=args.batch_size,
                            process_index=rank, num_processes=world, progress=not args.quiet, mix=mix)
     barrier()
+    # A track the index could not read (a stem failing at its header) failed as surely as one failing at encoding
+    for split, (_, summary) in indexed.items():
+        for name, why in summary.skipped.items():
+            if why.startswith("unreadable"):
+                report.failed.setdefault(f"{split}/{name}", why)
     accepted = args.skip_failed or not report.failed
     if rank == 0:
         # What was left out, by name (index: skipped / padded / incomplete tracks; failed: unreadable at encoding),

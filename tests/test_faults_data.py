@@ -1,0 +1,48 @@
+"""Faults in training data (issue 27): a stem that fails at its header is a failed track of encode-latents, named,
+with a non-zero exit unless --skip-failed, never silently dropped."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from mslddm import SourceVAE
+from mslddm.cli import main
+
+SR = 22050
+STEMS = ["bass", "drums", "guitar", "piano"]
+
+
+@pytest.fixture(scope="module")
+def data_and_vae(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults-data")
+    rng = np.random.default_rng(0)
+    for name in ("Track00001", "Track00002"):
+        folder = root / "data" / "train" / name
+        folder.mkdir(parents=True)
+        for stem in STEMS:
+            sf.write(folder / f"{stem}.wav", (0.1 * rng.standard_normal(SR // 2)).astype(np.float32), SR)
+    # Random bytes under a .wav name: libsndfile fails on the header, when the track is indexed
+    (root / "data" / "train" / "Track00002" / "drums.wav").write_bytes(rng.integers(0, 256, 4000, np.uint8).tobytes())
+    torch.manual_seed(0)
+    SourceVAE(encoder_dim=4, decoder_dim=16, latent_channels=8).save_pretrained(root / "vae")
+    return root
+
+
+def test_a_stem_failing_at_its_header_fails_the_run_by_name(data_and_vae, tmp_path, capsys):
+    root = data_and_vae
+    args = ["encode-latents", str(root / "data"), "--vae", str(root / "vae"), str(tmp_path / "out"), "--quiet",
+            "--stems", ",".join(STEMS)]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "1 tracks encoded" in out and "1 failed" in out and "FAILED train/Track00002: unreadable" in out
+    assert "pass --skip-failed" in out
+    assert main(args + ["--skip-failed"]) == 0
+    out = capsys.readouterr().out
+    assert "FAILED train/Track00002" in out and "left out and named in" in out
+    header = json.loads((tmp_path / "out" / "latents.json").read_text())
+    assert list(header["failed_tracks"]) == ["train/Track00002"]
+    assert (tmp_path / "out" / "train" / "Track00001.safetensors").is_file()
+    assert not (tmp_path / "out" / "train" / "Track00002.safetensors").exists()
