@@ -18,12 +18,44 @@ def add_arguments(parser):
     parser.add_argument("--description", default=None,
                         help="a paragraph for the model card's 'About this model' section")
     parser.add_argument("--push-to-hub", default=None, metavar="OWNER/NAME", help="also upload to this Hub repo")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing pipeline folder at --out (atomically); nothing else is replaced")
+
+
+def check_target(out, checkpoint, overwrite: bool) -> None:
+    """Refuses an ``--out`` whose replacement would lose something: a file, the run or checkpoint being exported
+    (or any folder holding checkpoints), a folder of other files, or an existing pipeline without ``--overwrite``."""
+    from pathlib import Path
+
+    from mslddm.training.checkpointing import STATE_FILE, list_checkpoints
+
+    out, checkpoint = Path(out), Path(checkpoint)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--out {str(out)!r} is a file, not a folder: choose a new folder for the pipeline.")
+    if not out.is_dir():
+        return
+    resolved = out.resolve()
+    if resolved == checkpoint.resolve() or resolved in checkpoint.resolve().parents or (
+            out / STATE_FILE).is_file() or list_checkpoints(out):
+        raise SystemExit(f"--out {str(out)!r} is a training run or checkpoint folder: exporting there would delete "
+                         "its checkpoints. Choose a new folder, e.g. RUN/pipeline.")
+    entries = [p.name for p in out.iterdir()]
+    if not entries:
+        return
+    if (out / "model_index.json").is_file():
+        if not overwrite:
+            raise SystemExit(f"--out {str(out)!r} already holds a pipeline: pass --overwrite to replace it, or "
+                             "choose a new folder.")
+        return
+    raise SystemExit(f"--out {str(out)!r} is a folder of other files ({', '.join(sorted(entries)[:3])}"
+                     f"{', ...' if len(entries) > 3 else ''}), not a pipeline: choose a new or empty folder.")
 
 
 def run(args) -> int:
     from pathlib import Path
 
     from mslddm.training.checkpointing import STATE_FILE, export_pipeline, list_checkpoints
+    from mslddm.training.storage import free_bytes, human_bytes, storage_problem
 
     checkpoint = Path(args.checkpoint)
     if not (checkpoint / STATE_FILE).is_file():
@@ -32,10 +64,17 @@ def run(args) -> int:
             raise SystemExit(f"{checkpoint} is neither a complete checkpoint folder (no {STATE_FILE}) nor a run "
                              "folder holding checkpoint-N folders.")
         checkpoint = found[-1]
+    check_target(args.out, checkpoint, args.overwrite)
     try:
         export_pipeline(checkpoint, args.out, ema=args.ema, dtype=args.dtype, push_to_hub=args.push_to_hub,
                         description=args.description)
     except ValueError as error:
         raise SystemExit(str(error)) from error
+    except Exception as error:  # a full or read-only disk, in whichever shape the writer raises it
+        why = storage_problem(error)
+        if why is None:
+            raise
+        raise SystemExit(f"Could not write the pipeline {args.out}: {why} ({human_bytes(free_bytes(args.out))} "
+                         "free). Nothing was replaced: an existing folder there is unchanged.") from None
     print(f"Exported {checkpoint} to {args.out}")
     return 0

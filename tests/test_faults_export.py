@@ -1,0 +1,76 @@
+"""Faults around `mslddm export` (issue 27, item 1): an --out whose replacement would lose something is refused in
+one sentence, with nothing changed (file hashes before and after); an existing pipeline is replaced only with
+--overwrite."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import STEMS, tiny_pipeline
+from mslddm.cli import main
+from mslddm.training.checkpointing import STATE_FILE, write_manifest
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """A run folder with one complete diffusion checkpoint, made from a tiny pipeline's components."""
+    run = tmp_path_factory.mktemp("faults-export") / "run"
+    checkpoint = run / "checkpoint-3"
+    pipe = tiny_pipeline()
+    for name in ("unet", "vae", "scheduler"):
+        getattr(pipe, name).save_pretrained(checkpoint / name)
+    (checkpoint / STATE_FILE).write_text(json.dumps({"step": 3, "kind": "msldm", "stem_names": STEMS,
+                                                     "recipe": {"name": "tiny"}}))
+    write_manifest(checkpoint)
+    (run / "logs").mkdir()
+    (run / "logs" / "events.out").write_text("log")
+    (run / "data_report.json").write_text("{}")
+    return run
+
+
+def hashes(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def export(run, out, *extra):
+    return main(["export", str(run), "--out", str(out), *extra])
+
+
+def test_export_into_its_own_run_or_checkpoint_is_refused(run_folder):
+    before = hashes(run_folder)
+    for out in (run_folder, run_folder / "checkpoint-3"):
+        with pytest.raises(SystemExit, match="is a training run or checkpoint folder: exporting there would delete"):
+            export(run_folder, out, "--overwrite")
+    assert hashes(run_folder) == before
+
+
+def test_a_file_or_a_folder_of_other_files_is_refused(run_folder, tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    with pytest.raises(SystemExit, match="is a file, not a folder"):
+        export(run_folder, target)
+    assert target.read_text() == "mine"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "song.wav").write_bytes(b"RIFF")
+    with pytest.raises(SystemExit, match=r"is a folder of other files \(song.wav\), not a pipeline"):
+        export(run_folder, mine, "--overwrite")
+    assert hashes(mine) == {"song.wav": hashlib.sha256(b"RIFF").hexdigest()}
+
+
+def test_an_existing_pipeline_is_replaced_only_with_overwrite(run_folder, tmp_path):
+    out = tmp_path / "pipe"
+    assert export(run_folder, out) == 0  # a new folder
+    (out / "marker").write_text("old")
+    before = hashes(out)
+    with pytest.raises(SystemExit, match="already holds a pipeline: pass --overwrite"):
+        export(run_folder, out)
+    assert hashes(out) == before
+    assert export(run_folder, out, "--overwrite") == 0
+    assert not (out / "marker").exists() and (out / "model_index.json").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert export(run_folder, empty) == 0  # an empty folder is a new folder
