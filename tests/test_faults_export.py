@@ -74,3 +74,19 @@ def test_an_existing_pipeline_is_replaced_only_with_overwrite(run_folder, tmp_pa
     empty = tmp_path / "empty"
     empty.mkdir()
     assert export(run_folder, empty) == 0  # an empty folder is a new folder
+
+
+def test_a_damaged_checkpoint_is_not_exported(run_folder, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_folder, run)
+    weights = run / "checkpoint-3" / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte
+    weights.write_bytes(bytes(data))
+    with pytest.raises(SystemExit, match="is damaged: unet/diffusion_pytorch_model.safetensors differs"):
+        export(run / "checkpoint-3", tmp_path / "out")
+    with pytest.raises(SystemExit, match="Every checkpoint in .* is damaged or incomplete"):
+        export(run, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -138,9 +138,12 @@ def test_paper_recipe_holds_the_reference_numbers():
 
 
 def test_resume_never_picks_a_partial_checkpoint(tmp_path):
+    from mslddm.training.checkpointing import write_manifest
+
     for step in (100, 200):
         (tmp_path / f"checkpoint-{step}").mkdir()
         (tmp_path / f"checkpoint-{step}" / STATE_FILE).write_text(json.dumps({"step": step}))
+        write_manifest(tmp_path / f"checkpoint-{step}")  # written last: the checkpoint is complete
     (tmp_path / ".checkpoint-300.partial").mkdir()          # killed while saving
     (tmp_path / "checkpoint-400").mkdir()                   # no state file: never completed
     (tmp_path / "checkpoint-x").mkdir()

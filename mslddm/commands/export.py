@@ -54,16 +54,22 @@ def check_target(out, checkpoint, overwrite: bool) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from mslddm.training.checkpointing import STATE_FILE, export_pipeline, list_checkpoints
+    import sys
+
+    from mslddm.training.checkpointing import STATE_FILE, export_pipeline, resolve_checkpoint
     from mslddm.training.storage import free_bytes, human_bytes, storage_problem
 
     checkpoint = Path(args.checkpoint)
-    if not (checkpoint / STATE_FILE).is_file():
-        found = list_checkpoints(checkpoint)
-        if not found:
-            raise SystemExit(f"{checkpoint} is neither a complete checkpoint folder (no {STATE_FILE}) nor a run "
-                             "folder holding checkpoint-N folders.")
-        checkpoint = found[-1]
+    try:  # a checkpoint must pass its manifest; a run folder gives its newest checkpoint that does
+        if (checkpoint / STATE_FILE).is_file():
+            resolve_checkpoint(checkpoint.parent, str(checkpoint))
+        else:
+            checkpoint = resolve_checkpoint(checkpoint, "latest", log=lambda line: print(line, file=sys.stderr))
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    if checkpoint is None:
+        raise SystemExit(f"{args.checkpoint} is neither a complete checkpoint folder (no {STATE_FILE}) nor a run "
+                         "folder holding checkpoint-N folders.")
     check_target(args.out, checkpoint, args.overwrite)
     try:
         export_pipeline(checkpoint, args.out, ema=args.ema, dtype=args.dtype, push_to_hub=args.push_to_hub,

@@ -44,20 +44,22 @@ def write_manifest(folder: Path) -> None:
 
 
 def checkpoint_problem(folder: Path) -> Optional[str]:
-    """Why the checkpoint ``folder`` cannot be trusted (a file missing, of another size, or with another sha256
-    than its manifest records; an unreadable state file), or None. Checkpoints written before manifests existed
-    are checked on their state file alone."""
+    """Why the checkpoint ``folder`` cannot be trusted, or None: its state file missing or unreadable, no manifest
+    (the manifest is written last, so a checkpoint without one was never finished, or was altered), or a file
+    missing, of another size, or with another sha256 than the manifest records."""
     folder = Path(folder)
+    if not (folder / STATE_FILE).is_file():
+        return f"{STATE_FILE} is missing (the checkpoint was never completed)"
     try:
         read_state(folder)
     except (OSError, ValueError) as error:
         return f"{STATE_FILE} is unreadable ({error})"
     manifest = folder / MANIFEST_FILE
     if not manifest.is_file():
-        return None
+        return f"{MANIFEST_FILE} is missing (written last: the checkpoint was never finished, or was altered)"
     try:
         files = json.loads(manifest.read_text())["files"]
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, TypeError) as error:
         return f"{MANIFEST_FILE} is unreadable ({error})"
     for name, info in files.items():
         path = folder / name
@@ -70,19 +72,37 @@ def checkpoint_problem(folder: Path) -> Optional[str]:
     return None
 
 
+def checkpoint_folders(output_dir) -> list[Path]:
+    """Every ``checkpoint-N`` folder of ``output_dir``, complete or not, lowest step first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
 def resolve_checkpoint(output_dir, resume: Optional[str], log=None) -> Optional[Path]:
-    """``None`` -> None; ``"latest"`` -> the newest complete checkpoint that passes :func:`checkpoint_problem`
-    (damaged newer ones are skipped, each with a message through ``log``); None if there is none; else the path,
-    which must pass the same check."""
-    if not resume:
+    """``None`` or ``"none"`` -> None (start afresh); ``"latest"`` -> the newest checkpoint that passes
+    :func:`checkpoint_problem`, each one skipped named with its reason through ``log``; None if the folder holds no
+    checkpoint at all, and a ``ValueError`` if it holds only damaged ones (starting over would overwrite them: that
+    takes an explicit ``none``); else the path, which must pass the same check."""
+    if not resume or str(resume).lower() == "none":
         return None
     if resume == "latest":
-        for checkpoint in reversed(list_checkpoints(output_dir)):
+        found = checkpoint_folders(output_dir)
+        problems = []
+        for checkpoint in reversed(found):
             problem = checkpoint_problem(checkpoint)
             if problem is None:
                 return checkpoint
+            problems.append(f"{checkpoint.name}: {problem}")
             if log is not None:
                 log(f"Skipping damaged checkpoint {checkpoint}: {problem}.")
+        if found:
+            raise ValueError(f"Every checkpoint in {output_dir} is damaged or incomplete ({'; '.join(problems[:3])}"
+                             f"{'; ...' if len(problems) > 3 else ''}): nothing to resume from. Pass "
+                             "--resume_from_checkpoint none to start over in this folder (new checkpoints replace "
+                             "the damaged ones of the same step), or choose another --output_dir.")
         return None
     path = Path(resume)
     if not (path / STATE_FILE).is_file():

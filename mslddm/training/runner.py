@@ -24,7 +24,8 @@ def common_arguments(description: str) -> argparse.ArgumentParser:
     p.add_argument("--data_root", default=None, help="dataset root (default: the recipe's data.root)")
     p.add_argument("--max_steps", type=int, default=None, help="total optimizer steps (default: the recipe's)")
     p.add_argument("--resume_from_checkpoint", default=None,
-                   help="'latest' (newest complete checkpoint of --output_dir, or a fresh start if none) or a path")
+                   help="'latest' (the newest checkpoint of --output_dir that passes its manifest, or a fresh start "
+                        "if it holds none; damaged ones are named and skipped), 'none' (start afresh), or a path")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a recipe value (parsed as YAML), e.g. --set vae.batch_size=4; repeatable")
     p.add_argument("--init_from", default=None, metavar="PIPELINE",
