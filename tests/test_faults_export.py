@@ -90,3 +90,16 @@ def test_a_damaged_checkpoint_is_not_exported(run_folder, tmp_path):
     with pytest.raises(SystemExit, match="Every checkpoint in .* is damaged or incomplete"):
         export(run, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_second_export_to_the_same_folder_stops(run_folder, tmp_path):
+    import os
+
+    from mslddm.training.lock import folder_lock
+
+    out = tmp_path / "pipe"
+    with folder_lock(out, "export", beside=True):  # another export in progress
+        with pytest.raises(SystemExit, match=f"{out} is in use by process {os.getpid()} .*export"):
+            export(run_folder, out)
+    assert not out.exists()
+    assert export(run_folder, out) == 0

@@ -5,6 +5,7 @@ Slakh2100 copy. Resumable (finished tracks are skipped). Several GPUs:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -93,10 +94,7 @@ def _processes(device: str):
 
 
 def run(args) -> int:
-    import torch
-
-    from mslddm.data.datasets import load_tracks
-    from mslddm.data.latents import HEADER_FILE, encode_tracks, load_vae, silence_latent, vae_fingerprint
+    from mslddm.training.lock import FolderInUseError, folder_lock
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.batch_size < 1:
@@ -109,6 +107,21 @@ def run(args) -> int:
     mix = _trained_on_mixtures(args.vae) if args.mix is None else bool(args.mix)
 
     device, rank, world, barrier = _processes(args.device)
+    try:  # one encoding per folder: a second one on the same OUT stops (the first process holds the lock)
+        lock = folder_lock(out, "encode-latents", log=print) if rank == 0 else contextlib.nullcontext()
+        with lock:
+            return _encode(args, data, out, splits, stems, mix, device, rank, world, barrier)
+    except FolderInUseError as error:
+        raise SystemExit(str(error)) from None
+
+
+def _encode(args, data, out, splits, stems, mix, device, rank, world, barrier) -> int:
+    """Indexes, encodes and writes the header and report (``run`` holds the folder's lock)."""
+    import torch
+
+    from mslddm.data.datasets import load_tracks
+    from mslddm.data.latents import HEADER_FILE, encode_tracks, load_vae, silence_latent, vae_fingerprint
+
     dtype = getattr(torch, args.dtype)
     vae = load_vae(args.vae, dtype=dtype).to(device).eval()
     sample_rate = int(vae.config.sampling_rate)

@@ -52,12 +52,11 @@ def check_target(out, checkpoint, overwrite: bool) -> None:
 
 
 def run(args) -> int:
+    import sys
     from pathlib import Path
 
-    import sys
-
-    from mslddm.training.checkpointing import STATE_FILE, export_pipeline, resolve_checkpoint
-    from mslddm.training.storage import free_bytes, human_bytes, storage_problem
+    from mslddm.training.checkpointing import STATE_FILE, resolve_checkpoint
+    from mslddm.training.lock import FolderInUseError, folder_lock
 
     checkpoint = Path(args.checkpoint)
     try:  # a checkpoint must pass its manifest; a run folder gives its newest checkpoint that does
@@ -70,7 +69,22 @@ def run(args) -> int:
     if checkpoint is None:
         raise SystemExit(f"{args.checkpoint} is neither a complete checkpoint folder (no {STATE_FILE}) nor a run "
                          "folder holding checkpoint-N folders.")
-    check_target(args.out, checkpoint, args.overwrite)
+    check_target(args.out, checkpoint, args.overwrite)  # before the lock: a refused --out is left as it was
+    try:
+        with folder_lock(args.out, "export", beside=True):  # two exports to one folder: the second stops
+            check_target(args.out, checkpoint, args.overwrite)  # again, now that no other export can change it
+            _export(checkpoint, args)
+    except FolderInUseError as error:
+        raise SystemExit(str(error)) from None
+    print(f"Exported {checkpoint} to {args.out}")
+    return 0
+
+
+def _export(checkpoint, args) -> None:
+    """The export itself, with a full or read-only disk said in one sentence."""
+    from mslddm.training.checkpointing import export_pipeline
+    from mslddm.training.storage import free_bytes, human_bytes, storage_problem
+
     try:
         export_pipeline(checkpoint, args.out, ema=args.ema, dtype=args.dtype, push_to_hub=args.push_to_hub,
                         description=args.description)
@@ -82,5 +96,3 @@ def run(args) -> int:
             raise
         raise SystemExit(f"Could not write the pipeline {args.out}: {why} ({human_bytes(free_bytes(args.out))} "
                          "free). Nothing was replaced: an existing folder there is unchanged.") from None
-    print(f"Exported {checkpoint} to {args.out}")
-    return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -11,10 +12,12 @@ from typing import Optional
 import torch
 
 from mslddm.training.checkpointing import read_state, resolve_checkpoint
+from mslddm.training.lock import FolderInUseError, folder_lock
 from mslddm.training.recipe_schema import RecipeError
 from mslddm.training.recipes import load_recipe
 
 logger = logging.getLogger("mslddm.training")
+_held = contextlib.ExitStack()  # the run folder's lock, taken by make_accelerator, released by run_main
 
 
 def common_arguments(description: str) -> argparse.ArgumentParser:
@@ -67,6 +70,8 @@ def make_accelerator(args, cfg: dict):
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(Path(args.output_dir) / "logs")),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if accelerator.is_main_process:  # one run per folder, held until run_main returns (or the process dies)
+        _held.enter_context(folder_lock(args.output_dir, "training", log=logger.warning))
     return accelerator
 
 
@@ -199,11 +204,13 @@ def run_main(main, argv=None) -> None:
 
     try:
         main(argv)
-    except (ValueError, FileNotFoundError, StorageError) as error:
+    except (ValueError, FileNotFoundError, StorageError, FolderInUseError) as error:
         if os.environ.get("MSLDDM_TRACEBACK"):
             raise
         print(f"error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+    finally:
+        _held.close()
 
 
 def check_storage(accelerator, output_dir, modules, copies: float) -> None:
