@@ -299,7 +299,7 @@ def test_a_killed_export_never_leaves_a_half_pipeline(msldm_runs, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     for attempt in range(8):
         proc = subprocess.Popen([sys.executable, "-m", "mslddm", "export", str(checkpoint), "--out", str(out),
-                                 "--no-ema"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                 "--no-ema", "--overwrite"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while proc.poll() is None and not (partial.is_dir() and any(partial.rglob("*.json"))):
             time.sleep(0.0005)
         finished = proc.poll() == 0
