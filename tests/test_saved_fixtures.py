@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
-from make_fixtures import CALLS, PIPELINES, run  # noqa: E402
+from make_fixtures import CALLS, PIPELINES, run
 
 CLASS_OF = {"msldm": "MultiSourceLatentPipeline", "isldm": "MultiSourceLatentPipeline",
             "msldm_conditioned": "MultiSourceLatentPipeline", "msldm_levels": "MultiSourceLatentPipeline",

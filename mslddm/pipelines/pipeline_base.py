@@ -275,18 +275,24 @@ class MultiSourcePipelineBase(DiffusionPipeline):
         ):
             raise ValueError(f"audio_length_in_s must be a positive number of seconds, got {audio_length_in_s!r}.")
         self.scheduler.sampling_settings(sampler, num_inference_steps, s_churn)  # raises on bad values
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
-        if output_type not in ("np", "pt", "latent"):
-            raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}.")
-        if isinstance(generator, list) and len(generator) != num_samples:
-            raise ValueError(f"Got {len(generator)} generators for num_samples={num_samples}; pass one per sample.")
+        self.check_batch_arguments(num_samples, generator, output_type)
         if latents is not None and latents.shape[0] != num_samples:
             raise ValueError(f"latents has batch size {latents.shape[0]} but num_samples is {num_samples}.")
         bad_tensor_inputs = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if bad_tensor_inputs:
             raise ValueError(f"callback_on_step_end_tensor_inputs may hold {self._callback_tensor_inputs}, "
                              f"got {sorted(bad_tensor_inputs)}.")
+
+    @staticmethod
+    def check_batch_arguments(num_samples, generator, output_type, output_types=("np", "pt", "latent")) -> None:
+        """The arguments every sampling call shares: the batch, its generators, the output type."""
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+        if output_type not in output_types:
+            names = ", ".join(repr(t) for t in output_types[:-1]) + f" or {output_types[-1]!r}"
+            raise ValueError(f"output_type must be {names}, got {output_type!r}.")
+        if isinstance(generator, list) and len(generator) != num_samples:
+            raise ValueError(f"Got {len(generator)} generators for num_samples={num_samples}; pass one per sample.")
 
     def _check_stem_choice(self, stems, generate, extend_s) -> None:
         names = self.stem_names
@@ -356,7 +362,7 @@ class MultiSourcePipelineBase(DiffusionPipeline):
         """Decodes ``(batch, num_stems * latent_channels, frames)`` latents to ``(batch, num_stems, samples)``."""
         return self.codec.decode(latents)
 
-    def _encode_known(self, generate, given, given_length, gains, frames, num_samples, length, continuing, device):
+    def _encode_known(self, generate, given, given_length, gains, frames, num_samples, continuing, device):
         """The known latents (``None`` when nothing is known) and their ``(1, channels, frames)`` mask."""
         names, codec = self.stem_names, self.codec
         frames_known = known_part.known_frames(names, generate, given_length, frames, codec.hop_length,
@@ -555,8 +561,7 @@ class MultiSourcePipelineBase(DiffusionPipeline):
             raise ValueError(f"latents have {frames} frames; the UNet needs a multiple of {self.unet.length_multiple}.")
 
         # 3. Encode the known stems (given ones, and silence for stems neither given nor generated)
-        known, mask = self._encode_known(generate, given, given_length, gains, frames, num_samples, length,
-                                         continuing, device)
+        known, mask = self._encode_known(generate, given, given_length, gains, frames, num_samples, continuing, device)
 
         # 4. Prepare the timesteps (sampler, steps and churn resolved once, by the scheduler) and the windows
         settings = self.scheduler.sampling_settings(sampler, num_inference_steps, s_churn)

@@ -10,7 +10,7 @@ exactly: **source separation**, sampling stems whose sum is a given mixture (:me
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -20,10 +20,8 @@ from ..schedulers.sampling import SEPARATION_METHODS, sample_separation
 from ..schedulers.scheduling_edm import EDMScheduler
 from ..stems import DEFAULT_STEMS, load_stem
 from .codecs import WaveformCodec
-from .pipeline_base import EDM_SCHEDULER, MultiSourcePipelineBase
+from .pipeline_base import EDM_SCHEDULER, Generator, MultiSourcePipelineBase
 from .pipeline_output import MultiSourceAudioPipelineOutput
-
-Generator = Optional[Union[torch.Generator, List[torch.Generator]]]
 
 
 class MultiSourceDiffusionPipeline(MultiSourcePipelineBase):
@@ -40,7 +38,7 @@ class MultiSourceDiffusionPipeline(MultiSourcePipelineBase):
     model_cpu_offload_seq = "unet"
     model_kinds = {"MultiSourceUNet1DModel": "msdm"}
     loads_every_kind = False
-    vae = None  # a waveform model has no autoencoder: its codec is the identity (what code asking for a VAE sees)
+    vae = None  # no autoencoder (its codec is the identity): `pipe.vae` says so to evaluation and compare
 
     def __init__(self, unet: MultiSourceUNet1DModel, scheduler: EDMScheduler,
                  stem_names: Optional[Sequence[str]] = None, sample_rate: Optional[int] = 22050):
@@ -104,12 +102,7 @@ class MultiSourceDiffusionPipeline(MultiSourcePipelineBase):
         names = self.stem_names
         if constrained_stem is not None and constrained_stem not in names:
             raise ValueError(f"constrained_stem {constrained_stem!r} is not one of this pipeline's stems {names}.")
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
-        if isinstance(generator, list) and len(generator) != num_samples:
-            raise ValueError(f"Got {len(generator)} generators for num_samples={num_samples}; pass one per sample.")
-        if output_type not in ("np", "pt"):
-            raise ValueError(f"output_type must be 'np' or 'pt', got {output_type!r}.")
+        self.check_batch_arguments(num_samples, generator, output_type, output_types=("np", "pt"))
         if not isinstance(num_resamples, int) or num_resamples < 1:
             raise ValueError(f"num_resamples must be a positive integer, got {num_resamples!r}.")
         if isinstance(mixture, torch.Tensor):
