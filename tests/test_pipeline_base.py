@@ -37,6 +37,7 @@ def test_the_table_names_every_leaf_at_its_public_path():
     for name, module in PIPELINE_CLASSES.items():
         cls = pipeline_class(name)
         assert cls.__module__ == module and cls is getattr(mslddm, name) and issubclass(cls, MultiSourcePipelineBase)
+    assert mslddm.MultiSourcePipelineBase is MultiSourcePipelineBase  # the entry for a folder of any kind
     assert mslddm.MultiSourceAudioPipelineOutput.__name__ == "MultiSourceAudioPipelineOutput"
     assert mslddm.MixtureAudioPipelineOutput.__name__ == "MixtureAudioPipelineOutput"
     with pytest.raises(ValueError, match="Unknown pipeline class"):
