@@ -15,6 +15,7 @@ _EXPORTS = {
     "MultiSourceUNet1DModel": "mslddm.models.unet_1d_multisource",
     "IndependentSourceUNet1DModel": "mslddm.models.unet_1d_independent",
     "EDMScheduler": "mslddm.schedulers.scheduling_edm",
+    "MultiSourcePipelineBase": "mslddm.pipelines.pipeline_base",
     "MultiSourceLatentPipeline": "mslddm.pipelines.pipeline_multisource_latent",
     "MultiSourceAudioPipelineOutput": "mslddm.pipelines.pipeline_multisource_latent",
     "MixtureLatentPipeline": "mslddm.pipelines.pipeline_mixture_latent",

@@ -150,8 +150,7 @@ def test_mixldm_asked_for_stems_is_a_clear_error(kwargs):
     with pytest.raises(ValueError, match="MixLDM pipeline: it models the mixture of bass, drums, guitar, piano"):
         pipe(audio_length_in_s=0.5, num_inference_steps=2, **kwargs)
     out = pipe(audio_length_in_s=0.5, num_inference_steps=2)
-    with pytest.raises(ValueError, match="no stems"):
-        out.stems
+    assert not hasattr(out, "stems")  # its output has the fields it has: a mixture, no stems
 
 
 def test_mixldm_saves_and_loads_through_the_multisource_class(tmp_path):

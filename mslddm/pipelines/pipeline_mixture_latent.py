@@ -7,15 +7,14 @@ no stems to take (no partial generation) or to give back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
-from diffusers.utils import BaseOutput
 
 from ..stems import DEFAULT_STEMS
-from .pipeline_multisource_latent import MultiSourceLatentPipeline
+from .codecs import LatentCodec
+from .pipeline_base import MultiSourcePipelineBase, latent_component_classes
+from .pipeline_output import MixtureAudioPipelineOutput
 
 MIX = "mix"
 
@@ -26,28 +25,7 @@ def _no_stems_message(mixture_of: Sequence[str]) -> str:
             "(total or partial generation) use an MSLDM or ISLDM pipeline.")
 
 
-@dataclass
-class MixtureAudioPipelineOutput(BaseOutput):
-    """Output of :class:`MixtureLatentPipeline`.
-
-    Args:
-        mixture: ``(batch, samples)`` audio (for ``output_type="latent"``: ``(batch, latent_channels, frames)``).
-        sample_rate: sample rate of the audio.
-        mixture_of: the instruments the mixtures were trained on (informative: they are not separable here).
-        sampling: the sampler, steps, churn and number of model evaluations used.
-    """
-
-    mixture: Union[np.ndarray, torch.Tensor]
-    sample_rate: int
-    mixture_of: List[str]
-    sampling: Optional[Dict[str, Any]] = None
-
-    @property
-    def stems(self):
-        raise ValueError(_no_stems_message(self.mixture_of))
-
-
-class MixtureLatentPipeline(MultiSourceLatentPipeline):
+class MixtureLatentPipeline(MultiSourcePipelineBase):
     r"""Pipeline for mixture-only latent diffusion (the MixLDM baseline).
 
     Args:
@@ -59,21 +37,35 @@ class MixtureLatentPipeline(MultiSourceLatentPipeline):
         stem_names: only ``["mix"]`` (accepted so that saved configs load); the one modelled signal.
     """
 
+    model_cpu_offload_seq = "vae->unet->vae"
+    model_kinds = {"MultiSourceUNet1DModel": "mixldm", "IndependentSourceUNet1DModel": "mixldm"}
+    loads_every_kind = False
+
     def __init__(self, vae, unet, scheduler, mixture_of: Optional[Sequence[str]] = None,
                  sample_rate: Optional[int] = None, stem_names: Optional[Sequence[str]] = None):
         if stem_names is not None and list(stem_names) != [MIX]:
             raise ValueError(f"A MixtureLatentPipeline models one signal named {MIX!r}, got stem_names "
                              f"{list(stem_names)}; for stems use MultiSourceLatentPipeline.")
-        super().__init__(vae=vae, unet=unet, scheduler=scheduler, stem_names=[MIX], sample_rate=sample_rate)
+        super().__init__()
+        self.register_pipeline([MIX], sample_rate or vae.config.sampling_rate, vae=vae, unet=unet,
+                               scheduler=scheduler)
         self.register_to_config(mixture_of=list(mixture_of or DEFAULT_STEMS))
+
+    @classmethod
+    def component_classes(cls) -> Dict[str, set]:
+        return latent_component_classes()
+
+    @property
+    def codec(self) -> LatentCodec:
+        return LatentCodec(self.vae)
 
     @property
     def mixture_of(self) -> List[str]:
         return list(self.config.mixture_of)
 
     @property
-    def model_kind(self) -> str:
-        return "mixldm"
+    def model_card_stems(self) -> List[str]:
+        return self.mixture_of
 
     @property
     def generates_stems(self) -> bool:
@@ -113,14 +105,15 @@ class MixtureLatentPipeline(MultiSourceLatentPipeline):
         unknown = set(kwargs) - {"input_sample_rate", "extend_s"}
         if unknown:
             raise TypeError(f"MixtureLatentPipeline got unexpected arguments {sorted(unknown)}.")
-        out = super().__call__(
+        # The one signal "mix" sampled as a band of one stem: the band's stem is the mixture's latents or audio.
+        band = super().__call__(
             audio_length_in_s=audio_length_in_s, num_inference_steps=num_inference_steps, sampler=sampler,
             s_churn=s_churn, num_samples=num_samples, generator=generator, latents=latents, window_s=window_s,
             overlap_s=overlap_s, crossfade_s=crossfade_s, output_type=output_type, return_dict=True,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
-        mixture = out.stems[:, 0] if output_type == "latent" else out.mixture
+        mixture = band.stems[:, 0] if output_type == "latent" else band.mixture
         if not return_dict:
             return (mixture,)
-        return MixtureAudioPipelineOutput(mixture, self.sample_rate, self.mixture_of, out.sampling)
+        return MixtureAudioPipelineOutput(mixture, self.sample_rate, self.mixture_of, band.sampling)

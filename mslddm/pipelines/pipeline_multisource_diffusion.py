@@ -10,42 +10,21 @@ exactly: **source separation**, sampling stems whose sum is a given mixture (:me
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
-from typing import List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence
 
 import torch
-from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..hub import PipelineLoadError
 from ..models.unet_1d_multisource import MultiSourceUNet1DModel
 from ..schedulers.sampling import SEPARATION_METHODS, sample_separation
 from ..schedulers.scheduling_edm import EDMScheduler
 from ..stems import DEFAULT_STEMS, load_stem
-from .pipeline_multisource_latent import MultiSourceAudioPipelineOutput, MultiSourceLatentPipeline
-
-Generator = Optional[Union[torch.Generator, List[torch.Generator]]]
-
-
-class WaveformCodec:
-    """The identity "autoencoder" of a waveform model: one channel per stem, one frame per sample (what the latent
-    pipeline's windows, imputation and continuation need to know about a codec). Not a component: nothing to save."""
-
-    hop_length = 1
-
-    def __init__(self, sampling_rate: int):
-        self.config = SimpleNamespace(latent_channels=1, sampling_rate=int(sampling_rate))
-
-    @staticmethod
-    def num_samples(frames: int) -> int:
-        return int(frames)
-
-    @staticmethod
-    def encoder_context_frames() -> int:
-        return 0
+from .codecs import WaveformCodec
+from .pipeline_base import EDM_SCHEDULER, Generator, MultiSourcePipelineBase
+from .pipeline_output import MultiSourceAudioPipelineOutput
 
 
-class MultiSourceDiffusionPipeline(MultiSourceLatentPipeline):
+class MultiSourceDiffusionPipeline(MultiSourcePipelineBase):
     r"""Pipeline for multi-source diffusion on waveforms (MSDM): total and partial generation, and separation.
 
     Args:
@@ -57,63 +36,24 @@ class MultiSourceDiffusionPipeline(MultiSourceLatentPipeline):
     """
 
     model_cpu_offload_seq = "unet"
+    model_kinds = {"MultiSourceUNet1DModel": "msdm"}
+    loads_every_kind = False
+    vae = None  # no autoencoder (its codec is the identity): `pipe.vae` says so to evaluation and compare
 
     def __init__(self, unet: MultiSourceUNet1DModel, scheduler: EDMScheduler,
                  stem_names: Optional[Sequence[str]] = None, sample_rate: Optional[int] = 22050):
-        DiffusionPipeline.__init__(self)
-        stem_names = list(stem_names or DEFAULT_STEMS)
-        if len(set(stem_names)) != len(stem_names) or not all(isinstance(s, str) and s for s in stem_names):
-            raise ValueError(f"stem_names must be distinct non-empty strings, got {stem_names}.")
-        if unet.config.in_channels != len(stem_names):
-            raise ValueError(f"unet.in_channels is {unet.config.in_channels} but a waveform model of "
-                             f"{len(stem_names)} stems needs one channel per stem.")
-        self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(stem_names=stem_names, sample_rate=int(sample_rate or 22050))
-        self.vae = WaveformCodec(self.config.sample_rate)  # a plain attribute, not a component
+        super().__init__()
+        self.register_pipeline(list(stem_names or DEFAULT_STEMS), sample_rate or 22050, unet=unet,
+                               scheduler=scheduler)
+
+    @classmethod
+    def component_classes(cls) -> Dict[str, set]:
+        return {"unet": {("mslddm.models.unet_1d_multisource", "MultiSourceUNet1DModel")},
+                "scheduler": {EDM_SCHEDULER}}
 
     @property
-    def model_kind(self) -> str:
-        return "msdm"
-
-    @staticmethod
-    def _check_component_classes(folder) -> None:
-        import json
-        from pathlib import Path
-
-        index = json.loads((Path(folder) / "model_index.json").read_text())
-        expected = {"unet": ("mslddm.models.unet_1d_multisource", "MultiSourceUNet1DModel"),
-                    "scheduler": ("mslddm.schedulers.scheduling_edm", "EDMScheduler")}
-        for slot, allowed in expected.items():
-            entry = index.get(slot)
-            if not (isinstance(entry, list) and tuple(entry) == allowed):
-                raise PipelineLoadError(f"model_index.json of {str(folder)!r} puts {entry!r} in the {slot!r} slot; "
-                                        f"this pipeline needs {'.'.join(allowed)} there.")
-
-    def _check_loaded_weights(self, name_or_path) -> None:
-        bad = [k for k, v in self.unet.state_dict().items() if not torch.isfinite(v).all()]
-        if bad:
-            raise PipelineLoadError(f"The unet weights of {str(name_or_path)!r} hold NaN or infinite values "
-                                    f"({len(bad)} tensors, e.g. {bad[0]}): the file is damaged.")
-
-    def model_card(self, repo_id=None, extra_sections=None) -> str:
-        from ..hub import model_card
-
-        return model_card(repo_id=repo_id, kind="msdm", stem_names=self.stem_names, sample_rate=self.sample_rate,
-                          parameters={"unet": sum(p.numel() for p in self.unet.parameters())},
-                          extra_sections=extra_sections)
-
-    def enable_compile(self, unet: bool = True, vae: bool = False, **compile_kwargs) -> None:
-        if unet:
-            self.unet = torch.compile(self.unet, **compile_kwargs)
-
-    # The waveform is its own latent: (batch, stems, samples) both ways.
-    @torch.no_grad()
-    def encode_stems(self, audio: torch.Tensor) -> torch.Tensor:
-        return audio.float()
-
-    @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents.float()
+    def codec(self) -> WaveformCodec:
+        return WaveformCodec(self.sample_rate)
 
     # ----------------------------------------------------------------------------------------------------------
     # Separation
@@ -162,12 +102,7 @@ class MultiSourceDiffusionPipeline(MultiSourceLatentPipeline):
         names = self.stem_names
         if constrained_stem is not None and constrained_stem not in names:
             raise ValueError(f"constrained_stem {constrained_stem!r} is not one of this pipeline's stems {names}.")
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
-        if isinstance(generator, list) and len(generator) != num_samples:
-            raise ValueError(f"Got {len(generator)} generators for num_samples={num_samples}; pass one per sample.")
-        if output_type not in ("np", "pt"):
-            raise ValueError(f"output_type must be 'np' or 'pt', got {output_type!r}.")
+        self.check_batch_arguments(num_samples, generator, output_type, output_types=("np", "pt"))
         if not isinstance(num_resamples, int) or num_resamples < 1:
             raise ValueError(f"num_resamples must be a positive integer, got {num_resamples!r}.")
         if isinstance(mixture, torch.Tensor):
@@ -224,4 +159,4 @@ def msdm_scheduler(**overrides) -> EDMScheduler:
                            "training_log_normal_std": 1.0, "clip_denoised": 1.0, **overrides})
 
 
-__all__ = ["MultiSourceDiffusionPipeline", "WaveformCodec", "msdm_scheduler"]
+__all__ = ["MultiSourceDiffusionPipeline", "WaveformCodec", "msdm_scheduler"]  # WaveformCodec: train_msldm.py

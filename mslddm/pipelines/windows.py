@@ -15,7 +15,7 @@ the previous window's latents into its own: the seam is spread over ``crossfade`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -76,3 +76,47 @@ def plan_windows(frames: int, window: int, overlap: int, crossfade: int, multipl
 def crossfade_weights(length: int, device=None) -> torch.Tensor:
     """Weights of the new window over ``length`` blended frames: linear, strictly between 0 and 1."""
     return (torch.arange(length, device=device, dtype=torch.float32) + 1) / (length + 1)
+
+
+def sampled_windows(plan: WindowPlan, known: Optional[torch.Tensor], mask: torch.Tensor) -> List[int]:
+    """The windows to sample: a window whose free frames are all known (the given part of a continuation) is
+    copied, not sampled."""
+    return [j for j, start in enumerate(plan.starts)
+            if known is None or not bool(mask[..., start + plan.imputed(j):start + plan.window].all())]
+
+
+def window_constraint(plan: WindowPlan, j: int, out: torch.Tensor, known: Optional[torch.Tensor],
+                      mask: torch.Tensor) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+    """What window ``j`` imputes: the known latents in it, and its first frames from what is generated (``out``)."""
+    start, imputed = plan.starts[j], plan.imputed(j)
+    span = slice(start, start + plan.window)
+    window_known, window_mask = (None if known is None else known[..., span]), mask[..., span]
+    if imputed:
+        window_known = (out[..., span] if window_known is None else window_known).clone()
+        window_known[..., :imputed] = out[..., start:start + imputed]
+        window_mask = window_mask.clone()
+        window_mask[..., :imputed] = True
+    return window_known, window_mask
+
+
+def sample_in_windows(plan: WindowPlan, noise: torch.Tensor, known: Optional[torch.Tensor], mask: torch.Tensor,
+                      sampled: Sequence[int], sample_window: Callable) -> torch.Tensor:
+    """Generates ``plan``'s windows in order: ``sample_window(noise, known, mask, index)`` samples one (``index``:
+    its rank among the sampled windows); its first free frames are then blended from the previous window's."""
+    out = torch.zeros_like(noise)  # what the windows have generated so far
+    for j, start in enumerate(plan.starts):
+        span = slice(start, start + plan.window)
+        window_known, window_mask = window_constraint(plan, j, out, known, mask)
+        if j not in sampled:
+            out[..., span] = window_known
+            continue
+        x = sample_window(noise[..., span], window_known, window_mask, sampled.index(j))
+        imputed, blended = plan.imputed(j), plan.blended(j)
+        if blended:
+            part = slice(imputed, imputed + blended)
+            weight = crossfade_weights(blended, device=x.device)
+            previous = out[..., start + imputed:start + imputed + blended]
+            blend = previous + weight * (x[..., part] - previous)
+            x[..., part] = torch.where(window_mask[..., part], x[..., part], blend)
+        out[..., span] = x
+    return out
