@@ -13,6 +13,7 @@ import contextlib
 import functools
 import importlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -25,6 +26,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..audio import AudioLike
+from ..files import CHECKSUMS_FILE, checksum_problem, write_checksums
 from ..hub import PipelineLoadError, model_card, push_folder_to_hub, resolve_pretrained_path
 from ..loudness import gain_to_level
 from ..models.unet_1d_multisource import stem_conditioning
@@ -32,6 +34,8 @@ from ..stems import load_stem
 from . import known as known_part
 from .pipeline_output import MultiSourceAudioPipelineOutput
 from .windows import plan_windows, sample_in_windows, sampled_windows
+
+logger = logging.getLogger(__name__)
 
 Generator = Optional[Union[torch.Generator, List[torch.Generator]]]
 
@@ -58,6 +62,19 @@ def saved_class_name(folder) -> Optional[str]:
         return json.loads((Path(folder) / "model_index.json").read_text()).get("_class_name")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def read_model_index(folder) -> dict:
+    """``folder/model_index.json`` as a dict; a file that is not a JSON object is named in the error."""
+    path = Path(folder) / "model_index.json"
+    try:
+        index = json.loads(path.read_text())
+    except ValueError as error:
+        raise PipelineLoadError(f"{path} is not valid JSON ({error}): the pipeline folder is damaged.") from None
+    if not isinstance(index, dict):
+        raise PipelineLoadError(f"{path} holds a {type(index).__name__}, not a JSON object: the pipeline folder is "
+                                "damaged.")
+    return index
 
 
 EDM_SCHEDULER = ("mslddm.schedulers.scheduling_edm", "EDMScheduler")
@@ -183,6 +200,7 @@ class MultiSourcePipelineBase(DiffusionPipeline):
     @classmethod
     def _load(cls, folder, name_or_path, kwargs):
         cls._check_component_classes(folder)
+        cls._check_checksums(folder, name_or_path)
         try:
             pipe = super().from_pretrained(folder, **kwargs)
         except (OSError, ValueError, RuntimeError) as error:  # truncated or corrupt weights, mismatched shapes
@@ -192,10 +210,22 @@ class MultiSourcePipelineBase(DiffusionPipeline):
         pipe._name_or_path = str(name_or_path)
         return pipe
 
+    @staticmethod
+    def _check_checksums(folder, name_or_path) -> None:
+        """The files are those that were saved (``checksums.json``, written by :meth:`save_pretrained`): a weight
+        file changed in place is named before it is loaded. Folders saved without checksums load with a note."""
+        problem = checksum_problem(folder)
+        if problem == "none":
+            logger.info("%s has no %s (saved before mslddm wrote them): its files are not verified.", folder,
+                        CHECKSUMS_FILE)
+        elif problem is not None:
+            raise PipelineLoadError(f"The pipeline {str(name_or_path)!r} is damaged: {problem}. Download or export "
+                                    "it again.")
+
     @classmethod
     def _check_component_classes(cls, folder) -> None:
         """Every slot of ``model_index.json`` names a class this pipeline can use, before any weight is read."""
-        index = json.loads((Path(folder) / "model_index.json").read_text())
+        index = read_model_index(folder)
         for slot, allowed in cls.component_classes().items():
             entry = index.get(slot)
             if not (isinstance(entry, list) and len(entry) == 2 and tuple(entry) in allowed):
@@ -220,6 +250,7 @@ class MultiSourcePipelineBase(DiffusionPipeline):
         if model_card_sections is not None or not os.path.exists(card):
             with open(card, "w", encoding="utf-8") as f:
                 f.write(self.model_card(repo_id=repo_id, extra_sections=model_card_sections))
+        write_checksums(save_directory)  # last: loading checks the weights against it
 
     def model_card(self, repo_id: Optional[str] = None, extra_sections: Optional[Mapping[str, str]] = None) -> str:
         """The model card of this pipeline as Markdown."""
