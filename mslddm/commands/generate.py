@@ -114,6 +114,7 @@ def _run_mixture(pipe, args, seeds, num, device, dtype_name) -> int:
     import torch
 
     from mslddm.audio import common_gain, write_audio
+    from mslddm.records import sampling_record, write_settings
     from mslddm.stems import MAX_STEM_SECONDS
 
     max_seconds = MAX_STEM_SECONDS if args.max_stem_seconds is None else args.max_stem_seconds
@@ -134,13 +135,10 @@ def _run_mixture(pipe, args, seeds, num, device, dtype_name) -> int:
             write_audio(folder / "mix.wav", mix * gain, result.sample_rate)
             settings = {
                 "pipeline": str(args.pipeline), "seed": seed, "mixture_of": result.mixture_of,
-                "sample_rate": result.sample_rate, "duration_s": mix.shape[-1] / result.sample_rate,
-                "steps": result.sampling["num_inference_steps"], "sampler": result.sampling["sampler"],
-                "s_churn": result.sampling["s_churn"], "model_evaluations": result.sampling["model_evaluations"],
-                "windows": result.sampling["windows"], "gain_applied": gain, "device": device, "dtype": dtype_name,
+                **sampling_record(result), "gain_applied": gain, "device": device, "dtype": dtype_name,
                 "batch_seconds": round(seconds, 3),
             }
-            (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+            write_settings(folder, settings)
             print(f"wrote {folder}")
     return 0
 
@@ -149,7 +147,8 @@ def _run(args) -> int:
     import torch
 
     from mslddm.audio import common_gain, write_audio
-    from mslddm.stems import MAX_STEM_SECONDS
+    from mslddm.records import sampling_record, write_settings
+    from mslddm.stems import MAX_STEM_SECONDS, unknown_stems_message
 
     given = {}
     for item in args.stem:
@@ -178,9 +177,8 @@ def _run(args) -> int:
             raise SystemExit(_no_stems_message(pipe.mixture_of) + " (--stem, --generate, --extend and "
                              "--from-result need one.)")
         return _run_mixture(pipe, args, seeds, num, device, dtype_name)
-    unknown = [s for s in list(given) + list(generate or []) if s not in pipe.stem_names]
-    if unknown:
-        raise SystemExit(f"Unknown stem(s) {unknown}; this pipeline's stems are {pipe.stem_names}.")
+    if message := unknown_stems_message(list(given) + list(generate or []), pipe.stem_names):
+        raise SystemExit(message)
     if args.extend is not None and args.duration is not None:
         raise SystemExit("Give either --duration or --extend (the result is the given stems' length plus --extend).")
     names = dict(given)  # what settings.json records: the files' base names
@@ -222,16 +220,11 @@ def _run(args) -> int:
             write_audio(folder / "mix.wav", mix * gain, result.sample_rate)
             settings = {
                 "pipeline": str(args.pipeline), "seed": seed, "given": {n: Path(p).name for n, p in names.items()},
-                "generated": result.generated,
-                "stem_names": result.stem_names, "sample_rate": result.sample_rate,
-                "duration_s": stems.shape[-1] / result.sample_rate, "steps": result.sampling["num_inference_steps"],
-                "sampler": result.sampling["sampler"], "s_churn": result.sampling["s_churn"],
-                "model_evaluations": result.sampling["model_evaluations"], "windows": result.sampling["windows"],
-                "extended_by_s": args.extend, "gain_applied": gain, "device": device,
+                **sampling_record(result), "extended_by_s": args.extend, "gain_applied": gain, "device": device,
                 "level_gain_db": _sample_levels(result.sampling.get("levels"), j),
                 "dtype": dtype_name,
                 "batch_seconds": round(seconds, 3),
             }
-            (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+            write_settings(folder, settings)
             print(f"wrote {folder}")
     return 0
