@@ -19,11 +19,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mslddm"
 
 # Units (a subpackage, or a top-level module) on their layers, lowest first.
 LAYERS = [
-    ("audio I/O and plain data",
-     {"mslddm", "audio", "stems", "loudness", "files", "hub", "presets", "randomness", "records", "measures"}),
+    ("audio I/O, shared rules and tables",  # kinds: arch-kinds' registry, class paths resolved on first use
+     {"mslddm", "audio", "stems", "loudness", "files", "hub", "presets", "kinds", "randomness", "records",
+      "measures"}),
     ("networks and samplers", {"models", "schedulers"}),
     ("pipelines", {"pipelines"}),
-    ("assembly of whole pipelines", {"factory", "devices", "kinds"}),
+    ("assembly of whole pipelines", {"factory", "devices"}),
     ("converters of released checkpoints", {"conversion"}),
     ("data", {"data"}),
     ("evaluation and training", {"evaluation", "training"}),
