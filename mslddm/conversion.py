@@ -307,8 +307,8 @@ _REFERENCE_ARCHITECTURE = ("in_channels", "channels", "patch_factor", "patch_blo
                            "num_blocks", "attentions", "attention_heads", "attention_features", "attention_multiplier")
 
 
-def _paper_unet(preset: str, in_channels: int, waveform: bool = False) -> dict[str, Any]:
-    config = unet_config(preset, in_channels, waveform)
+def _paper_unet(preset: str, in_channels: int, entry: str = "unet") -> dict[str, Any]:
+    config = unet_config(preset, in_channels, entry)
     return {k: config[k] for k in _REFERENCE_ARCHITECTURE}
 
 
@@ -605,7 +605,7 @@ tanh) and match their outputs and the reference sampling loop numerically (see `
 # MSDM (the waveform baseline): one Lightning checkpoint holding the UNet1d on the 4 stems' waveforms
 
 # MSDM's released architecture (UPSTREAM.md): 405,497,700 parameters on 4 waveform channels.
-MSDM_PRESETS: dict[str, dict[str, Any]] = {"msdm": _paper_unet("msldm", 4, waveform=True)}
+MSDM_PRESETS: dict[str, dict[str, Any]] = {"msdm": _paper_unet("msldm", 4, "waveform_unet")}
 
 
 def convert_msdm(

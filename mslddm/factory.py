@@ -20,24 +20,24 @@ def preset(name: str) -> dict[str, Any]:
     return PRESETS[name]
 
 
-def unet_arguments(name: str, in_channels: int, waveform: bool = False) -> dict[str, Any]:
-    """The constructor arguments a preset states for its UNet (``waveform``: MSDM's ``waveform_unet``), with
-    ``in_channels``; arguments it leaves out take the constructor's defaults (the paper's model)."""
-    key = "waveform_unet" if waveform else "unet"
-    if key not in preset(name):
-        raise ValueError(f"Preset {name!r} has no {key}; presets with one: "
-                         f"{sorted(n for n, p in PRESETS.items() if key in p)}.")
-    return {**PRESETS[name][key], "in_channels": in_channels}
+def unet_arguments(name: str, in_channels: int, entry: str = "unet") -> dict[str, Any]:
+    """The constructor arguments a preset states for a UNet, with ``in_channels``; arguments it leaves out take the
+    constructor's defaults (the paper's model). ``entry``: ``"unet"`` (on latents) or ``"waveform_unet"`` (MSDM's,
+    on waveforms), a kind's ``preset_key`` in :mod:`mslddm.kinds`."""
+    if entry not in preset(name):
+        raise ValueError(f"Preset {name!r} has no {entry}; presets with one: "
+                         f"{sorted(n for n, p in PRESETS.items() if entry in p)}.")
+    return {**PRESETS[name][entry], "in_channels": in_channels}
 
 
-def unet_config(name: str, in_channels: int, waveform: bool = False) -> dict[str, Any]:
+def unet_config(name: str, in_channels: int, entry: str = "unet") -> dict[str, Any]:
     """Every constructor argument of the preset's UNet, defaults filled in and sequences as lists, as the model's
     ``config.json`` holds them (what a converter compares a checkpoint's shapes against)."""
     from .models.unet_1d_multisource import MultiSourceUNet1DModel
 
     parameters = inspect.signature(MultiSourceUNet1DModel.__init__).parameters
     defaults = {k: p.default for k, p in parameters.items() if p.default is not inspect.Parameter.empty}
-    config = {**defaults, **unet_arguments(name, in_channels, waveform)}
+    config = {**defaults, **unet_arguments(name, in_channels, entry)}
     return {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in config.items()}
 
 
@@ -49,11 +49,11 @@ def build_vae(name: str, **overrides: Any):
     return cls(**{**PRESETS[name]["vae"], **overrides})
 
 
-def build_unet(name: str, in_channels: int, waveform: bool = False, **overrides: Any):
+def build_unet(name: str, in_channels: int, entry: str = "unet", **overrides: Any):
     """A randomly initialised ``MultiSourceUNet1DModel`` of the named preset, with ``overrides`` on its arguments."""
     from .models.unet_1d_multisource import MultiSourceUNet1DModel
 
-    return MultiSourceUNet1DModel(**{**unet_arguments(name, in_channels, waveform), **overrides})
+    return MultiSourceUNet1DModel(**{**unet_arguments(name, in_channels, entry), **overrides})
 
 
 def build_pipeline(name: str, stem_names: Optional[Sequence[str]] = None, seed: int = 0, scheduler_kwargs=None):

@@ -54,4 +54,4 @@ def test_unknown_preset_and_missing_waveform_unet_are_named():
     with pytest.raises(ValueError, match="'huge'"):
         build_unet("huge", in_channels=8)
     with pytest.raises(ValueError, match="waveform_unet"):
-        build_unet("msldm-large", in_channels=4, waveform=True)
+        build_unet("msldm-large", in_channels=4, entry="waveform_unet")
