@@ -81,7 +81,8 @@ def _load_given(pipe, given: dict, duration, max_seconds) -> dict:
 
 def _result_stems(pipe, folder) -> dict:
     """The stems of an earlier result folder, divided by the gain written into its settings.json."""
-    from mslddm.audio import load_audio
+    from mslddm.audio import load_audio, rms_db
+    from mslddm.stems import SILENCE_DBFS
 
     folder = Path(folder)
     settings_path = folder / "settings.json"
@@ -95,7 +96,7 @@ def _result_stems(pipe, folder) -> dict:
         path = folder / f"{name}.wav"
         if path.is_file():
             audio = load_audio(path, pipe.sample_rate) / gain
-            if float((audio.astype("float64") ** 2).mean()) > 1e-6:  # a stem silent there stays silent
+            if rms_db(audio) >= SILENCE_DBFS:  # a stem silent there stays silent (the page's Extend's rule)
                 stems[name] = str(path), audio
     if not stems:
         raise SystemExit(f"--from-result {folder}: no sounding stem WAV of {pipe.stem_names} there.")
