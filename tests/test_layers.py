@@ -129,7 +129,8 @@ def circles(found: list[Import], allowed=frozenset()) -> list[str]:
 
     def visit(node):  # Tarjan's strongly connected components
         index[node] = low[node] = len(index)
-        stack.append(node), on_stack.add(node)
+        stack.append(node)
+        on_stack.add(node)
         for nxt in graph.get(node, {}):
             if nxt not in index:
                 visit(nxt)
