@@ -187,7 +187,7 @@ class Studio:
             raise user_error(f"The render has the stems {render.stem_names}, this pipeline {self.stem_names}: "
                              "extend it where it was made.")
         sounding = {name: render.stems[index, k] for k, name in enumerate(self.stem_names)
-                    if rms_db(render.stems[index, k]) > self.limits.silence_dbfs}
+                    if rms_db(render.stems[index, k]) >= self.limits.silence_dbfs}  # silent: under it
         if not sounding:
             raise user_error("Every stem of this variation is silent: there is nothing to continue.")
 
