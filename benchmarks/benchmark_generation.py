@@ -47,7 +47,7 @@ def measure(preset, device, batch, seconds, sampler, steps, dtype, repeats, snr=
 
     import torch
 
-    from mslddm.presets import build_pipeline
+    from mslddm.factory import build_pipeline
 
     pipe = build_pipeline(preset).to(device=device, dtype=getattr(torch, dtype))
     if compile_unet:  # the UNet only where it pays (GPUs), the VAE's activations everywhere
@@ -113,7 +113,8 @@ def measure_reference(device, batch, seconds, steps, repeats, **unused):
     if stand_in:
         del sys.modules["torchaudio"]
 
-    from mslddm.models.unet_1d_multisource import UNET_PRESETS, MultiSourceUNet1DModel
+    from mslddm.conversion import UNET_PRESETS
+    from mslddm.models.unet_1d_multisource import MultiSourceUNet1DModel
 
     torch.manual_seed(0)
     with torch.device("meta"):  # the released configuration's remaining switches: this package's defaults

@@ -30,10 +30,10 @@ from typing import Any
 
 import torch
 
-from .models.autoencoder_source import SourceVAE
-from .models.unet_1d_multisource import UNET_PRESETS, MultiSourceUNet1DModel
-from .presets import PRESETS as _PRESETS
+from .factory import unet_config
 from .files import sha256
+from .models.autoencoder_source import SourceVAE
+from .models.unet_1d_multisource import MultiSourceUNet1DModel
 from .stems import DEFAULT_STEMS as PAPER_STEMS
 
 PAPER_SAMPLE_RATE = 22050
@@ -301,6 +301,20 @@ def infer_vae_config(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 # Constructor arguments the shapes cannot tell; the reference code's values for both released models.
 _UNET_UNSEEN_DEFAULTS = dict(resnet_groups=8, use_skip_scale=True)
+# What a paper configuration states: the reference UNet1d's architecture arguments (its other switches are
+# _UNET_UNSEEN_DEFAULTS or read off the shapes).
+_REFERENCE_ARCHITECTURE = ("in_channels", "channels", "patch_factor", "patch_blocks", "multipliers", "factors",
+                           "num_blocks", "attentions", "attention_heads", "attention_features", "attention_multiplier")
+
+
+def _paper_unet(preset: str, in_channels: int, entry: str = "unet") -> dict[str, Any]:
+    config = unet_config(preset, in_channels, entry)
+    return {k: config[k] for k in _REFERENCE_ARCHITECTURE}
+
+
+# The two released MSLDM UNets (UPSTREAM.md) in the reference's arguments, from the named sizes (mslddm.presets),
+# with the paper's 4 stems x 80 latent channels: 364,416,864 and 441,314,656 parameters.
+UNET_PRESETS: dict[str, dict[str, Any]] = {name: _paper_unet(name, 320) for name in ("msldm", "msldm-large")}
 _UNET_ARGS = set(inspect.signature(MultiSourceUNet1DModel.__init__).parameters) - {"self"}
 
 
@@ -591,7 +605,7 @@ tanh) and match their outputs and the reference sampling loop numerically (see `
 # MSDM (the waveform baseline): one Lightning checkpoint holding the UNet1d on the 4 stems' waveforms
 
 # MSDM's released architecture (UPSTREAM.md): 405,497,700 parameters on 4 waveform channels.
-MSDM_PRESETS: dict[str, dict[str, Any]] = {"msdm": {"in_channels": 4, **_PRESETS["msldm"]["waveform_unet"]}}
+MSDM_PRESETS: dict[str, dict[str, Any]] = {"msdm": _paper_unet("msldm", 4, "waveform_unet")}
 
 
 def convert_msdm(

@@ -1,12 +1,17 @@
-"""Named model sizes: ``tiny`` (tests, CI smoke training), ``small`` (CPU-friendly default pipeline),
-``msldm`` and ``msldm-large`` (the paper's). Each preset gives the VAE class (``vae_class``, default the paper's
-DAC-style ``SourceVAE``), the VAE and UNet constructor arguments; the UNet's ``in_channels`` follows from the
-number of stems and the VAE's latent channels. ``waveform_unet`` is the size's UNet for MSDM on the stems'
-waveforms (``in_channels`` = the number of stems): under ``msldm``, MSDM's own (405,497,700 parameters)."""
+"""Named model sizes, as data: ``tiny`` (tests, CI smoke training), ``small`` (CPU-friendly default pipeline),
+``small-dac``, ``msldm`` and ``msldm-large`` (the paper's).
+
+Each preset gives the VAE class (``vae_class``, default the paper's DAC-style ``SourceVAE``), the VAE and UNet
+constructor arguments (``vae``, ``unet``); the UNet's ``in_channels`` follows from the number of stems and the VAE's
+latent channels. ``waveform_unet`` is the size's UNet for MSDM on the stems' waveforms (``in_channels`` = the
+number of stems): under ``msldm``, MSDM's own (405,497,700 parameters).
+
+An empty dict means the constructor's defaults: the classes' defaults are the paper's models, so they are written
+once, in the constructors. This module imports nothing of mslddm (it is data: models know no named sizes);
+:mod:`mslddm.factory` turns a preset into models and pipelines.
+"""
 
 from __future__ import annotations
-
-from typing import Optional, Sequence
 
 PRESETS = {
     "tiny": {
@@ -42,14 +47,11 @@ PRESETS = {
                      num_blocks=(2, 2, 2, 2), attentions=(False, True, True, True), attention_heads=4,
                      attention_features=32, resnet_groups=8, mapping_features=256),
     },
-    # The paper's models (UPSTREAM.md): SourceVAE defaults (61,050,402 parameters) and the two released UNets
-    # (364,416,864 and 441,314,656 parameters with 4 stems x 80 channels).
+    # The paper's models (UPSTREAM.md): the SourceVAE's and MultiSourceUNet1DModel's defaults (61,050,402 and, with
+    # 4 stems x 80 channels, 364,416,864 parameters); msldm-large's UNet has 441,314,656.
     "msldm": {
         "vae": {},
-        "unet": dict(channels=512, patch_factor=16, patch_blocks=1, multipliers=[1, 2, 2, 2, 1, 1, 1],
-                     factors=[1, 1, 2, 1, 1, 2], num_blocks=[2, 2, 2, 2, 2, 4],
-                     attentions=[False, True, True, True, True, True], attention_heads=12, attention_features=64,
-                     attention_multiplier=2),
+        "unet": {},
         # MSDM (UPSTREAM.md): 405,497,700 parameters on 4 waveform channels.
         "waveform_unet": dict(channels=256, patch_factor=16, patch_blocks=1, multipliers=[1, 2, 4, 4, 4, 4, 4],
                               factors=[4, 4, 4, 2, 2, 2], num_blocks=[2, 2, 2, 2, 2, 2],
@@ -64,32 +66,3 @@ PRESETS = {
                      attention_features=128, attention_multiplier=2),
     },
 }
-
-
-def build_vae(preset: str, **overrides):
-    """A randomly initialised VAE of the named preset (its ``vae_class``), with ``overrides`` on its arguments."""
-    from mslddm.models import vae_class
-
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
-    cls = vae_class(PRESETS[preset].get("vae_class", "SourceVAE"))
-    return cls(**{**PRESETS[preset]["vae"], **overrides})
-
-
-def build_pipeline(preset: str, stem_names: Optional[Sequence[str]] = None, seed: int = 0, scheduler_kwargs=None):
-    """A randomly initialised pipeline of the named size (for training from scratch and for benchmarks)."""
-    import torch
-
-    from mslddm import EDMScheduler, MultiSourceLatentPipeline, MultiSourceUNet1DModel
-    from mslddm.stems import DEFAULT_STEMS
-
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
-    stem_names = list(stem_names or DEFAULT_STEMS)
-    torch.manual_seed(seed)
-    vae = build_vae(preset)
-    unet = MultiSourceUNet1DModel(
-        **{**PRESETS[preset]["unet"], "in_channels": len(stem_names) * vae.config.latent_channels}
-    )
-    return MultiSourceLatentPipeline(vae=vae, unet=unet, scheduler=EDMScheduler(**(scheduler_kwargs or {})),
-                                     stem_names=stem_names)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from mslddm import MultiSourceLatentPipeline
-from mslddm.models.unet_1d_multisource import UNET_PRESETS
+from mslddm.conversion import UNET_PRESETS
 
 
 def write_original_files(variant: str, folder: Path) -> tuple[Path, Path, torch.nn.Module, torch.nn.Module]:

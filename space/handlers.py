@@ -19,9 +19,10 @@ import gradio as gr
 import numpy as np
 import torch
 
-from mslddm.audio import read_audio
+from mslddm.audio import read_audio, rms_db
+from mslddm.records import sampling_record
 from mslddm.schedulers import SAMPLER_DEFAULTS
-from mslddm.stems import MAX_STEM_SECONDS, SILENCE_DBFS, StemError, load_stem
+from mslddm.stems import MAX_STEM_SECONDS, SILENCE_DBFS, StemError, load_stem, unknown_stems_message
 
 from .render import (
     MIX,
@@ -138,9 +139,9 @@ class Studio:
         duration_s, sampling, variations = self._check_settings(None if whole_song else duration_s, steps, sampler,
                                                                 churn, variations)
         seeds = self._seeds(seed, variations)
-        unknown = sorted(set(uploads) - set(self.stem_names))
-        if unknown:
-            raise user_error(f"Unknown stem(s) {unknown}: this pipeline's stems are {self.stem_names}.")
+        message = unknown_stems_message(uploads, self.stem_names)
+        if message:
+            raise user_error(message)
         to_generate = [n for n in self.stem_names if n not in given and generate.get(n, False)]
         if len(given) == len(self.stem_names):
             raise user_error("Every stem has an upload, so nothing is left to generate: remove the upload of a "
@@ -163,9 +164,7 @@ class Studio:
         # 3. Write the render
         settings = {
             "pipeline": self.public_pipeline_name, "given": {n: Path(p).name for n, p in given.items()},
-            "generated": list(result.generated), "silent": [n for n in self.stem_names if n not in given
-                                                            and n not in to_generate],
-            "duration_s": result.stems.shape[-1] / result.sample_rate,
+            "silent": [n for n in self.stem_names if n not in given and n not in to_generate],
         }
         return self._write(result, seeds, settings, seconds, mixer, notes, progress, session)
 
@@ -188,7 +187,7 @@ class Studio:
             raise user_error(f"The render has the stems {render.stem_names}, this pipeline {self.stem_names}: "
                              "extend it where it was made.")
         sounding = {name: render.stems[index, k] for k, name in enumerate(self.stem_names)
-                    if _rms_dbfs(render.stems[index, k]) > self.limits.silence_dbfs}
+                    if rms_db(render.stems[index, k]) >= self.limits.silence_dbfs}  # silent: under it
         if not sounding:
             raise user_error("Every stem of this variation is silent: there is nothing to continue.")
 
@@ -203,9 +202,8 @@ class Studio:
 
         # 3. Write the render
         settings = {
-            "pipeline": self.public_pipeline_name, "given": {}, "generated": list(result.generated),
-            "silent": [n for n in self.stem_names if n not in sounding],
-            "duration_s": result.stems.shape[-1] / result.sample_rate, "extended_from_s": round(length_s, 3),
+            "pipeline": self.public_pipeline_name, "given": {},
+            "silent": [n for n in self.stem_names if n not in sounding], "extended_from_s": round(length_s, 3),
         }
         note = f"the first {length_s:.1f} s are the variation you extended, the last {float(extend_s):g} s are new"
         return self._write(result, [seed], settings, seconds, mixer, [note], progress, session)
@@ -243,8 +241,7 @@ class Studio:
         }, progress)
 
         # 3. Write the render
-        settings = {"pipeline": self.public_pipeline_name, "given": {}, "generated": list(result.generated),
-                    "silent": [], "duration_s": result.stems.shape[-1] / result.sample_rate,
+        settings = {"pipeline": self.public_pipeline_name, "given": {}, "silent": [],
                     "separated_from": Path(mixture_path).name, "method": result.sampling["method"]}
         return self._write(result, seeds, settings, seconds, mixer, [], progress, session)
 
@@ -345,10 +342,7 @@ class Studio:
 
     def _write(self, result, seeds, settings, seconds, mixer, notes, progress, session) -> Outputs:
         """Writes a result as a render with the sampling settings it used; what the page shows of it."""
-        settings = {**settings, "steps": result.sampling["num_inference_steps"],
-                    "sampler": result.sampling["sampler"], "s_churn": result.sampling["s_churn"],
-                    "model_evaluations": result.sampling["model_evaluations"],
-                    "windows": result.sampling["windows"], "seconds": round(seconds, 3)}
+        settings = {**settings, **sampling_record(result), "seconds": round(seconds, 3)}
         render = Render(result.stems, list(result.stem_names), int(result.sample_rate), seeds, settings)
         if progress is not None:
             progress(1.0, desc="Writing the files")
@@ -426,10 +420,6 @@ class Studio:
         folder = self.workdir / _safe(session) / uuid.uuid4().hex[:12]
         folder.mkdir(parents=True)
         return folder
-
-
-def _rms_dbfs(audio: np.ndarray) -> float:
-    return float(10 * np.log10(np.mean(np.square(audio, dtype=np.float64)) + 1e-20))
 
 
 def _safe(session: str | None) -> str:

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from mslddm.audio import common_gain, read_audio, write_audio
+from mslddm.records import SETTINGS_FILE, write_settings
 
-SETTINGS_FILE = "settings.json"
 MIX = "mix"
 MAX_ZIP_BYTES = 1 << 30  # refuse to read back anything larger (a render of 4 x 30 s stems is ~25 MB)
 
@@ -106,7 +106,7 @@ def write_render(render: Render, mixer: Mixer, folder: str | Path) -> RenderFile
         "files": {"stems": files, "mix": f"{MIX}.wav",
                   "variations": [variation_folder(i, s) for i, s in enumerate(render.seeds)]},
     }
-    (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    write_settings(folder, settings)
     zip_path = folder / f"mslddm_seed{render.seeds[0]}.zip"
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         zf.write(folder / SETTINGS_FILE, SETTINGS_FILE)

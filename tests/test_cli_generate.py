@@ -75,6 +75,11 @@ def test_extend_continues_an_earlier_result_in_windows(saved_pipeline, tmp_path)
     mslddm("generate", "--pipeline", saved_pipeline, "--duration", 0.5, "--steps", 2, "--seed", 4, "--out",
            tmp_path / "first")
     first = tmp_path / "first" / "sample_000_seed4"
+    # An untrained tiny model's stems lie near -51 dBFS, under SILENCE_DBFS (a silent stem is not continued): a gain
+    # recorded 20 dB lower makes --from-result read them 20 dB louder, where a trained model's lie.
+    first_settings = json.loads((first / "settings.json").read_text())
+    first_settings["gain_applied"] /= 10
+    (first / "settings.json").write_text(json.dumps(first_settings))
     mslddm("generate", "--pipeline", saved_pipeline, "--from-result", first, "--extend", 1.5, "--window", 0.75,
            "--overlap", 0.3, "--steps", 2, "--seed", 4, "--out", tmp_path / "longer")
     longer = tmp_path / "longer" / "sample_000_seed4"

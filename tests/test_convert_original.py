@@ -26,6 +26,7 @@ from conftest import tiny_unet, tiny_vae
 from mslddm import MultiSourceLatentPipeline
 from mslddm.cli import main as cli
 from mslddm.conversion import (
+    UNET_PRESETS,
     CheckpointError,
     convert_original,
     infer_unet_shapes,
@@ -35,7 +36,7 @@ from mslddm.conversion import (
     resolve_unet_config,
 )
 from mslddm.models.autoencoder_source import SourceVAE
-from mslddm.models.unet_1d_multisource import UNET_PRESETS, MultiSourceUNet1DModel
+from mslddm.models.unet_1d_multisource import MultiSourceUNet1DModel
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
 
@@ -203,7 +204,7 @@ class Inert(dict):
 @pytest.mark.parametrize("name", sorted(UNET_PRESETS))
 def test_paper_configs_are_read_off_the_shapes(name):
     with torch.device("meta"):
-        unet_sd = MultiSourceUNet1DModel.from_preset(name).state_dict()
+        unet_sd = MultiSourceUNet1DModel(**UNET_PRESETS[name]).state_dict()
         vae_sd = SourceVAE().state_dict()
     resolution = resolve_unet_config(unet_sd, hparams={})
     assert resolution.variant == name

@@ -11,7 +11,7 @@ from test_eval_protocol import BandEnergyEmbedder, small
 from mslddm.evaluation.levels import clip_levels, level_statistics
 from mslddm.evaluation.protocol import evaluate
 from mslddm.evaluation.report import markdown
-from mslddm.presets import build_pipeline
+from mslddm.factory import build_pipeline
 
 
 @pytest.fixture(scope="module")

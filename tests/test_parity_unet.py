@@ -10,11 +10,8 @@ import torch
 
 ref_modules = pytest.importorskip("audio_diffusion_pytorch.modules")
 
-from mslddm.models.unet_1d_multisource import (
-    UNET_PRESETS,
-    MultiSourceUNet1DModel,
-    convert_reference_unet_state_dict,
-)
+from mslddm.conversion import UNET_PRESETS
+from mslddm.models.unet_1d_multisource import MultiSourceUNet1DModel, convert_reference_unet_state_dict
 
 # The paper's level structure at small widths.
 PAPER_STRUCTURE = dict(
@@ -89,7 +86,7 @@ def test_paper_parameter_counts_match_reference():
                 **config, resnet_groups=8, kernel_multiplier_downsample=2, kernel_sizes_init=[1, 3, 7],
                 use_nearest_upsample=False, use_skip_scale=True, use_attention_bottleneck=True, use_context_time=True,
             )
-            ours = MultiSourceUNet1DModel.from_preset(name)
+            ours = MultiSourceUNet1DModel(**UNET_PRESETS[name])
         shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}
         assert shapes(reference) == shapes(ours)
         assert sum(p.numel() for p in reference.parameters()) == expected

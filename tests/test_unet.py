@@ -5,11 +5,8 @@ import math
 import pytest
 import torch
 
-from mslddm.models.unet_1d_multisource import (
-    UNET_PRESETS,
-    MultiSourceUNet1DModel,
-    convert_reference_unet_state_dict,
-)
+from mslddm.conversion import UNET_PRESETS
+from mslddm.models.unet_1d_multisource import MultiSourceUNet1DModel, convert_reference_unet_state_dict
 
 TINY = {
     "in_channels": 8,
@@ -39,30 +36,19 @@ def num_parameters(model):
 )
 def test_paper_parameter_counts(name, expected):
     with torch.device("meta"):
-        model = MultiSourceUNet1DModel.from_preset(name)
+        model = MultiSourceUNet1DModel(**UNET_PRESETS[name])
     assert num_parameters(model) == expected
 
 
-def test_defaults_are_the_msldm_preset():
+def test_defaults_are_the_paper_model():
     with torch.device("meta"):
-        default, preset = MultiSourceUNet1DModel(), MultiSourceUNet1DModel.from_preset("msldm")
-    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}
-    assert public(default.config) == public(preset.config)
+        default = MultiSourceUNet1DModel()
+    assert num_parameters(default) == 364_416_864
     assert default.config.multipliers == [1, 2, 2, 2, 1, 1, 1]
     assert default.length_multiple == 64
     # The reference's time mapping: 256 learned frequencies -> 513 features -> width 2048.
     assert default.to_time[0][0].weights.shape == (256,)
     assert default.to_time[0][1].weight.shape == (2048, 513)
-
-
-def test_from_preset_overrides_and_unknown_name():
-    with torch.device("meta"):
-        model = MultiSourceUNet1DModel.from_preset("msldm-large", in_channels=160)
-    assert model.config.in_channels == 160 and model.config.attention_features == 128
-    assert model.length_multiple == 16 * 16
-    with pytest.raises(ValueError, match="msldm-large"):
-        MultiSourceUNet1DModel.from_preset("huge")
-    assert set(UNET_PRESETS) == {"msldm", "msldm-large"}
 
 
 def test_forward_shapes_and_return_types():

@@ -7,7 +7,8 @@ import torch
 from mslddm import EDMScheduler, MultiSourceLatentPipeline, MultiSourceUNet1DModel
 from mslddm.models import VAE_CLASSES, load_vae_folder, vae_class
 from mslddm.models.autoencoder_spectral import SpectralSourceVAE
-from mslddm.presets import PRESETS, build_vae
+from mslddm.factory import build_vae
+from mslddm.presets import PRESETS
 
 TINY = dict(hop_length=320, n_fft=1280, latent_channels=8, encoder_dim=16, encoder_blocks=2, decoder_dim=16,
             decoder_blocks=2, intermediate_multiplier=2)

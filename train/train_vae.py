@@ -20,7 +20,7 @@ from torch import nn
 from mslddm.data.datasets import (MixtureClipDataset, MultiSourceSegmentDataset, SourceClipDataset, is_silent,
                                   load_tracks, validation_segments)
 from mslddm.data.latents import load_vae
-from mslddm.presets import build_vae
+from mslddm.factory import build_vae
 from mslddm.stems import DEFAULT_STEMS
 from mslddm.training import losses
 from mslddm.training.checkpointing import STATE_FILE, atomic_folder, list_checkpoints, save_checkpoint

@@ -81,7 +81,8 @@ def _load_given(pipe, given: dict, duration, max_seconds) -> dict:
 
 def _result_stems(pipe, folder) -> dict:
     """The stems of an earlier result folder, divided by the gain written into its settings.json."""
-    from mslddm.audio import load_audio
+    from mslddm.audio import load_audio, rms_db
+    from mslddm.stems import SILENCE_DBFS
 
     folder = Path(folder)
     settings_path = folder / "settings.json"
@@ -95,7 +96,7 @@ def _result_stems(pipe, folder) -> dict:
         path = folder / f"{name}.wav"
         if path.is_file():
             audio = load_audio(path, pipe.sample_rate) / gain
-            if float((audio.astype("float64") ** 2).mean()) > 1e-6:  # a stem silent there stays silent
+            if rms_db(audio) >= SILENCE_DBFS:  # a stem silent there stays silent (the page's Extend's rule)
                 stems[name] = str(path), audio
     if not stems:
         raise SystemExit(f"--from-result {folder}: no sounding stem WAV of {pipe.stem_names} there.")
@@ -114,6 +115,7 @@ def _run_mixture(pipe, args, seeds, num, device, dtype_name) -> int:
     import torch
 
     from mslddm.audio import common_gain, write_audio
+    from mslddm.records import sampling_record, write_settings
     from mslddm.stems import MAX_STEM_SECONDS
 
     max_seconds = MAX_STEM_SECONDS if args.max_stem_seconds is None else args.max_stem_seconds
@@ -134,13 +136,10 @@ def _run_mixture(pipe, args, seeds, num, device, dtype_name) -> int:
             write_audio(folder / "mix.wav", mix * gain, result.sample_rate)
             settings = {
                 "pipeline": str(args.pipeline), "seed": seed, "mixture_of": result.mixture_of,
-                "sample_rate": result.sample_rate, "duration_s": mix.shape[-1] / result.sample_rate,
-                "steps": result.sampling["num_inference_steps"], "sampler": result.sampling["sampler"],
-                "s_churn": result.sampling["s_churn"], "model_evaluations": result.sampling["model_evaluations"],
-                "windows": result.sampling["windows"], "gain_applied": gain, "device": device, "dtype": dtype_name,
+                **sampling_record(result), "gain_applied": gain, "device": device, "dtype": dtype_name,
                 "batch_seconds": round(seconds, 3),
             }
-            (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+            write_settings(folder, settings)
             print(f"wrote {folder}")
     return 0
 
@@ -149,7 +148,8 @@ def _run(args) -> int:
     import torch
 
     from mslddm.audio import common_gain, write_audio
-    from mslddm.stems import MAX_STEM_SECONDS
+    from mslddm.records import sampling_record, write_settings
+    from mslddm.stems import MAX_STEM_SECONDS, unknown_stems_message
 
     given = {}
     for item in args.stem:
@@ -178,9 +178,8 @@ def _run(args) -> int:
             raise SystemExit(_no_stems_message(pipe.mixture_of) + " (--stem, --generate, --extend and "
                              "--from-result need one.)")
         return _run_mixture(pipe, args, seeds, num, device, dtype_name)
-    unknown = [s for s in list(given) + list(generate or []) if s not in pipe.stem_names]
-    if unknown:
-        raise SystemExit(f"Unknown stem(s) {unknown}; this pipeline's stems are {pipe.stem_names}.")
+    if message := unknown_stems_message(list(given) + list(generate or []), pipe.stem_names):
+        raise SystemExit(message)
     if args.extend is not None and args.duration is not None:
         raise SystemExit("Give either --duration or --extend (the result is the given stems' length plus --extend).")
     names = dict(given)  # what settings.json records: the files' base names
@@ -222,16 +221,11 @@ def _run(args) -> int:
             write_audio(folder / "mix.wav", mix * gain, result.sample_rate)
             settings = {
                 "pipeline": str(args.pipeline), "seed": seed, "given": {n: Path(p).name for n, p in names.items()},
-                "generated": result.generated,
-                "stem_names": result.stem_names, "sample_rate": result.sample_rate,
-                "duration_s": stems.shape[-1] / result.sample_rate, "steps": result.sampling["num_inference_steps"],
-                "sampler": result.sampling["sampler"], "s_churn": result.sampling["s_churn"],
-                "model_evaluations": result.sampling["model_evaluations"], "windows": result.sampling["windows"],
-                "extended_by_s": args.extend, "gain_applied": gain, "device": device,
+                **sampling_record(result), "extended_by_s": args.extend, "gain_applied": gain, "device": device,
                 "level_gain_db": _sample_levels(result.sampling.get("levels"), j),
                 "dtype": dtype_name,
                 "batch_seconds": round(seconds, 3),
             }
-            (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+            write_settings(folder, settings)
             print(f"wrote {folder}")
     return 0

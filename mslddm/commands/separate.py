@@ -4,7 +4,6 @@ mixture as read) and settings.json."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -51,6 +50,7 @@ def _run(args) -> int:
 
     from mslddm.audio import common_gain, write_audio
     from mslddm.devices import load_pipeline
+    from mslddm.records import sampling_record, write_settings
     from mslddm.stems import MAX_STEM_SECONDS, load_stem
 
     for name in ("steps", "resamples"):
@@ -79,10 +79,9 @@ def _run(args) -> int:
             write_audio(folder / f"{name}.wav", audio * gain, out.sample_rate)
         write_audio(folder / "mix.wav", mix * gain, out.sample_rate)
         settings = {"pipeline": str(args.pipeline), "mixture": Path(args.mixture).name, "seed": seed,
-                    "stem_names": out.stem_names, "sample_rate": out.sample_rate,
-                    "duration_s": stems.shape[-1] / out.sample_rate, **out.sampling, "gain_applied": gain,
+                    **sampling_record(out), **out.sampling, "gain_applied": gain,  # the separation's own settings too
                     "device": device, "dtype": dtype_name, "seconds": round(seconds, 3),
                     "max_sum_error": float(abs(stems.sum(0) - mix).max())}
-        (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+        write_settings(folder, settings)
         print(f"wrote {folder}")
     return 0

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..data.augment import draw_chain, set_level
+from ..stems import SILENCE_DBFS, unknown_stems_message
 from .beats import accompaniment_clip, beat_grid
 from .reference import ReferenceClips, select_chunks
 
@@ -39,7 +40,7 @@ class AccompanimentConfig:
     sampler: str | None = None
     num_inference_steps: int | None = None
     s_churn: float | None = None
-    silence_db: float = -50.0
+    silence_db: float = SILENCE_DBFS
     extra: dict = field(default_factory=dict)
 
 
@@ -125,9 +126,9 @@ def evaluate_accompaniment(pipe, data_root, config: AccompanimentConfig = Accomp
     """Runs the task on ``pipe`` (a pipeline generating stems): ``{"config", "records", "summary"}``."""
     names, sr = list(pipe.stem_names), pipe.sample_rate
     given_stems = list(config.given or names)
-    unknown = [s for s in given_stems if s not in names]
-    if unknown:
-        raise ValueError(f"Unknown stem name(s) {unknown}; this pipeline's stems are {names}.")
+    message = unknown_stems_message(given_stems, names)
+    if message:
+        raise ValueError(message)
     length = int(round(config.seconds * sr))
     chunks = select_chunks(data_root, names, sr, split=config.split, num_chunks=config.num_clips,
                            chunk_length=length, seed=config.seed, require_all_stems=True,

@@ -25,6 +25,7 @@ import numpy as np
 from scipy.ndimage import maximum_filter1d
 
 from ..audio import rms_db
+from ..stems import SILENCE_DBFS
 
 ONSET_N_FFT, ONSET_HOP = 2048, 512  # 93-ms windows, 23-ms hop at 22.05 kHz
 ONSET_TOLERANCE_S = 0.046
@@ -40,7 +41,7 @@ class CoherenceConfig:
     rhythm_reference: str = "drums"
     harmony_reference: str = "bass"
     unpitched: tuple[str, ...] = ("drums",)
-    silence_db: float = -50.0  # a stem whose RMS over the clip is below this (dBFS) is counted as silent
+    silence_db: float = SILENCE_DBFS  # a stem whose RMS over the clip is below this (dBFS) is counted as silent
 
 
 def _stft_magnitude(audio: np.ndarray, n_fft: int, hop: int) -> np.ndarray:

@@ -3,7 +3,8 @@
 For each stem (and the mix) over a set of clips ``(K, T)``:
 
 - ``mean_dbfs``: mean over clips of the clip's RMS level in dBFS (silent clips included, floored at -120);
-- ``share_below_silence``: share of clips whose RMS is under ``silence_db`` (default -50 dBFS);
+- ``share_below_silence``: share of clips whose RMS is under ``silence_db`` (default
+  ``mslddm.stems.SILENCE_DBFS``, -50 dBFS);
 - ``frame_energy_range_db``: over sounding clips, the mean of (95th - 10th percentile) of the frame energies in dB
   (46-ms frames, hop 23 ms): large for notes over quiet gaps, small for a noise floor that fills the gaps;
 - ``low_energy_share``: over sounding clips, the mean share of spectral energy under 250 Hz.
@@ -14,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+from ..stems import SILENCE_DBFS
 
 FRAME, HOP = 1024, 512
 LOW_HZ = 250.0
@@ -40,7 +43,7 @@ def clip_levels(audio: np.ndarray, sample_rate: int) -> dict:
 
 
 def level_statistics(clips: Sequence[np.ndarray], stem_names: Sequence[str], sample_rate: int,
-                     silence_db: float = -50.0) -> dict:
+                     silence_db: float = SILENCE_DBFS) -> dict:
     """``{stem or "mix": {mean_dbfs, share_below_silence, frame_energy_range_db, low_energy_share, clips}}``."""
     per_part: dict[str, list[dict]] = {name: [] for name in [*stem_names, "mix"]}
     for i in range(len(clips)):

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import read_audio, write_audio
+from ..audio import read_audio, rms_db, write_audio
+from ..measures import si_sdr
+from ..stems import SILENCE_DBFS
 from .coherence import CoherenceConfig, ShuffledAcrossSongs, coherence_metrics
 from .embedders.base import AudioEmbedder
 from .distances import fad_interval, kad_interval
@@ -68,7 +70,7 @@ class ProtocolConfig:
     batch_size: int = 4
     tasks: tuple[str, ...] = DEFAULT_TASKS
     subsets: tuple[str, ...] | None = None  # partial generation: subset labels to run (default: all)
-    silence_db: float = -50.0  # below this RMS (dBFS) a stem counts as silent
+    silence_db: float = SILENCE_DBFS  # below this RMS (dBFS) a stem counts as silent
     # separation: its own sampler settings (the Dirac separator needs fine steps, docs/msdm.md); None: the
     # pipeline's own (EDMScheduler.separation_settings: Euler, MSDM's scheduler config)
     separation_method: str = "dirac"
@@ -678,12 +680,11 @@ def evaluate_partial(run: _Run) -> dict:
     return {"num_reference_chunks": len(reference), "sub_fad": sub_fad, "overall": overall}
 
 
-def si_sdr_db(estimate: np.ndarray, reference: np.ndarray, eps: float = 1e-8) -> float:
-    """Scale-invariant SDR (dB) of one signal against its reference (zero-mean)."""
-    estimate = np.asarray(estimate, np.float64) - np.mean(estimate)
-    reference = np.asarray(reference, np.float64) - np.mean(reference)
-    target = (estimate @ reference) / (reference @ reference + eps) * reference
-    return float(10 * np.log10((target @ target) / ((estimate - target) @ (estimate - target) + eps) + eps))
+def si_sdr_db(estimate: np.ndarray, reference: np.ndarray) -> float:
+    """SI-SDR (dB) of one NumPy signal against its reference, in float64: :func:`mslddm.measures.si_sdr`."""
+    import torch
+
+    return float(si_sdr(*(torch.from_numpy(np.asarray(x, np.float64)) for x in (estimate, reference))))
 
 
 def evaluate_separation(run: _Run) -> dict:
@@ -719,7 +720,7 @@ def evaluate_separation(run: _Run) -> dict:
         real, separated = reference[i], clips[i]
         mixture = real.sum(axis=0)
         for k, name in enumerate(run.names):
-            if float(10 * np.log10(max(np.mean(np.square(real[k], dtype=np.float64)), 1e-12))) >= run.config.silence_db:
+            if rms_db(real[k]) >= run.config.silence_db:
                 per_stem[name].append((si_sdr_db(separated[k], real[k]), si_sdr_db(mixture, real[k])))
     result = {"num_chunks": len(reference), **{k: settings[k] for k in ("method", "num_inference_steps", "s_churn")},
               "si_sdr": {}, "si_sdr_mixture": {}, "si_sdri": {}, "chunks_used": {}}

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from ..stems import SILENCE_DBFS
 from .distances import intervals_overlap
 
 COHERENCE_ROWS = (
@@ -137,7 +138,7 @@ def markdown(results: dict) -> str:
 
 LEVEL_COLUMNS = (
     ("mean_dbfs", "mean dBFS"),
-    ("share_below_silence", "share < -50 dBFS"),
+    ("share_below_silence", f"share < {SILENCE_DBFS:g} dBFS"),
     ("frame_energy_range_db", "frame-energy range (dB)"),
     ("low_energy_share", "energy < 250 Hz"),
 )
@@ -175,8 +176,9 @@ def quality_tables(results: dict) -> list[str]:
             levels += [[name, part] + [_fmt(v[key]) for key, _ in LEVEL_COLUMNS] for part, v in block.items()]
     if levels:
         out += ["", "## Levels (per stem and mix)", "",
-                "Mean RMS level, share of clips under -50 dBFS, frame-energy range (95th - 10th percentile of 46-ms "
-                "frame energies: small means a noise floor fills the gaps) and share of energy under 250 Hz.", "",
+                f"Mean RMS level, share of clips under {SILENCE_DBFS:g} dBFS, frame-energy range (95th - 10th "
+                "percentile of 46-ms frame energies: small means a noise floor fills the gaps) and share of energy "
+                "under 250 Hz.", "",
                 _table(["audio", "part"] + [title for _, title in LEVEL_COLUMNS], levels)]
     return out
 

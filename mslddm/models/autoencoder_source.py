@@ -28,7 +28,8 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-Generator = torch.Generator | list[torch.Generator] | None
+from ..randomness import Generator
+
 Span = tuple[int, int]
 
 # 1024 frames = 327672 samples = 14.86 s at 22050 Hz, the paper's training segment: a 12-s song (827 frames)

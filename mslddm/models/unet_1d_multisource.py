@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,23 +21,13 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_1d import UNet1DOutput
 from torch import nn
 
-from ..presets import PRESETS
-
 __all__ = [
-    "UNET_PRESETS",
     "MultiSourceUNet1DModel",
     "UNet1DOutput",
     "convert_reference_unet_state_dict",
     "stem_conditioning",
     "stem_conditioning_channels",
 ]
-
-
-# The two released MSLDM models (UPSTREAM.md), from the one table of model sizes (mslddm.presets), with the paper's
-# 4 stems x 80 latent channels as input; the "msldm" entry equals the constructor defaults.
-UNET_PRESETS: dict[str, dict[str, Any]] = {
-    name: {"in_channels": 320, **PRESETS[name]["unet"]} for name in ("msldm", "msldm-large")
-}
 
 
 def convert_reference_unet_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -429,7 +418,8 @@ class Bottleneck1d(CheckpointableBlock):
 
 class MultiSourceUNet1DModel(ModelMixin, ConfigMixin):
     r"""
-    The 1-D UNet of MSLDM, denoising the joint latent of all stems (stems concatenated on channels).
+    The 1-D UNet of MSLDM, denoising the joint latent of all stems (stems concatenated on channels). The defaults are
+    the paper's released MSLDM model (364,416,864 parameters); other sizes are named in `mslddm.presets`.
 
     Parameters:
         in_channels (`int`, defaults to 320): Channels of the input (stems x latent channels: 4 x 80).
@@ -562,13 +552,6 @@ class MultiSourceUNet1DModel(ModelMixin, ConfigMixin):
             for i in reversed(range(num_levels))
         )
         self.to_out = Unpatcher(channels, out_channels, patch_blocks, patch_factor, mapping_features)
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> MultiSourceUNet1DModel:
-        """Builds a randomly initialised model from `UNET_PRESETS[name]`, with `overrides` on top."""
-        if name not in UNET_PRESETS:
-            raise ValueError(f"Unknown UNet preset {name!r}; available presets: {sorted(UNET_PRESETS)}.")
-        return cls(**{**UNET_PRESETS[name], **overrides})
 
     @property
     def length_multiple(self) -> int:

@@ -22,12 +22,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import List, Optional, Union
+from typing import Optional
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-Generator = Optional[Union[torch.Generator, List[torch.Generator]]]
+from ..randomness import Generator
+
 Impute = Callable[[torch.Tensor, torch.Tensor, Generator], torch.Tensor]
 Callback = Callable[[dict], Optional[torch.Tensor]]
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mslddm.measures import si_sdr  # noqa: F401  (re-exported: the VAE's validation metric)
 from mslddm.schedulers.sampling import Denoiser
 from mslddm.schedulers.scheduling_edm import edm_loss_weight
 
@@ -150,12 +151,3 @@ def draw_given_frames(given: torch.Tensor, frames: int, continuation_probability
     known = torch.arange(frames)[None, :] < prefix.long()[:, None]
     mask |= (known & continued[:, None])[:, None, :]
     return mask
-
-
-def si_sdr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Scale-invariant SDR in dB per item (Le Roux et al., 2019), over the last dim; zero-mean signals."""
-    estimate = estimate - estimate.mean(-1, keepdim=True)
-    reference = reference - reference.mean(-1, keepdim=True)
-    scale = (estimate * reference).sum(-1, keepdim=True) / (reference.pow(2).sum(-1, keepdim=True) + eps)
-    target = scale * reference
-    return 10 * torch.log10(target.pow(2).sum(-1) / ((estimate - target).pow(2).sum(-1) + eps) + eps)
