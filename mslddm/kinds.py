@@ -191,3 +191,12 @@ def get_kind(name: str | None) -> ModelKind:
 def kind_of(pipe) -> ModelKind:
     """The kind of a pipeline, from its ``model_kind`` (a pipeline-like object without one: the default kind)."""
     return get_kind(getattr(pipe, "model_kind", None))
+
+
+def kind_of_index(index: dict) -> ModelKind | None:
+    """The kind of a saved pipeline from its ``model_index.json`` (read without loading anything): its pipeline
+    class and its UNet's class (diffusers records each component as ``[module, class]``); None when no kind
+    matches."""
+    pipeline, unet = index.get("_class_name"), (index.get("unet") or [None, None])[-1]
+    matches = [k for k in KINDS.values() if k.pipeline_class_path.rsplit(".", 1)[1] == pipeline]
+    return next((k for k in matches if k.unet_class_path.rsplit(".", 1)[1] == unet), matches[0] if matches else None)

@@ -12,7 +12,7 @@ import torch
 from conftest import LATENT, STEMS, tiny_vae
 
 from mslddm import EDMScheduler
-from mslddm.kinds import KINDS, get_kind, kind_names, kind_of
+from mslddm.kinds import KINDS, get_kind, kind_names, kind_of, kind_of_index
 
 ROOT = Path(__file__).resolve().parents[1]
 UNET_ARGS = dict(channels=16, patch_factor=2, patch_blocks=1, multipliers=(1, 2, 1), factors=(2, 2),
@@ -64,15 +64,18 @@ def test_each_kind_builds_a_pipeline_that_is_that_kind(name, tmp_path):
     assert isinstance(pipe, kind.pipeline_class())
     assert pipe.model_kind == name and kind_of(pipe) is kind
     assert pipe.generates_stems == kind.generates_stems
-    # saved and loaded, the pipeline is still that kind (what export, the CLI and evaluation read back)
+    # saved and loaded, the pipeline is still that kind (what export, the CLI and evaluation read back), and its
+    # model_index.json alone names the kind (what encode-latents reads)
     pipe.save_pretrained(tmp_path / name)
     loaded = type(pipe).from_pretrained(tmp_path / name)
     assert kind_of(loaded) is kind
+    assert kind_of_index(json.loads((tmp_path / name / "model_index.json").read_text())) is kind
 
 
 def test_bundled_pipeline_and_training_states_resolve_to_their_kind():
     index = json.loads((ROOT / "pipelines" / "mslddm-synth-small" / "model_index.json").read_text())
-    assert index["_class_name"] in {k.pipeline_class_path.rsplit(".", 1)[1] for k in KINDS.values()}
+    assert kind_of_index(index) is KINDS["msldm"]
+    assert kind_of_index({"_class_name": "StableAudioPipeline"}) is None
     for name in KINDS:  # training_state.json records the kind by name
         assert get_kind(json.loads(json.dumps({"kind": name}))["kind"]).name == name
 
