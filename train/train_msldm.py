@@ -456,7 +456,8 @@ def prepare_run(training: Training, val_set, data_info: dict, val_info: dict) ->
     t.start_step, _, t.resumed = resume_step(accelerator, t.args)
     t.loader = step_dataloader(t.train_set, int(cfg["batch_size"]), t.start_step, int(cfg["max_steps"]), accelerator,
                                int(cfg.get("num_workers", 0)))
-    val_latents, val_report = validation_latents(accelerator, cfg, t.kind, val_set, t.vae, t.unet.length_multiple)
+    val_latents, val_report = validation_latents(accelerator, cfg, t.kind, val_set, t.vae,
+                                                 accelerator.unwrap_model(t.unet).length_multiple)
     write_data_report(accelerator, t.args.output_dir, train=data_info.pop("report", {"latents": cfg.get("latents")}),
                       validation=val_info.pop("report", {"latents": cfg.get("latents")}),
                       validation_segments=val_report)
