@@ -378,9 +378,9 @@ class Training:
     train_set: Any
     stem_names: list
     mixture_of: list | None
-    levels: dict | None
-    data_info: dict
-    vae_state: dict
+    levels: dict | None = None  # the stems' training levels the pipeline records (kinds of stem latents)
+    data_info: dict = field(default_factory=dict)
+    vae_state: dict = field(default_factory=dict)  # what the VAE's own training recorded
     val_latents: torch.Tensor | None = None
     writer: Any = None
     start_step: int = 0
@@ -443,7 +443,7 @@ def set_up(args) -> Training:
     scheduler = build_scheduler(cfg, train_set, vae)
     unet, ema, optimizer, lr_schedule = build_optimization(accelerator, cfg, unet)
     training = Training(args, recipe, cfg, kind, accelerator, vae, unet, ema, optimizer, lr_schedule, scheduler,
-                        train_set, stem_names, mixture_of, None, {}, {})
+                        train_set, stem_names, mixture_of)
     training.val_latents = prepare_run(training, val_set, data_info, val_info)
     return training
 
