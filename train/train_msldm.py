@@ -400,9 +400,10 @@ class Training:
     def pipeline(self, use_ema: bool):
         """The pipeline of the weights being trained (the EMA's when ``use_ema`` and kept), progress bars off."""
         model = self.ema_unet() if use_ema and self.ema is not None else self.accelerator.unwrap_model(self.unet)
-        pipe = self.kind.build_pipeline(vae=self.vae, unet=model, scheduler=EDMScheduler.from_config(self.scheduler.config),
-                                        stem_names=self.stem_names, mixture_of=self.mixture_of,
-                                        stem_levels_dbfs=self.levels, sample_rate=self.vae.config.sampling_rate)
+        scheduler = EDMScheduler.from_config(self.scheduler.config)
+        pipe = self.kind.build_pipeline(vae=self.vae, unet=model, scheduler=scheduler, stem_names=self.stem_names,
+                                        mixture_of=self.mixture_of, stem_levels_dbfs=self.levels,
+                                        sample_rate=self.vae.config.sampling_rate)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -449,8 +450,8 @@ def set_up(args) -> Training:
 
 
 def prepare_run(training: Training, val_set, data_info: dict, val_info: dict) -> torch.Tensor:
-    """Storage check, resume, the loader, fixed validation latents, data report, trackers, the VAE's record and the stems' levels;
-    returns the validation latents."""
+    """Storage check, resume, the loader, fixed validation latents, data report, trackers, the VAE's record and
+    the stems' levels; returns the validation latents."""
     t, accelerator, cfg = training, training.accelerator, training.cfg
     check_storage(accelerator, t.args.output_dir, [t.unet], copies=6)  # weights, Adam's 2, EMA, unet/, unet_ema/
     t.start_step, _, t.resumed = resume_step(accelerator, t.args)
