@@ -55,41 +55,6 @@ def resolve_pretrained_path(name_or_path: str | os.PathLike, **hub_kwargs) -> st
         raise PipelineLoadError(f"Pipeline {name!r} could not be downloaded: {error}") from None
 
 
-_KINDS = {
-    "msldm": dict(
-        title="Multi-source latent diffusion pipeline ({stems})",
-        intro="""A [mslddm](https://github.com/mslddm/mslddm) pipeline: a SourceVAE encodes each stem to a latent, one UNet
-models the stems' latents jointly with EDM diffusion (Multi-Source Music Generation with Latent Diffusion,
-MSLDM). It generates all stems at once (total generation) or the missing stems around given ones
-(partial generation). Stems: **{stems}**, {sample_rate} Hz mono.""",
-        tags=["multi-source"]),
-    "isldm": dict(
-        title="ISLDM baseline pipeline ({stems})",
-        intro="""A [mslddm](https://github.com/mslddm/mslddm) pipeline of the MSLDM paper's **ISLDM baseline**: a SourceVAE encodes
-each stem to a latent and one *independent* UNet per stem models that stem's latent alone
-(`IndependentSourceUNet1DModel`). Its stems know nothing of each other: in total generation they are drawn
-independently, in partial generation the missing stems are generated without looking at the given ones. It is
-here to be compared with MSLDM (docs/baselines.md), not to make music whose parts fit. Stems: **{stems}**,
-{sample_rate} Hz mono.""",
-        tags=["baseline", "isldm"]),
-    "mixldm": dict(
-        title="MixLDM baseline pipeline (mixtures of {stems})",
-        intro="""A [mslddm](https://github.com/mslddm/mslddm) pipeline of the MSLDM paper's **MixLDM baseline**: a MixtureVAE (the
-SourceVAE class trained on mixes, with stems x C latent channels) encodes the whole mix and one UNet models that
-latent (`MixtureLatentPipeline`). It generates **mixtures only**: no stems, no partial generation. It is here to be
-compared with MSLDM (docs/baselines.md). Trained on mixes of **{stems}**, {sample_rate} Hz mono.""",
-        tags=["baseline", "mixldm"]),
-    "msdm": dict(
-        title="MSDM pipeline ({stems})",
-        intro="""A [mslddm](https://github.com/mslddm/mslddm) pipeline of **MSDM** (multi-source diffusion on waveforms,
-Mariani et al.; the MSLDM paper's main baseline): one UNet models the stems' raw audio jointly with EDM
-diffusion (`MultiSourceDiffusionPipeline`, no autoencoder). It generates all stems (total generation), the
-missing ones around given ones (partial generation), and **separates** a mixture into stems that sum to it
-(`pipe.separate(mixture)`, `mslddm separate`). Stems: **{stems}**, {sample_rate} Hz mono.""",
-        tags=["multi-source", "msdm", "source-separation"]),
-}
-
-
 def model_card(
     *,
     repo_id: Optional[str],
@@ -103,15 +68,15 @@ def model_card(
     """Markdown model card (with Hub front matter) showing how to use the pipeline through mslddm. ``kind``:
     ``msldm``, or one of the paper's baselines ``isldm`` / ``mixldm`` (for which ``stem_names`` are the stems the
     mixes were made of)."""
-    if kind not in _KINDS:
-        raise ValueError(f"kind must be one of {sorted(_KINDS)}, got {kind!r}.")
-    text = _KINDS[kind]
+    from mslddm.kinds import get_kind
+
+    card = get_kind(kind).card
     repo = repo_id or "path/to/this/folder"
     front = {
         "library_name": "mslddm",
         "license": "mit",
         "pipeline_tag": "audio-to-audio",  # no text prompt: stems in (partial generation), stems out
-        "tags": ["music", "stems", *text["tags"], "latent-diffusion", "mslddm"],
+        "tags": ["music", "stems", *card.tags, "latent-diffusion", "mslddm"],
     }
     if base_model:
         front["base_model"] = base_model
@@ -119,47 +84,24 @@ def model_card(
     params = "\n".join(f"| {name} | {count:,} |" for name, count in parameters.items())
     stems = ", ".join(stem_names)
     sections = "".join(f"\n## {title}\n\n{body.strip()}\n" for title, body in (extra_sections or {}).items())
-    if kind == "msdm":
-        cli = (f"mslddm generate --pipeline {repo} --duration 12 --out outputs/\n"
-               f"mslddm separate my_mix.wav --pipeline {repo} --out separated/")
-        usage = f"""from mslddm import MultiSourceLatentPipeline
-
-pipe = MultiSourceLatentPipeline.from_pretrained("{repo}")  # loads as MultiSourceDiffusionPipeline
-out = pipe(audio_length_in_s=12.0)                        # total generation
-out = pipe(stems={{"{stem_names[0]}": "my_{stem_names[0]}.wav"}})   # partial generation
-sep = pipe.separate("my_mix.wav")                          # sep.stems (1, {len(stem_names)}, samples) sums to sep.mixture"""
-    elif kind == "mixldm":
-        cli = f"mslddm generate --pipeline {repo} --duration 12 --out outputs/   # writes mix.wav"
-        usage = f"""from mslddm import MultiSourceLatentPipeline
-
-pipe = MultiSourceLatentPipeline.from_pretrained("{repo}")  # loads as MixtureLatentPipeline
-out = pipe(audio_length_in_s=12.0)  # mixtures only
-out.mixture  # (batch, samples); out.stems and pipe(stems=...) raise ValueError: this model has no stems"""
-    else:
-        cli = f"mslddm generate --pipeline {repo} --duration 12 --out outputs/"
-        usage = f"""from mslddm import MultiSourceLatentPipeline
-
-pipe = MultiSourceLatentPipeline.from_pretrained("{repo}")
-out = pipe(audio_length_in_s=12.0)  # total generation, with the sampler of scheduler_config.json
-out = pipe(stems={{"{stem_names[0]}": "my_{stem_names[0]}.wav"}})   # partial generation
-out.stems  # (batch, {len(stem_names)}, samples); out.mixture: (batch, samples)"""
+    fill = dict(stems=stems, sample_rate=sample_rate, repo=repo, stem=stem_names[0], num_stems=len(stem_names))
     return f"""---
 {front_matter}
 ---
 
-# {text["title"].format(stems=stems)}
+# {card.title.format(**fill)}
 
-{text["intro"].format(stems=stems, sample_rate=sample_rate)}
+{card.intro.format(**fill)}
 
 ## Usage
 
 ```bash
 pip install mslddm
-{cli}
+{card.cli.format(**fill)}
 ```
 
 ```python
-{usage}
+{card.usage.format(**fill)}
 ```
 
 ## Components

@@ -17,29 +17,32 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from mslddm import (EDMScheduler, IndependentSourceUNet1DModel, MixtureLatentPipeline, MultiSourceLatentPipeline,
-                    MultiSourceUNet1DModel)
+from mslddm import EDMScheduler, MultiSourceLatentPipeline
 from mslddm.data.datasets import (LatentSegmentDataset, MultiSourceSegmentDataset, load_tracks, measure_stem_levels,
                                    validation_segments)
 from mslddm.data.latents import load_vae
+from mslddm.kinds import DEFAULT_KIND, KINDS, MIXTURE_LATENTS, ModelKind, get_kind, kind_names
 from mslddm.models import load_unet_folder
 from mslddm.models.unet_1d_multisource import stem_conditioning, stem_conditioning_channels
-from mslddm.pipelines.pipeline_multisource_diffusion import MultiSourceDiffusionPipeline, WaveformCodec
-from mslddm.presets import PRESETS
+from mslddm.pipelines.pipeline_multisource_diffusion import WaveformCodec
+from mslddm.factory import unet_arguments
 from mslddm.schedulers.scheduling_edm import sample_training_sigmas
 from mslddm.stems import DEFAULT_STEMS
 from mslddm.training import losses
+from mslddm.training.recipes import load_recipe
 from mslddm.training.checkpointing import STATE_FILE, export_pipeline, list_checkpoints, save_checkpoint
 from mslddm.training.runner import (clip_grad, common_arguments, load_run_recipe, log_audio, logger, lr_multiplier,
                                     make_accelerator, resume_step, stop_if_not_finite, tensorboard,
                                     TimeBudget, check_storage, run_main, write_data_report)
 from mslddm.training.seeding import step_dataloader, step_generator
 
-MODELS = ("msldm", "isldm", "mixldm", "msdm")
+MODELS = kind_names()  # what a recipe's ``model`` may name (mslddm/kinds.py)
 
 
 def training_data(recipe: dict, cfg: dict, vae, split: str, random_offsets: bool, seed: int):
@@ -206,105 +209,125 @@ def validate(pipe: MultiSourceLatentPipeline, latents: torch.Tensor, cfg: dict, 
     return metrics
 
 
-def main(argv=None):
-    args = common_arguments(__doc__.splitlines()[0]).parse_args(argv)
-    recipe, cfg = load_run_recipe(args, "msldm")
-    kind = recipe.get("model", "msldm")
-    if kind not in MODELS:
-        raise ValueError(f"The recipe's model must be one of {MODELS}, got {kind!r}.")
-    accelerator = make_accelerator(args, cfg)
-    seed, max_steps, batch_size = int(recipe.get("seed", 0)), int(cfg["max_steps"]), int(cfg["batch_size"])
-    logger.info("%d process(es) (%s), batch %d per process", accelerator.num_processes,
-                accelerator.distributed_type, batch_size)
-    if not cfg.get("vae") and args.init_from and kind != "msdm":
+# ----------------------------------------------------------------------------------------------------------------
+# 1. Setup: the kind, the frozen VAE, the data, the UNet, its optimizer and EMA
+# ----------------------------------------------------------------------------------------------------------------
+def recipe_kind(args) -> ModelKind:
+    """The kind of model the recipe's ``model`` names (``msldm`` when unset)."""
+    name = load_recipe(args.config, args.set).get("model", DEFAULT_KIND)
+    if name not in KINDS:
+        raise ValueError(f"The recipe's model must be one of {kind_names()}, got {name!r}.")
+    return get_kind(name)
+
+
+def check_vae_setting(args, cfg: dict, kind: ModelKind) -> None:
+    """A latent model needs a VAE (by default the ``--init_from`` pipeline's own); a waveform model takes none."""
+    if not cfg.get("vae") and args.init_from and kind.uses_vae:
         cfg["vae"] = args.init_from  # continuing a pipeline: its own VAE, unless another one is named
-    if not cfg.get("vae") and kind != "msdm":
+    if not cfg.get("vae") and kind.uses_vae:
         raise ValueError("The recipe's msldm.vae is not set: pass --set msldm.vae=PATH (a VAE folder such as "
                          "train_vae.py's OUTPUT/vae, or a pipeline folder).")
-    if kind == "msdm" and (cfg.get("vae") or cfg.get("latents")):
-        raise ValueError("model msdm learns the stems' waveforms: it takes no msldm.vae and no msldm.latents.")
+    if not kind.uses_vae and (cfg.get("vae") or cfg.get("latents")):
+        raise ValueError(f"model {kind.name} learns the stems' waveforms: it takes no msldm.vae and no "
+                         "msldm.latents.")
 
-    # 1. Frozen VAE (a waveform model: the identity), data (stem names and count come from the data), UNet, EMA,
-    #    optimizer
-    if kind == "msdm":
-        vae = WaveformCodec(int(recipe["data"].get("sample_rate", 22050)))
-    else:
-        vae = load_vae(str(cfg["vae"])).to(accelerator.device).eval().requires_grad_(False)
-    train_set, stem_names, data_info = training_data(recipe, cfg, vae, "train", True, seed)
-    val_set, val_stems, val_info = training_data(recipe, cfg, vae, recipe["data"].get("validation_split", "validation"),
-                                                 False, seed)
-    if val_stems != stem_names:
-        raise ValueError(f"Training stems {stem_names} differ from validation stems {val_stems}.")
-    mixture_of = None
-    if kind == "mixldm":
-        # The mix as one source: latents from `encode-latents --mix` (stems ["mix"]), or audio summed on the fly.
-        if cfg.get("latents"):
-            if stem_names != ["mix"]:
-                raise ValueError(f"model mixldm needs mixture latents (`mslddm encode-latents --mix`), but "
-                                 f"{cfg['latents']} holds the stems {stem_names}.")
-            import json
 
-            mixture_of = json.loads((Path(cfg["latents"]) / "latents.json").read_text()).get("mixture_of")
-        else:
-            mixture_of = stem_names
-        mixture_of, stem_names = list(mixture_of or DEFAULT_STEMS), ["mix"]
-    elif stem_names == ["mix"]:
-        raise ValueError(f"{cfg.get('latents')} holds mixture latents; train them with a mixldm recipe "
-                         "(model: mixldm), or encode the stems without --mix.")
-    frames = int(cfg["segment_frames"])
-    torch.manual_seed(seed)
-    in_channels = len(stem_names) * vae.config.latent_channels
-    unet_cls = IndependentSourceUNet1DModel if kind == "isldm" else MultiSourceUNet1DModel
+def frozen_vae(recipe: dict, cfg: dict, kind: ModelKind, device):
+    """The VAE whose latents the UNet learns (a waveform model: the identity codec)."""
+    if not kind.uses_vae:
+        return WaveformCodec(int(recipe["data"].get("sample_rate", 22050)))
+    return load_vae(str(cfg["vae"])).to(device).eval().requires_grad_(False)
+
+
+def diffusion_sources(cfg: dict, kind: ModelKind, stem_names: list[str]) -> tuple[list[str], list[str] | None]:
+    """``(sources, mixture_of)``: the names of what the UNet models, and for a mixture model the stems its mixes
+    are made of (from `encode-latents --mix` latents, or the stems summed on the fly)."""
+    if kind.source != MIXTURE_LATENTS:
+        if stem_names == ["mix"]:
+            raise ValueError(f"{cfg.get('latents')} holds mixture latents; train them with a mixldm recipe "
+                             "(model: mixldm), or encode the stems without --mix.")
+        return stem_names, None
+    mixture_of = stem_names
+    if cfg.get("latents"):
+        if stem_names != ["mix"]:
+            raise ValueError(f"model {kind.name} needs mixture latents (`mslddm encode-latents --mix`), but "
+                             f"{cfg['latents']} holds the stems {stem_names}.")
+        mixture_of = json.loads((Path(cfg["latents"]) / "latents.json").read_text()).get("mixture_of")
+    return ["mix"], list(mixture_of or DEFAULT_STEMS)
+
+
+def initial_unet(args, kind: ModelKind, in_channels: int, num_stems: int, latent_channels: int):
+    """The ``--init_from`` pipeline's UNet (fresh optimizer and EMA: later sessions build on bundled weights),
+    checked against what the recipe trains."""
+    unet_cls = kind.unet_class()
+    unet = load_unet_folder(args.init_from, subfolder="unet")
+    if not isinstance(unet, unet_cls):
+        raise ValueError(f"--init_from {args.init_from}: its UNet is a {type(unet).__name__}, but the recipe "
+                         f"trains {kind.name} ({unet_cls.__name__}).")
+    if unet.config.in_channels != in_channels:
+        raise ValueError(f"--init_from {args.init_from}: its UNet takes {unet.config.in_channels} channels, but "
+                         f"{num_stems} stems x {latent_channels} latent channels = {in_channels}.")
+    logger.info("Initialised the UNet from %s", args.init_from)
+    return unet
+
+
+def new_unet(recipe: dict, cfg: dict, kind: ModelKind, in_channels: int, num_stems: int, vae):
+    """A fresh UNet of the recipe's preset (with the recipe's ``msldm.model`` laid over it)."""
+    unet_cls = kind.unet_class()
+    unet_kwargs = {**unet_arguments(recipe["preset"], in_channels, kind.preset_key), **cfg.get("model", {}),
+                   "in_channels": in_channels}
+    if kind.independent_sources:
+        unet_kwargs["num_sources"] = num_stems
+    if "window_frames" not in unet_kwargs:
+        # The pipeline's generation window: the longest length the recipe trains or validates at (validation
+        # samples clips of validation_seconds, so the model is seen working at that length), rounded up to
+        # the UNet's multiple so that such a clip is one window (rounded down, a 12-s clip took two windows:
+        # twice the model evaluations and a seam). Passed to the constructor, so that the config (and every
+        # copy from_config makes) records it.
+        with torch.device("meta"):
+            multiple = unet_cls(**unet_kwargs).length_multiple
+        val_frames = math.ceil(float(cfg.get("validation_seconds", 12.0)) * vae.config.sampling_rate / vae.hop_length)
+        unet_kwargs["window_frames"] = max(int(cfg["segment_frames"]), math.ceil(val_frames / multiple) * multiple)
+    return unet_cls(**unet_kwargs)
+
+
+def build_unet(args, recipe: dict, cfg: dict, kind: ModelKind, num_stems: int, vae):
+    """The UNet to train: initial or new, with the conditioning input when the recipe trains partial generation."""
+    in_channels = num_stems * vae.config.latent_channels
     if args.init_from:
-        # Continue from a pipeline's UNet (fresh optimizer and EMA): later sessions build on the bundled weights.
-        unet = load_unet_folder(args.init_from, subfolder="unet")
-        if not isinstance(unet, unet_cls):
-            raise ValueError(f"--init_from {args.init_from}: its UNet is a {type(unet).__name__}, but the recipe "
-                             f"trains {kind} ({unet_cls.__name__}).")
-        if unet.config.in_channels != in_channels:
-            raise ValueError(f"--init_from {args.init_from}: its UNet takes {unet.config.in_channels} channels, but "
-                             f"{len(stem_names)} stems x {vae.config.latent_channels} latent channels = {in_channels}.")
-        logger.info("Initialised the UNet from %s", args.init_from)
+        unet = initial_unet(args, kind, in_channels, num_stems, vae.config.latent_channels)
     else:
-        architecture = PRESETS[recipe["preset"]]["waveform_unet" if kind == "msdm" else "unet"]
-        unet_kwargs = {**architecture, **cfg.get("model", {}), "in_channels": in_channels}
-        if kind == "isldm":
-            unet_kwargs["num_sources"] = len(stem_names)
-        if "window_frames" not in unet_kwargs:
-            # The pipeline's generation window: the longest length the recipe trains or validates at (validation
-            # samples clips of validation_seconds, so the model is seen working at that length), rounded up to
-            # the UNet's multiple so that such a clip is one window (rounded down, a 12-s clip took two windows:
-            # twice the model evaluations and a seam). Passed to the constructor, so that the config (and every
-            # copy from_config makes) records it.
-            with torch.device("meta"):
-                multiple = unet_cls(**unet_kwargs).length_multiple
-            val_frames = math.ceil(float(cfg.get("validation_seconds", 12.0)) * vae.config.sampling_rate
-                                   / vae.hop_length)
-            unet_kwargs["window_frames"] = max(frames, math.ceil(val_frames / multiple) * multiple)
-        unet = unet_cls(**unet_kwargs)
-    conditioning = cfg.get("conditioning")
-    if conditioning:
-        if kind != "msldm":
-            raise ValueError(f"msldm.conditioning (trained partial generation) is for model msldm, not {kind}.")
-        unet = with_conditioning(unet, stem_conditioning_channels(len(stem_names), vae.config.latent_channels))
-        logger.info("Trained conditioning: %s", conditioning)
-    length_multiple = unet.length_multiple
-    if frames % length_multiple:
-        raise ValueError(f"msldm.segment_frames={frames} must be a multiple of the UNet's {length_multiple}.")
+        unet = new_unet(recipe, cfg, kind, in_channels, num_stems, vae)
+    if cfg.get("conditioning"):
+        if not kind.trains_conditioning:
+            raise ValueError(f"msldm.conditioning (trained partial generation) is for model msldm, not {kind.name}.")
+        unet = with_conditioning(unet, stem_conditioning_channels(num_stems, vae.config.latent_channels))
+        logger.info("Trained conditioning: %s", cfg["conditioning"])
+    if int(cfg["segment_frames"]) % unet.length_multiple:
+        raise ValueError(f"msldm.segment_frames={int(cfg['segment_frames'])} must be a multiple of the UNet's "
+                         f"{unet.length_multiple}.")
     if cfg.get("gradient_checkpointing"):
         unet.enable_gradient_checkpointing()
+    return unet
+
+
+def build_scheduler(cfg: dict, train_set, vae) -> EDMScheduler:
+    """The recipe's scheduler; an unset ``sigma_data`` is the RMS of the training latents."""
     scheduler_cfg = dict(cfg.get("scheduler") or {})
     if scheduler_cfg.get("sigma_data") is None:
-        scheduler_cfg["sigma_data"] = measure_sigma_data(cfg, train_set, vae, frames)
+        scheduler_cfg["sigma_data"] = measure_sigma_data(cfg, train_set, vae, int(cfg["segment_frames"]))
         logger.info("sigma_data = %.4f (the RMS of the training latents)", scheduler_cfg["sigma_data"])
-    scheduler = EDMScheduler(**scheduler_cfg)
-    sigma_data = float(scheduler.config.sigma_data)
+    return EDMScheduler(**scheduler_cfg)
+
+
+def build_optimization(accelerator, cfg: dict, unet):
+    """``(unet, ema, optimizer, lr_schedule)``, prepared by the accelerator (EMA registered for checkpointing)."""
     ema = None
     if cfg.get("use_ema", True):
         from diffusers.training_utils import EMAModel
 
         ema = EMAModel(unet.parameters(), decay=float(cfg.get("ema_decay", 0.999)),
-                       model_cls=unet_cls, model_config=unet.config)
+                       model_cls=type(unet), model_config=unet.config)
         accelerator.register_for_checkpointing(ema)
     optimizer = torch.optim.Adam(parameter_groups(unet, cfg), lr=float(cfg["learning_rate"]),
                                  betas=tuple(cfg.get("betas", (0.9, 0.99))))
@@ -314,141 +337,238 @@ def main(argv=None):
     unet, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
     if ema is not None:
         ema.to(accelerator.device)
+    return unet, ema, optimizer, lr_schedule
 
-    # 2. Storage, resume, loaders, fixed validation latents
-    check_storage(accelerator, args.output_dir, [unet], copies=6)  # weights, Adam's 2, EMA, unet/, unet_ema/
-    start_step, _, resumed = resume_step(accelerator, args)
-    loader = step_dataloader(train_set, batch_size, start_step, max_steps, accelerator, int(cfg.get("num_workers", 0)))
+
+def validation_latents(accelerator, cfg: dict, kind: ModelKind, val_set, vae, length_multiple: int):
+    """``(latents, report)``: the fixed validation segments as the UNet's input, and which segments were used."""
     val_frames = val_set.segment if cfg.get("latents") else val_set.segment // vae.hop_length
     val_frames -= val_frames % length_multiple
-    segments, val_report = validation_segments(val_set, int(cfg.get("validation_segments", 4)))
-    if kind == "mixldm" and segments.ndim == 3:
-        segments = segments.sum(1, keepdim=True)
-    val_latents = torch.cat([to_latents(segment[None].to(accelerator.device), vae, val_frames)
-                             for segment in segments])[..., :val_frames].cpu()
-    write_data_report(accelerator, args.output_dir, train=data_info.pop("report", {"latents": cfg.get("latents")}),
-                      validation=val_info.pop("report", {"latents": cfg.get("latents")}),
-                      validation_segments=val_report)
-    writer = None
-    if accelerator.is_main_process:
-        accelerator.init_trackers("train_msldm")
-        writer = tensorboard(accelerator)
-    vae_state = {}
-    vae_state_file = Path(cfg.get("vae") or ".") / STATE_FILE
-    if not vae_state_file.is_file():
-        vae_state_file = Path(cfg.get("vae") or ".") / "vae" / STATE_FILE
-    if cfg.get("vae") and vae_state_file.is_file():
-        import json
+    segments, report = validation_segments(val_set, int(cfg.get("validation_segments", 4)))
+    segments = kind.training_batch(segments)
+    latents = torch.cat([to_latents(segment[None].to(accelerator.device), vae, val_frames)
+                         for segment in segments])[..., :val_frames].cpu()
+    return latents, report
 
-        vae_state = json.loads(vae_state_file.read_text())
-        vae_state = {k: vae_state.get(k) for k in ("step", "recipe", "validation", "data")}
 
-    levels = training_levels(recipe, stem_names, vae.config.sampling_rate, args.init_from) \
-        if kind in ("msldm", "isldm") else None
-    logger.info("The stems' training levels (dBFS): %s", levels)
+def vae_training_state(cfg: dict) -> dict:
+    """What the VAE's own training recorded (steps, recipe, validation, data), for the model card."""
+    folder = Path(cfg.get("vae") or ".")
+    path = folder / STATE_FILE if (folder / STATE_FILE).is_file() else folder / "vae" / STATE_FILE
+    if not (cfg.get("vae") and path.is_file()):
+        return {}
+    state = json.loads(path.read_text())
+    return {k: state.get(k) for k in ("step", "recipe", "validation", "data")}
 
-    def ema_unet():
+
+@dataclass
+class Training:
+    """Everything the loop, validation, checkpoints and export share, built once by :func:`set_up`."""
+
+    args: Any
+    recipe: dict
+    cfg: dict
+    kind: ModelKind
+    accelerator: Any
+    vae: Any
+    unet: Any
+    ema: Any
+    optimizer: Any
+    lr_schedule: Any
+    scheduler: EDMScheduler
+    train_set: Any
+    stem_names: list
+    mixture_of: list | None
+    levels: dict | None = None  # the stems' training levels the pipeline records (kinds of stem latents)
+    data_info: dict = field(default_factory=dict)
+    vae_state: dict = field(default_factory=dict)  # what the VAE's own training recorded
+    val_latents: torch.Tensor | None = None
+    writer: Any = None
+    start_step: int = 0
+    resumed: dict = field(default_factory=dict)  # the state of the checkpoint resumed from
+    loader: Any = None
+
+    @property
+    def seed(self) -> int:
+        return int(self.recipe.get("seed", 0))
+
+    def ema_unet(self):
         """A UNet holding the EMA weights (a clean config: EMAModel.save_pretrained adds its own keys)."""
-        model = unet_cls.from_config(accelerator.unwrap_model(unet).config)
-        ema.copy_to(model.parameters())
-        return model.to(accelerator.device)
+        model = self.kind.unet_class().from_config(self.accelerator.unwrap_model(self.unet).config)
+        self.ema.copy_to(model.parameters())
+        return model.to(self.accelerator.device)
 
-    def pipeline(use_ema: bool) -> MultiSourceLatentPipeline:
-        model = ema_unet() if use_ema and ema is not None else accelerator.unwrap_model(unet)
-        scheduler_copy = EDMScheduler.from_config(scheduler.config)
-        if kind == "msdm":
-            pipe = MultiSourceDiffusionPipeline(unet=model, scheduler=scheduler_copy, stem_names=stem_names,
-                                                sample_rate=vae.config.sampling_rate)
-        elif kind == "mixldm":
-            pipe = MixtureLatentPipeline(vae=vae, unet=model, scheduler=scheduler_copy, mixture_of=mixture_of)
-        else:
-            pipe = MultiSourceLatentPipeline(vae=vae, unet=model, scheduler=scheduler_copy, stem_names=stem_names,
-                                             stem_levels_dbfs=levels)
+    def pipeline(self, use_ema: bool):
+        """The pipeline of the weights being trained (the EMA's when ``use_ema`` and kept), progress bars off."""
+        model = self.ema_unet() if use_ema and self.ema is not None else self.accelerator.unwrap_model(self.unet)
+        scheduler = EDMScheduler.from_config(self.scheduler.config)
+        pipe = self.kind.build_pipeline(vae=self.vae, unet=model, scheduler=scheduler, stem_names=self.stem_names,
+                                        mixture_of=self.mixture_of, stem_levels_dbfs=self.levels,
+                                        sample_rate=self.vae.config.sampling_rate)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def state(validation):
-        return {"kind": kind, "recipe": recipe, "stem_names": stem_names, "mixture_of": mixture_of,
-                "stem_levels_dbfs": levels,
-                "validation": validation,
-                "data": {**data_info, **val_info}, "vae_training": vae_state, "timing": budget.timing(step)}
+    def state(self, validation: dict, timing: dict) -> dict:
+        """``training_state.json``: how the weights were made (export writes the model card from it)."""
+        return {"kind": self.kind.name, "recipe": self.recipe, "stem_names": self.stem_names,
+                "mixture_of": self.mixture_of, "stem_levels_dbfs": self.levels, "validation": validation,
+                "data": self.data_info, "vae_training": self.vae_state, "timing": timing}
 
-    def save_models(folder: Path):
-        if kind != "msdm":
-            vae.save_pretrained(folder / "vae")
-        accelerator.unwrap_model(unet).save_pretrained(folder / "unet")
-        scheduler.save_pretrained(folder / "scheduler")
-        if ema is not None:
-            ema_unet().save_pretrained(folder / "unet_ema")
+    def save_models(self, folder: Path):
+        if self.kind.uses_vae:
+            self.vae.save_pretrained(folder / "vae")
+        self.accelerator.unwrap_model(self.unet).save_pretrained(folder / "unet")
+        self.scheduler.save_pretrained(folder / "scheduler")
+        if self.ema is not None:
+            self.ema_unet().save_pretrained(folder / "unet_ema")
 
-    # 3. Loop: x0 -> sigma ~ U[0, 3) -> D(x0 + sigma n) -> lambda(sigma)-weighted MSE
-    validation, step = {}, start_step
-    unet.train()
-    budget = TimeBudget(accelerator, args.time_budget_minutes, start_step, resumed)
-    for batch in loader:
-        if kind == "mixldm" and batch.ndim == 3:  # audio segments: the mix is the one source
-            batch = batch.sum(1, keepdim=True)
-        x0 = to_latents(batch.to(accelerator.device), vae, frames)
-        rank = accelerator.process_index
-        sigma = sample_training_sigmas(
-            x0.shape[0], scheduler.config.training_sigma_distribution,
-            sigma_min=scheduler.config.training_sigma_min, sigma_max=scheduler.config.training_sigma_max,
-            log_normal_mean=scheduler.config.training_log_normal_mean,
-            log_normal_std=scheduler.config.training_log_normal_std,
-            generator=step_generator(seed, step, rank, "sigma"), device=accelerator.device)
-        noise = torch.randn(x0.shape, generator=step_generator(seed, step, rank, "noise")).to(accelerator.device)
-        cond, weight = None, None
-        if conditioning:
-            cond, weight = training_conditioning(x0, conditioning, len(stem_names), sigma_data,
-                                                 step_generator(seed, step, rank, "stems"))
-        with accelerator.autocast():
-            denoised = losses.edm_denoise(unet, x0 + sigma[:, None, None] * noise, sigma, sigma_data,
-                                          clip=scheduler.config.clip_denoised, conditioning=cond)
-            loss = losses.edm_training_loss(denoised, x0, sigma, sigma_data, weight=weight)
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        grad_norm = clip_grad(accelerator, unet.parameters(), cfg.get("grad_clip"))
-        stop_if_not_finite(accelerator, step, args.output_dir, loss=loss.detach(),
-                           grad_norm=0.0 if math.isnan(grad_norm) and not cfg.get("grad_clip") else grad_norm)
-        optimizer.step()
-        lr_schedule.step()
-        if ema is not None:
-            ema.step(unet.parameters())
+
+def set_up(args) -> Training:
+    """The frozen VAE (a waveform model: the identity), the data (stem names and count come from the data), the
+    UNet, its scheduler, EMA and optimizer; the order keeps the seeded initialisation of earlier runs."""
+    kind = recipe_kind(args)
+    recipe, cfg = load_run_recipe(args, kind.recipe_key)
+    accelerator = make_accelerator(args, cfg)
+    seed = int(recipe.get("seed", 0))
+    logger.info("%d process(es) (%s), batch %d per process", accelerator.num_processes,
+                accelerator.distributed_type, int(cfg["batch_size"]))
+    check_vae_setting(args, cfg, kind)
+    vae = frozen_vae(recipe, cfg, kind, accelerator.device)
+    train_set, stem_names, data_info = training_data(recipe, cfg, vae, "train", True, seed)
+    val_set, val_stems, val_info = training_data(recipe, cfg, vae, recipe["data"].get("validation_split", "validation"),
+                                                 False, seed)
+    if val_stems != stem_names:
+        raise ValueError(f"Training stems {stem_names} differ from validation stems {val_stems}.")
+    stem_names, mixture_of = diffusion_sources(cfg, kind, stem_names)
+    torch.manual_seed(seed)
+    unet = build_unet(args, recipe, cfg, kind, len(stem_names), vae)
+    scheduler = build_scheduler(cfg, train_set, vae)
+    unet, ema, optimizer, lr_schedule = build_optimization(accelerator, cfg, unet)
+    training = Training(args, recipe, cfg, kind, accelerator, vae, unet, ema, optimizer, lr_schedule, scheduler,
+                        train_set, stem_names, mixture_of)
+    training.val_latents = prepare_run(training, val_set, data_info, val_info)
+    return training
+
+
+def prepare_run(training: Training, val_set, data_info: dict, val_info: dict) -> torch.Tensor:
+    """Storage check, resume, the loader, fixed validation latents, data report, trackers, the VAE's record and
+    the stems' levels; returns the validation latents."""
+    t, accelerator, cfg = training, training.accelerator, training.cfg
+    check_storage(accelerator, t.args.output_dir, [t.unet], copies=6)  # weights, Adam's 2, EMA, unet/, unet_ema/
+    t.start_step, _, t.resumed = resume_step(accelerator, t.args)
+    t.loader = step_dataloader(t.train_set, int(cfg["batch_size"]), t.start_step, int(cfg["max_steps"]), accelerator,
+                               int(cfg.get("num_workers", 0)))
+    val_latents, val_report = validation_latents(accelerator, cfg, t.kind, val_set, t.vae,
+                                                 accelerator.unwrap_model(t.unet).length_multiple)
+    write_data_report(accelerator, t.args.output_dir, train=data_info.pop("report", {"latents": cfg.get("latents")}),
+                      validation=val_info.pop("report", {"latents": cfg.get("latents")}),
+                      validation_segments=val_report)
+    t.data_info = {**data_info, **val_info}
+    if accelerator.is_main_process:
+        accelerator.init_trackers("train_msldm")
+        t.writer = tensorboard(accelerator)
+    t.vae_state = vae_training_state(cfg)
+    t.levels = training_levels(t.recipe, t.stem_names, t.vae.config.sampling_rate, t.args.init_from) \
+        if t.kind.records_stem_levels else None
+    logger.info("The stems' training levels (dBFS): %s", t.levels)
+    return val_latents
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. Loop: x0 -> sigma ~ the scheduler's training distribution -> D(x0 + sigma n) -> lambda(sigma)-weighted MSE
+# ----------------------------------------------------------------------------------------------------------------
+def training_step(t: Training, batch: torch.Tensor, step: int) -> tuple[torch.Tensor, float]:
+    """One optimizer step on ``batch``, with noise and sigmas seeded by (seed, step, rank): ``(loss, grad norm)``."""
+    accelerator, config, sigma_data = t.accelerator, t.scheduler.config, float(t.scheduler.config.sigma_data)
+    x0 = to_latents(t.kind.training_batch(batch).to(accelerator.device), t.vae, int(t.cfg["segment_frames"]))
+    rank = accelerator.process_index
+    sigma = sample_training_sigmas(
+        x0.shape[0], config.training_sigma_distribution, sigma_min=config.training_sigma_min,
+        sigma_max=config.training_sigma_max, log_normal_mean=config.training_log_normal_mean,
+        log_normal_std=config.training_log_normal_std, generator=step_generator(t.seed, step, rank, "sigma"),
+        device=accelerator.device)
+    noise = torch.randn(x0.shape, generator=step_generator(t.seed, step, rank, "noise")).to(accelerator.device)
+    cond, weight = None, None
+    if t.cfg.get("conditioning"):
+        cond, weight = training_conditioning(x0, t.cfg["conditioning"], len(t.stem_names), sigma_data,
+                                             step_generator(t.seed, step, rank, "stems"))
+    with accelerator.autocast():
+        denoised = losses.edm_denoise(t.unet, x0 + sigma[:, None, None] * noise, sigma, sigma_data,
+                                      clip=config.clip_denoised, conditioning=cond)
+        loss = losses.edm_training_loss(denoised, x0, sigma, sigma_data, weight=weight)
+    t.optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    grad_norm = clip_grad(accelerator, t.unet.parameters(), t.cfg.get("grad_clip"))
+    stop_if_not_finite(accelerator, step, t.args.output_dir, loss=loss.detach(),
+                       grad_norm=0.0 if math.isnan(grad_norm) and not t.cfg.get("grad_clip") else grad_norm)
+    t.optimizer.step()
+    t.lr_schedule.step()
+    if t.ema is not None:
+        t.ema.step(t.unet.parameters())
+    return loss, grad_norm
+
+
+def run_validation(t: Training, step: int) -> dict:
+    """Validation numbers of the EMA weights (and the raw weights' loss), logged; main process only."""
+    validation = validate(t.pipeline(use_ema=True), t.val_latents, t.cfg, t.seed, t.writer, step)
+    if t.ema is not None:
+        validation["loss_raw_weights"] = validation_loss(t.accelerator.unwrap_model(t.unet), t.val_latents,
+                                                         float(t.scheduler.config.sigma_data), t.seed,
+                                                         clip=t.scheduler.config.clip_denoised)
+    t.accelerator.log({f"validation/{k}": v for k, v in validation.items()}, step=step)
+    logger.info("validation at step %d: %s", step, validation)
+    return validation
+
+
+def train_loop(t: Training) -> None:
+    """Steps from the resumed one to ``max_steps`` (or the time budget), logging, validating and checkpointing."""
+    accelerator, cfg, max_steps = t.accelerator, t.cfg, int(t.cfg["max_steps"])
+    validation, step = {}, t.start_step
+    t.unet.train()
+    budget = TimeBudget(accelerator, t.args.time_budget_minutes, t.start_step, t.resumed)
+    for batch in t.loader:
+        loss, grad_norm = training_step(t, batch, step)
         step += 1
         last = step == max_steps or budget.expired()
-
         if step % int(cfg.get("log_every", 10)) == 0 or last:
             logs = {"train/loss": accelerator.gather(loss.detach()[None]).mean().item(), "train/grad_norm": grad_norm,
-                    "train/lr": lr_schedule.get_last_lr()[0]}
+                    "train/lr": t.lr_schedule.get_last_lr()[0]}
             accelerator.log(logs, step=step)
             logger.info("step %d: %s", step, " ".join(f"{k[6:]}={v:.4g}" for k, v in logs.items()))
         if step % int(cfg.get("validate_every", 500)) == 0 or last:
             if accelerator.is_main_process:
-                validation = validate(pipeline(use_ema=True), val_latents, cfg, seed, writer, step)
-                if ema is not None:
-                    validation["loss_raw_weights"] = validation_loss(accelerator.unwrap_model(unet), val_latents,
-                                                                     sigma_data, seed,
-                                                                     clip=scheduler.config.clip_denoised)
-                accelerator.log({f"validation/{k}": v for k, v in validation.items()}, step=step)
-                logger.info("validation at step %d: %s", step, validation)
+                validation = run_validation(t, step)
             accelerator.wait_for_everyone()
         if step % int(cfg.get("checkpointing_steps", 500)) == 0 or last:
-            save_checkpoint(accelerator, args.output_dir, step, state(validation), save_models,
-                            cfg.get("checkpoints_total_limit"))
+            save_checkpoint(accelerator, t.args.output_dir, step, t.state(validation, budget.timing(step)),
+                            t.save_models, cfg.get("checkpoints_total_limit"))
         if last:
             break
 
-    # 4. Export the complete pipeline (EMA weights) with its model card
-    if accelerator.is_main_process:
-        checkpoints = list_checkpoints(args.output_dir)
-        if checkpoints:
-            out = Path(args.output_dir) / "pipeline"
-            repo = args.hub_model_id if args.push_to_hub else None
-            if args.push_to_hub and not repo:
-                raise ValueError("--push_to_hub needs --hub_model_id owner/name.")
-            export_pipeline(checkpoints[-1], out, ema=True, push_to_hub=repo)
-            logger.info("Exported the pipeline to %s", out)
-    accelerator.end_training()
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. Export the complete pipeline (EMA weights) with its model card
+# ----------------------------------------------------------------------------------------------------------------
+def export(args, accelerator) -> None:
+    """``OUTPUT/pipeline`` from the newest checkpoint (and the Hub upload asked for); main process only."""
+    if not accelerator.is_main_process:
+        return
+    checkpoints = list_checkpoints(args.output_dir)
+    if checkpoints:
+        out = Path(args.output_dir) / "pipeline"
+        repo = args.hub_model_id if args.push_to_hub else None
+        if args.push_to_hub and not repo:
+            raise ValueError("--push_to_hub needs --hub_model_id owner/name.")
+        export_pipeline(checkpoints[-1], out, ema=True, push_to_hub=repo)
+        logger.info("Exported the pipeline to %s", out)
+
+
+def main(argv=None):
+    args = common_arguments(__doc__.splitlines()[0]).parse_args(argv)
+    training = set_up(args)
+    train_loop(training)
+    export(args, training.accelerator)
+    training.accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,6 +23,7 @@ from mslddm.data.datasets import (MixtureClipDataset, MultiSourceSegmentDataset,
                                   load_tracks, validation_segments)
 from mslddm.data.latents import load_vae
 from mslddm.factory import build_vae
+from mslddm.kinds import DEFAULT_KIND, KINDS, MIXTURE_LATENTS
 from mslddm.stems import DEFAULT_STEMS
 from mslddm.training import losses
 from mslddm.training.checkpointing import STATE_FILE, atomic_folder, list_checkpoints, save_checkpoint
@@ -84,21 +87,19 @@ def validate(vae, segments: torch.Tensor, stem_names, mel_loss, writer, step: in
     return metrics
 
 
-def main(argv=None):
-    args = common_arguments(__doc__.splitlines()[0]).parse_args(argv)
-    recipe, cfg = load_run_recipe(args, "vae")
-    accelerator = make_accelerator(args, cfg)
-    seed, max_steps, batch_size = int(recipe.get("seed", 0)), int(cfg["max_steps"]), int(cfg["batch_size"])
-    data_cfg = recipe["data"]
-    logger.info("%d process(es) (%s), batch %d per process", accelerator.num_processes,
-                accelerator.distributed_type, batch_size)
-
-    # What the VAE learns: single stems (the SourceVAE, shared by MSLDM and ISLDM) or mixtures (the MixLDM
-    # baseline's MixtureVAE: the same class with num_stems x C latent channels, trained on sums of stems).
-    source = cfg.get("source", "mix" if recipe.get("model") == "mixldm" else "stems")
+def vae_source(recipe: dict, cfg: dict) -> str:
+    """What the VAE learns: single stems (the SourceVAE, shared by MSLDM and ISLDM) or mixtures (the MixLDM
+    baseline's MixtureVAE: the same class with num_stems x C latent channels, trained on sums of stems); by default
+    mixtures when the recipe's model kind models the mix."""
+    kind = KINDS.get(recipe.get("model") or DEFAULT_KIND)
+    source = cfg.get("source", "mix" if kind is not None and kind.source == MIXTURE_LATENTS else "stems")
     if source not in ("stems", "mix"):
         raise ValueError(f"vae.source must be 'stems' or 'mix', got {source!r}.")
-    stem_names = data_cfg.get("stems") or list(DEFAULT_STEMS)
+    return source
+
+
+def model_arguments(args, recipe: dict, cfg: dict, source: str, stem_names: list[str]) -> dict:
+    """The recipe's ``vae.model`` arguments; a new MixtureVAE gets the preset's latent channels per stem."""
     model_args = dict(cfg.get("model", {}))
     if source == "mix" and "latent_channels" not in model_args and not args.init_from:
         from mslddm.presets import PRESETS
@@ -107,19 +108,26 @@ def main(argv=None):
         model_args["latent_channels"] = len(stem_names) * per_stem
         logger.info("MixtureVAE: %d latent channels (%d stems x %d)", model_args["latent_channels"],
                     len(stem_names), per_stem)
+    return model_args
 
-    # 1. Models, optimizers, LR schedules (the reference's: AdamW / Adam, betas (0.8, 0.99), ExponentialLR)
-    torch.manual_seed(seed)
+
+def build_models(args, recipe: dict, cfg: dict, model_args: dict):
+    """``(vae, discriminator)``: a new VAE of the preset, or trained weights to continue from (a pipeline folder,
+    a VAE folder or a Hub id, with fresh optimizers: a later session goes on from the bundled pipeline)."""
+    torch.manual_seed(int(recipe.get("seed", 0)))
     if args.init_from:
-        # Continue from trained weights (a pipeline folder, a VAE folder or a Hub id) with fresh optimizers:
-        # a later session goes on from the bundled pipeline instead of starting over.
         vae = load_vae(args.init_from)
         logger.info("Initialised the VAE from %s (%s)", args.init_from, type(vae).__name__)
     else:
         vae = build_vae(recipe["preset"], **model_args)
         if cfg.get("posterior_logvar_init") is not None:
             vae.set_posterior_logvar_bias(cfg["posterior_logvar_init"])
-    discriminator = SourceDiscriminator(**cfg.get("discriminator", {}))
+    return vae, SourceDiscriminator(**cfg.get("discriminator", {}))
+
+
+def build_optimization(accelerator, cfg: dict, vae, discriminator):
+    """The reference's optimizers (AdamW / Adam, betas (0.8, 0.99)) and ExponentialLR schedules, prepared:
+    ``(model, discriminator, opt_g, opt_d, sched_g, sched_d)``."""
     betas = tuple(cfg.get("betas", (0.8, 0.99)))
     opt_g = torch.optim.AdamW(vae.parameters(), lr=float(cfg["learning_rate"]), betas=betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=float(cfg.get("discriminator_learning_rate",
@@ -127,132 +135,216 @@ def main(argv=None):
     gamma = float(cfg.get("lr_gamma", 0.999996))
     sched_g = torch.optim.lr_scheduler.ExponentialLR(opt_g, gamma)
     sched_d = torch.optim.lr_scheduler.ExponentialLR(opt_d, gamma)
-    model, discriminator, opt_g, opt_d, sched_g, sched_d = accelerator.prepare(
-        VAEForTraining(vae), discriminator, opt_g, opt_d, sched_g, sched_d)
+    return accelerator.prepare(VAEForTraining(vae), discriminator, opt_g, opt_d, sched_g, sched_d)
+
+
+@dataclass
+class VAETraining:
+    """Everything the loop, validation, checkpoints and export share, built once by :func:`set_up`."""
+
+    args: Any
+    recipe: dict
+    cfg: dict
+    source: str
+    stem_names: list
+    accelerator: Any
+    vae: Any
+    model: Any
+    discriminator: Any
+    opt_g: Any
+    opt_d: Any
+    sched_g: Any
+    sched_d: Any
+    mel_loss: Any
+    weights: dict
+    start_step: int = 0
+    resumed: dict = field(default_factory=dict)
+    loader: Any = None
+    val_segments: Any = None
+    val_names: list = field(default_factory=list)
+    data_info: dict = field(default_factory=dict)
+    writer: Any = None
+
+    @property
+    def seed(self) -> int:
+        return int(self.recipe.get("seed", 0))
+
+    def state(self, validation: dict, timing: dict) -> dict:
+        return {"kind": "vae", "source": self.source, "recipe": self.recipe, "stem_names": self.stem_names,
+                "validation": validation, "data": self.data_info, "timing": timing,
+                "model_class": type(self.vae).__name__}
+
+    def save_models(self, folder: Path):
+        self.accelerator.unwrap_model(self.model).vae.save_pretrained(folder / "vae")
+
+
+def set_up(args) -> VAETraining:
+    """Models, optimizers and LR schedules, the losses' weights, then storage, resume and data."""
+    recipe, cfg = load_run_recipe(args, "vae")
+    accelerator = make_accelerator(args, cfg)
+    logger.info("%d process(es) (%s), batch %d per process", accelerator.num_processes,
+                accelerator.distributed_type, int(cfg["batch_size"]))
+    source = vae_source(recipe, cfg)
+    stem_names = recipe["data"].get("stems") or list(DEFAULT_STEMS)
+    vae, discriminator = build_models(args, recipe, cfg, model_arguments(args, recipe, cfg, source, stem_names))
+    prepared = build_optimization(accelerator, cfg, vae, discriminator)
     mel_loss = losses.MultiScaleMelLoss(vae.config.sampling_rate, **cfg.get("mel", {})).to(accelerator.device)
     weights = {"mel": 15.0, "feature": 2.0, "adversarial": 1.0, "kl": 10.0, **cfg.get("loss_weights", {})}
+    training = VAETraining(args, recipe, cfg, source, stem_names, accelerator, vae, *prepared, mel_loss, weights)
+    prepare_data(training)
+    return training
 
-    # 2. Storage, resume, data
-    check_storage(accelerator, args.output_dir, [vae, discriminator], copies=4)  # weights, Adam's 2, vae/
-    start_step, _, resumed = resume_step(accelerator, args)
-    sr = vae.config.sampling_rate
-    tracks, train_summary = load_tracks(data_cfg["root"], "train", stem_names, return_summary=True)
+
+def prepare_data(t: VAETraining) -> None:
+    """Storage check, resume, the training clips' loader, fixed validation segments, data report and trackers."""
+    accelerator, cfg, data_cfg = t.accelerator, t.cfg, t.recipe["data"]
+    check_storage(accelerator, t.args.output_dir, [t.vae, t.discriminator], copies=4)  # weights, Adam's 2, vae/
+    t.start_step, _, t.resumed = resume_step(accelerator, t.args)
+    sr = t.vae.config.sampling_rate
+    tracks, train_summary = load_tracks(data_cfg["root"], "train", t.stem_names, return_summary=True)
+
     def hop_multiple(seconds):  # whole latent frames, so that the reconstruction has the input's length
-        return max(1, round(float(seconds) * sr / vae.hop_length)) * vae.hop_length
+        return max(1, round(float(seconds) * sr / t.vae.hop_length)) * t.vae.hop_length
 
-    clip_class = MixtureClipDataset if source == "mix" else SourceClipDataset
+    clip_class = MixtureClipDataset if t.source == "mix" else SourceClipDataset
     clips = clip_class(tracks, clip_length=hop_multiple(cfg.get("clip_seconds", 1.0)),
-                       clips_per_epoch=cfg.get("clips_per_epoch", 10_000), seed=seed)
-    loader = step_dataloader(clips, batch_size, start_step, max_steps, accelerator, int(cfg.get("num_workers", 0)))
+                       clips_per_epoch=cfg.get("clips_per_epoch", 10_000), seed=t.seed)
+    t.loader = step_dataloader(clips, int(cfg["batch_size"]), t.start_step, int(cfg["max_steps"]), accelerator,
+                               int(cfg.get("num_workers", 0)))
     val_tracks, val_summary = load_tracks(data_cfg["root"], data_cfg.get("validation_split", "validation"),
-                                          stem_names, return_summary=True)
+                                          t.stem_names, return_summary=True)
     val_set = MultiSourceSegmentDataset(val_tracks, hop_multiple(cfg.get("validation_seconds", 2.0)),
                                         random_offsets=False)
     # Evenly spread fixed segments of the validation tracks, each readable and with sound.
-    val_segments, val_report = validation_segments(val_set, int(cfg.get("validation_segments", 8)))
-    val_names = stem_names
-    if source == "mix":  # validate on the mixtures of the same segments
-        val_segments, val_names = val_segments.sum(1, keepdim=True), ["mix"]
-    write_data_report(accelerator, args.output_dir, train=train_summary.to_dict(),
+    t.val_segments, val_report = validation_segments(val_set, int(cfg.get("validation_segments", 8)))
+    t.val_names = t.stem_names
+    if t.source == "mix":  # validate on the mixtures of the same segments
+        t.val_segments, t.val_names = t.val_segments.sum(1, keepdim=True), ["mix"]
+    write_data_report(accelerator, t.args.output_dir, train=train_summary.to_dict(),
                       validation=val_summary.to_dict(), validation_segments=val_report)
-    writer = tensorboard(accelerator)
+    t.data_info = {"root": str(data_cfg["root"]), "train_tracks": len(tracks),
+                   "train_hours": round(sum(tr.num_samples for tr in tracks) / sr / 3600, 3),
+                   "validation_tracks": len(val_tracks)}
+    t.writer = tensorboard(accelerator)
     if accelerator.is_main_process:
         accelerator.init_trackers("train_vae")
-        writer = tensorboard(accelerator)
+        t.writer = tensorboard(accelerator)
 
-    def state(step, validation):
-        return {"kind": "vae", "source": source, "recipe": recipe, "stem_names": stem_names, "validation": validation,
-                "data": {"root": str(data_cfg["root"]), "train_tracks": len(tracks),
-                         "train_hours": round(sum(t.num_samples for t in tracks) / sr / 3600, 3),
-                         "validation_tracks": len(val_tracks)}, "timing": budget.timing(step),
-                "model_class": type(vae).__name__}
 
-    def save_models(folder: Path):
-        accelerator.unwrap_model(model).vae.save_pretrained(folder / "vae")
+def discriminator_step(t: VAETraining, recon: torch.Tensor, audio: torch.Tensor, step: int):
+    """One discriminator step on detached reconstructions: ``(loss_d, grad norm)``."""
+    accelerator, clip = t.accelerator, t.cfg.get("discriminator_grad_clip", 10.0)
+    with accelerator.autocast():
+        # Real and fake share one forward (one DDP call).
+        fake_f, real_f = split_halves(t.discriminator(torch.cat([recon.detach(), audio])))
+        loss_d = losses.discriminator_loss(fake_f, real_f)
+    t.opt_d.zero_grad(set_to_none=True)
+    accelerator.backward(loss_d)
+    grad_d = clip_grad(accelerator, t.discriminator.parameters(), clip)
+    unclipped = math.isnan(grad_d) and not clip  # no norm measured
+    stop_if_not_finite(accelerator, step, t.args.output_dir, loss_d=loss_d.detach(),
+                       grad_norm_d=0.0 if unclipped else grad_d)
+    t.opt_d.step()
+    t.sched_d.step()
+    return loss_d, grad_d
 
-    # 3. Loop. Before `discriminator_start_step` (default 0, the reference: adversarial from the start) the
-    # discriminator is not run at all and the VAE learns from mel + KL alone: an adversarial warm-up for short
-    # schedules, where a GAN that starts on noise costs more steps than it gives back.
-    disc_start = int(cfg.get("discriminator_start_step", 0))
-    validation, step = {}, start_step
-    model.train()
-    discriminator.train()
-    budget = TimeBudget(accelerator, args.time_budget_minutes, start_step, resumed)
-    for batch in loader:
-        audio = batch.to(accelerator.device)
-        gen = step_generator(seed, step, accelerator.process_index, "posterior")
-        adversarial = step >= disc_start
-        with accelerator.autocast():
-            recon, kl = model(audio, generator=gen)
-            audio = audio[..., : recon.shape[-1]]  # the decoder returns hop * frames - 8 samples
-        loss_d, grad_d = torch.zeros(()), float("nan")
+
+def generator_step(t: VAETraining, recon: torch.Tensor, audio: torch.Tensor, kl, adversarial: bool, step: int):
+    """One VAE step on mel + KL (+ feature matching and adversarial terms): ``(terms, loss_g, grad norm)``."""
+    accelerator = t.accelerator
+    with accelerator.autocast():
+        terms = {"mel": t.mel_loss(recon, audio), "kl": kl.mean()}
         if adversarial:
-            with accelerator.autocast():
-                # Discriminator step on detached reconstructions; real and fake share one forward (one DDP call).
-                fake_f, real_f = split_halves(discriminator(torch.cat([recon.detach(), audio])))
-                loss_d = losses.discriminator_loss(fake_f, real_f)
-            opt_d.zero_grad(set_to_none=True)
-            accelerator.backward(loss_d)
-            grad_d = clip_grad(accelerator, discriminator.parameters(), cfg.get("discriminator_grad_clip", 10.0))
-            unclipped = math.isnan(grad_d) and not cfg.get("discriminator_grad_clip", 10.0)  # no norm measured
-            stop_if_not_finite(accelerator, step, args.output_dir, loss_d=loss_d.detach(),
-                               grad_norm_d=0.0 if unclipped else grad_d)
-            opt_d.step()
-            sched_d.step()
+            # The generator step needs no discriminator gradients: run the bare module (outside DDP, whose
+            # reducer would wait for them) with its weights frozen for this forward.
+            plain = accelerator.unwrap_model(t.discriminator).requires_grad_(False)
+            fake_f, real_f = split_halves(plain(torch.cat([recon, audio])))
+            plain.requires_grad_(True)
+            terms.update(feature=losses.feature_matching_loss(fake_f, real_f),
+                         adversarial=losses.generator_adversarial_loss(fake_f))
+        loss_g = sum(t.weights[k] * v for k, v in terms.items())
+    t.opt_g.zero_grad(set_to_none=True)
+    accelerator.backward(loss_g)
+    clip = t.cfg.get("grad_clip", 1000.0)
+    grad_g = clip_grad(accelerator, t.model.parameters(), clip)
+    stop_if_not_finite(accelerator, step, t.args.output_dir, loss_g=loss_g.detach(),
+                       grad_norm_g=0.0 if math.isnan(grad_g) and not clip else grad_g)
+    t.opt_g.step()
+    t.sched_g.step()
+    return terms, loss_g, grad_g
 
-        with accelerator.autocast():
-            terms = {"mel": mel_loss(recon, audio), "kl": kl.mean()}
-            if adversarial:
-                # The generator step needs no discriminator gradients: run the bare module (outside DDP, whose
-                # reducer would wait for them) with its weights frozen for this forward.
-                plain = accelerator.unwrap_model(discriminator).requires_grad_(False)
-                fake_f, real_f = split_halves(plain(torch.cat([recon, audio])))
-                plain.requires_grad_(True)
-                terms.update(feature=losses.feature_matching_loss(fake_f, real_f),
-                             adversarial=losses.generator_adversarial_loss(fake_f))
-            loss_g = sum(weights[k] * v for k, v in terms.items())
-        opt_g.zero_grad(set_to_none=True)
-        accelerator.backward(loss_g)
-        grad_g = clip_grad(accelerator, model.parameters(), cfg.get("grad_clip", 1000.0))
-        stop_if_not_finite(accelerator, step, args.output_dir, loss_g=loss_g.detach(),
-                           grad_norm_g=0.0 if math.isnan(grad_g) and not cfg.get("grad_clip", 1000.0) else grad_g)
-        opt_g.step()
-        sched_g.step()
+
+def training_step(t: VAETraining, batch: torch.Tensor, step: int) -> dict:
+    """One step: the discriminator's (from ``discriminator_start_step``), then the VAE's; the losses (tensors, read
+    only when logged: reading one waits for the device) and gradient norms."""
+    audio = batch.to(t.accelerator.device)
+    gen = step_generator(t.seed, step, t.accelerator.process_index, "posterior")
+    # Before `discriminator_start_step` (default 0, the reference: adversarial from the start) the discriminator
+    # is not run at all and the VAE learns from mel + KL alone: an adversarial warm-up for short schedules, where
+    # a GAN that starts on noise costs more steps than it gives back.
+    adversarial = step >= int(t.cfg.get("discriminator_start_step", 0))
+    with t.accelerator.autocast():
+        recon, kl = t.model(audio, generator=gen)
+        audio = audio[..., : recon.shape[-1]]  # the decoder returns hop * frames - 8 samples
+    loss_d, grad_d = torch.zeros(()), float("nan")
+    if adversarial:
+        loss_d, grad_d = discriminator_step(t, recon, audio, step)
+    terms, loss_g, grad_g = generator_step(t, recon, audio, kl, adversarial, step)
+    return {**{f"train/{k}": v for k, v in terms.items()}, "train/loss_g": loss_g, "train/loss_d": loss_d,
+            "train/grad_norm_g": grad_g, "train/grad_norm_d": grad_d}
+
+
+def train_loop(t: VAETraining) -> None:
+    """Steps from the resumed one to ``max_steps`` (or the time budget), logging, validating and checkpointing."""
+    accelerator, cfg, max_steps = t.accelerator, t.cfg, int(t.cfg["max_steps"])
+    validation, step = {}, t.start_step
+    t.model.train()
+    t.discriminator.train()
+    budget = TimeBudget(accelerator, t.args.time_budget_minutes, t.start_step, t.resumed)
+    for batch in t.loader:
+        numbers = training_step(t, batch, step)
         step += 1
         last = step == max_steps or budget.expired()
-
         if step % int(cfg.get("log_every", 10)) == 0 or last:
-            logs = {f"train/{k}": v.item() for k, v in terms.items()}
-            logs.update({"train/loss_g": loss_g.item(), "train/loss_d": loss_d.item(), "train/grad_norm_g": grad_g,
-                         "train/grad_norm_d": grad_d, "train/lr": sched_g.get_last_lr()[0]})
+            logs = {**{k: float(v) for k, v in numbers.items()}, "train/lr": t.sched_g.get_last_lr()[0]}
             accelerator.log(logs, step=step)
             logger.info("step %d: %s", step, " ".join(f"{k[6:]}={v:.4g}" for k, v in logs.items()))
         if step % int(cfg.get("validate_every", 500)) == 0 or last:
             if accelerator.is_main_process:
-                validation = validate(accelerator.unwrap_model(model).vae, val_segments, val_names, mel_loss,
-                                      writer, step, sr)
+                validation = validate(accelerator.unwrap_model(t.model).vae, t.val_segments, t.val_names,
+                                      t.mel_loss, t.writer, step, t.vae.config.sampling_rate)
                 accelerator.log({f"validation/{k}": v for k, v in validation.items()}, step=step)
                 logger.info("validation at step %d: %s", step, validation)
             accelerator.wait_for_everyone()
         if step % int(cfg.get("checkpointing_steps", 500)) == 0 or last:
-            save_checkpoint(accelerator, args.output_dir, step, state(step, validation), save_models,
-                            cfg.get("checkpoints_total_limit"))
+            save_checkpoint(accelerator, t.args.output_dir, step, t.state(validation, budget.timing(step)),
+                            t.save_models, cfg.get("checkpoints_total_limit"))
         if last:
             break
 
-    # 4. Export the trained VAE with how it was made (train_msldm.py records it in the pipeline's model card)
-    if accelerator.is_main_process:
-        last = list_checkpoints(args.output_dir)[-1]
-        out = Path(args.output_dir) / "vae"
-        with atomic_folder(out) as tmp:  # a kill during export leaves the previous export, never half of one
-            shutil.copytree(last / "vae", tmp, dirs_exist_ok=True)
-            shutil.copy(last / STATE_FILE, tmp / STATE_FILE)
-        logger.info("Exported the SourceVAE to %s", out)
-        if args.push_to_hub:
-            if not args.hub_model_id:
-                raise ValueError("--push_to_hub needs --hub_model_id owner/name.")
-            load_vae(str(out)).push_to_hub(args.hub_model_id)
-    accelerator.end_training()
+
+def export(args, accelerator) -> None:
+    """The trained VAE with how it was made (train_msldm.py records it in the pipeline's model card)."""
+    if not accelerator.is_main_process:
+        return
+    last = list_checkpoints(args.output_dir)[-1]
+    out = Path(args.output_dir) / "vae"
+    with atomic_folder(out) as tmp:  # a kill during export leaves the previous export, never half of one
+        shutil.copytree(last / "vae", tmp, dirs_exist_ok=True)
+        shutil.copy(last / STATE_FILE, tmp / STATE_FILE)
+    logger.info("Exported the SourceVAE to %s", out)
+    if args.push_to_hub:
+        if not args.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id owner/name.")
+        load_vae(str(out)).push_to_hub(args.hub_model_id)
+
+
+def main(argv=None):
+    args = common_arguments(__doc__.splitlines()[0]).parse_args(argv)
+    training = set_up(args)
+    train_loop(training)
+    export(args, training.accelerator)
+    training.accelerator.end_training()
 
 
 if __name__ == "__main__":

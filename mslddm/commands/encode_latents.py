@@ -74,7 +74,12 @@ def _trained_on_mixtures(vae_path: str) -> bool:
             except ValueError:
                 return False
     index = Path(vae_path) / "model_index.json"
-    return index.is_file() and json.loads(index.read_text()).get("_class_name") == "MixtureLatentPipeline"
+    if not index.is_file():
+        return False
+    from mslddm.kinds import kind_of_index
+
+    kind = kind_of_index(json.loads(index.read_text()))
+    return kind is not None and not kind.generates_stems  # a MixLDM pipeline's vae/ is a MixtureVAE
 
 
 def _processes(device: str):

@@ -110,47 +110,8 @@ def run(args) -> int:
         raise SystemExit(str(error)) from None
 
 
-def _run_mixture(pipe, args, seeds, num, device, dtype_name) -> int:
-    """A mixture-only pipeline (MixLDM): one mix.wav and settings.json per sample."""
-    import torch
-
-    from mslddm.audio import common_gain, write_audio
-    from mslddm.records import sampling_record, write_settings
-    from mslddm.stems import MAX_STEM_SECONDS
-
-    max_seconds = MAX_STEM_SECONDS if args.max_stem_seconds is None else args.max_stem_seconds
-    if (args.duration or 0) > max_seconds:
-        raise SystemExit(f"The result would be {args.duration:g} s long; at most {max_seconds:g} s are made "
-                         "(--max-stem-seconds raises the limit).")
-    for start in range(0, num, args.batch_size):
-        batch_seeds = seeds[start:start + args.batch_size]
-        tic = time.perf_counter()
-        result = pipe(audio_length_in_s=args.duration, window_s=args.window, overlap_s=args.overlap,
-                      num_inference_steps=args.steps, sampler=args.sampler, s_churn=args.churn,
-                      num_samples=len(batch_seeds), generator=[torch.Generator().manual_seed(s) for s in batch_seeds])
-        seconds = time.perf_counter() - tic
-        for j, seed in enumerate(batch_seeds):
-            folder = Path(args.out) / f"sample_{start + j:03d}_seed{seed}"
-            mix = result.mixture[j]
-            gain = common_gain(mix)
-            write_audio(folder / "mix.wav", mix * gain, result.sample_rate)
-            settings = {
-                "pipeline": str(args.pipeline), "seed": seed, "mixture_of": result.mixture_of,
-                **sampling_record(result), "gain_applied": gain, "device": device, "dtype": dtype_name,
-                "batch_seconds": round(seconds, 3),
-            }
-            write_settings(folder, settings)
-            print(f"wrote {folder}")
-    return 0
-
-
-def _run(args) -> int:
-    import torch
-
-    from mslddm.audio import common_gain, write_audio
-    from mslddm.records import sampling_record, write_settings
-    from mslddm.stems import MAX_STEM_SECONDS, unknown_stems_message
-
+def _parse_stem_arguments(args) -> tuple[dict, list | None]:
+    """``(given, generate)``: the ``--stem NAME=FILE`` paths by name, and the ``--generate`` names (None: all)."""
     given = {}
     for item in args.stem:
         name, sep, path = item.partition("=")
@@ -160,6 +121,11 @@ def _run(args) -> int:
     generate = None
     if args.generate:
         generate = [g.strip() for item in args.generate for g in item.split(",") if g.strip()]
+    return given, generate
+
+
+def _seeds(args) -> list[int]:
+    """One seed per sample: the ``--seed`` values, or one seed counted up to ``--num-samples``."""
     seeds = args.seed or [0]
     num = args.num_samples or len(seeds)
     if len(seeds) == 1 and num > 1:
@@ -168,22 +134,30 @@ def _run(args) -> int:
         raise SystemExit(f"Got {len(seeds)} seeds for --num-samples {num}.")
     if args.batch_size < 1:
         raise SystemExit("--batch-size must be at least 1.")
-    from mslddm.devices import load_pipeline
+    return seeds
 
-    pipe, device, dtype_name = load_pipeline(args.pipeline, args.device, args.dtype)
-    if not getattr(pipe, "generates_stems", True):  # the MixLDM baseline: mixtures only
+
+def _check_stem_arguments(pipe, kind, args, given: dict, generate) -> None:
+    """Stem arguments this pipeline can take: none for a mixture-only model, its own stems for the others."""
+    from mslddm.stems import unknown_stems_message
+
+    if not kind.generates_stems:
         if given or generate or args.extend is not None or args.from_result:
             from mslddm.pipelines.pipeline_mixture_latent import _no_stems_message
 
             raise SystemExit(_no_stems_message(pipe.mixture_of) + " (--stem, --generate, --extend and "
                              "--from-result need one.)")
-        return _run_mixture(pipe, args, seeds, num, device, dtype_name)
+        return
     if message := unknown_stems_message(list(given) + list(generate or []), pipe.stem_names):
         raise SystemExit(message)
     if args.extend is not None and args.duration is not None:
         raise SystemExit("Give either --duration or --extend (the result is the given stems' length plus --extend).")
-    names = dict(given)  # what settings.json records: the files' base names
-    max_seconds = MAX_STEM_SECONDS if args.max_stem_seconds is None else args.max_stem_seconds
+
+
+def _given_audio(pipe, args, given: dict, max_seconds: float) -> tuple[dict, dict]:
+    """``(names, audio)``: the given stems' file names (what settings.json records) and their audio, with the
+    stems of ``--from-result`` that no ``--stem`` replaces."""
+    names = dict(given)
     given = _load_given(pipe, given, args.duration, max_seconds)
     if args.from_result:
         for name, (path, audio) in _result_stems(pipe, args.from_result).items():
@@ -191,41 +165,80 @@ def _run(args) -> int:
                 names[name], given[name] = path, audio
     if args.extend is not None and not given:
         raise SystemExit("--extend continues given stems: give them with --stem NAME=FILE or --from-result DIR.")
+    return names, given
+
+
+def _settings(args, kind, result, j: int, seed: int, names: dict, gain: float, device, dtype_name,
+              seconds: float) -> dict:
+    """settings.json of one sample: every setting, the seed and the gain applied (a mixture-only model's record
+    names the stems it mixes instead of given and generated stems)."""
+    from mslddm.records import sampling_record
+
+    settings = {
+        "pipeline": str(args.pipeline), "seed": seed, "mixture_of": getattr(result, "mixture_of", None),
+        "given": {n: Path(p).name for n, p in names.items()}, **sampling_record(result),
+        "extended_by_s": args.extend, "gain_applied": gain, "device": device,
+        "level_gain_db": _sample_levels(result.sampling.get("levels"), j),
+        "dtype": dtype_name,
+        "batch_seconds": round(seconds, 3),
+    }
+    dropped = ("mixture_of",) if kind.generates_stems else ("given", "extended_by_s", "level_gain_db")
+    return {k: v for k, v in settings.items() if k not in dropped}
+
+
+def _write_sample(folder: Path, kind, result, j: int) -> float:
+    """The sample's stems (a mixture-only model has none) and mix.wav at one common gain; returns the gain."""
+    from mslddm.audio import common_gain, write_audio
+
+    stems = result.stems[j] if kind.generates_stems else []
+    mix = result.mixture[j]
+    gain = common_gain(mix, *stems)
+    for name, audio in zip(result.stem_names if kind.generates_stems else (), stems):
+        write_audio(folder / f"{name}.wav", audio * gain, result.sample_rate)
+    write_audio(folder / "mix.wav", mix * gain, result.sample_rate)
+    return gain
+
+
+def _run(args) -> int:
+    import torch
+
+    from mslddm.devices import load_pipeline
+    from mslddm.kinds import kind_of
+    from mslddm.records import write_settings
+    from mslddm.stems import MAX_STEM_SECONDS
+
+    given, generate = _parse_stem_arguments(args)
+    seeds = _seeds(args)
+    pipe, device, dtype_name = load_pipeline(args.pipeline, args.device, args.dtype)
+    kind = kind_of(pipe)
+    _check_stem_arguments(pipe, kind, args, given, generate)
+    max_seconds = MAX_STEM_SECONDS if args.max_stem_seconds is None else args.max_stem_seconds
+    names, given = _given_audio(pipe, args, given, max_seconds) if kind.generates_stems else ({}, {})
     longest = max((len(a) for a in given.values()), default=0) / pipe.sample_rate
     length = longest + args.extend if args.extend is not None else args.duration or longest
     if length > max_seconds:
         raise SystemExit(f"The result would be {length:g} s long; at most {max_seconds:g} s are made "
                          "(--max-stem-seconds raises the limit).")
-    out_root = Path(args.out)
     if given:
         import sys
 
         doing = "continuing them" if args.extend is not None else "sampling the others"
         print(f"Encoding the given stem(s) {', '.join(given)}, then {doing} ...", file=sys.stderr, flush=True)
-    for start in range(0, num, args.batch_size):
+    stem_arguments = dict(stems=given or None, input_sample_rate=pipe.sample_rate, generate=generate,
+                          extend_s=args.extend, match_levels=args.match_levels) if kind.generates_stems else {}
+    for start in range(0, len(seeds), args.batch_size):
         batch_seeds = seeds[start:start + args.batch_size]
         tic = time.perf_counter()
         result = pipe(
-            stems=given or None, input_sample_rate=pipe.sample_rate, generate=generate,
-            audio_length_in_s=args.duration, extend_s=args.extend, window_s=args.window, overlap_s=args.overlap,
-            num_inference_steps=args.steps, sampler=args.sampler, s_churn=args.churn, match_levels=args.match_levels,
+            **stem_arguments, audio_length_in_s=args.duration, window_s=args.window, overlap_s=args.overlap,
+            num_inference_steps=args.steps, sampler=args.sampler, s_churn=args.churn,
             num_samples=len(batch_seeds), generator=[torch.Generator().manual_seed(s) for s in batch_seeds],
         )
         seconds = time.perf_counter() - tic
         for j, seed in enumerate(batch_seeds):
-            folder = out_root / f"sample_{start + j:03d}_seed{seed}"
-            stems, mix = result.stems[j], result.mixture[j]
-            gain = common_gain(mix, *stems)
-            for name, audio in zip(result.stem_names, stems):
-                write_audio(folder / f"{name}.wav", audio * gain, result.sample_rate)
-            write_audio(folder / "mix.wav", mix * gain, result.sample_rate)
-            settings = {
-                "pipeline": str(args.pipeline), "seed": seed, "given": {n: Path(p).name for n, p in names.items()},
-                **sampling_record(result), "extended_by_s": args.extend, "gain_applied": gain, "device": device,
-                "level_gain_db": _sample_levels(result.sampling.get("levels"), j),
-                "dtype": dtype_name,
-                "batch_seconds": round(seconds, 3),
-            }
+            folder = Path(args.out) / f"sample_{start + j:03d}_seed{seed}"
+            gain = _write_sample(folder, kind, result, j)
+            settings = _settings(args, kind, result, j, seed, names, gain, device, dtype_name, seconds)
             write_settings(folder, settings)
             print(f"wrote {folder}")
     return 0

@@ -217,16 +217,16 @@ class FluidSynthRenderer:
                 position = to
 
         jitter = rng.normal(0.0, velocity_jitter, size=len(part.events)) if rng is not None else None
-        for i, (seconds, _, kind, ch, a, b) in enumerate(part.events):
+        for i, (seconds, _, event, ch, a, b) in enumerate(part.events):
             advance(min(round(seconds * self.sample_rate), num_samples))
-            if kind == "on":
+            if event == "on":
                 velocity = b * velocity_scale + (jitter[i] if jitter is not None else 0.0)
                 synth.noteon(ch, a, int(np.clip(round(velocity), 1, 127)))
-            elif kind == "off":
+            elif event == "off":
                 synth.noteoff(ch, a)
-            elif kind == "cc":
+            elif event == "cc":
                 synth.cc(ch, a, b)
-            elif kind == "bend":
+            elif event == "bend":
                 synth.pitch_bend(ch, a)
         advance(num_samples)
         return stereo.reshape(num_samples, 2).mean(axis=1)

@@ -4,7 +4,10 @@ how well generated stems play together. See ``docs/evaluation.md``.
 - :mod:`.fad`: Fréchet distance and cached embedding statistics;
 - :mod:`.embedders`: musicnn (offline default), VGGish (the paper's), CLAP;
 - :mod:`.coherence`: rhythmic and harmonic agreement between stems, silence rates;
-- :mod:`.protocol`: reference chunks, generation, FAD per stem and mix, sub-FAD per stem subset;
+- :mod:`.protocol`: the entry point, :func:`~.protocol.evaluate` (and every name below, re-exported);
+- :mod:`.config`: the protocol's settings and their resolution to the pipeline's own;
+- :mod:`.clips`: what a run keeps on disk to resume: reference chunks, generated clips, manifest, embeddings;
+- :mod:`.tasks`: the tasks as a table (floor, reconstruction, total, partial, separation) over one shared run;
 - :mod:`.report`: JSON, Markdown and bar charts.
 """
 

@@ -44,71 +44,90 @@ def markdown(results: dict) -> str:
     total, partial = results.get("total") or {}, results.get("partial") or {}
     out += quality_tables(results)
     if total:
-        labels = list(total["fad"])
-        out += [
-            "",
-            (
-                f"## Total generation: FAD ({total['num_generated']} generated vs "
-                f"{total['num_reference_chunks']} reference chunks, lower is better)"
-            ),
-            "",
-            _table(labels, [[_fmt(total["fad"][k]) for k in labels]]),
-        ]
-        if total.get("fad_interval"):
-            out += ["", "FAD [95 % interval over clips] and KAD x100 [interval]:", "",
-                    _table(["", *labels], [["FAD", *[_interval(total["fad_interval"].get(k)) for k in labels]],
-                                           ["KAD", *[_interval(total["kad"].get(k)) for k in labels]]])]
-        if total.get("spectral"):
-            names = list(total["spectral"])
-            ref = total.get("spectral_reference") or {}
-            out += ["", "Spectral shape (generated / real on the same chunks): share of power above 4 kHz (%), "
-                    "centroid (Hz):", "",
-                    _table(["", *names], [
-                        ["> 4 kHz %", *[f"{_fmt(100 * total['spectral'][n]['high_share'])} / "
-                                        f"{_fmt(100 * ref.get(n, {}).get('high_share', float('nan')))}" for n in names]],
-                        ["centroid", *[f"{_fmt(total['spectral'][n]['centroid_hz'])} / "
-                                       f"{_fmt(ref.get(n, {}).get('centroid_hz', float('nan')))}" for n in names]]])]
-        coherence = total.get("coherence") or {}
-        if total.get("note"):
-            out += ["", f"({total['note']}.)"]
-    if total and coherence:
-        out += [
-            "",
-            "## Coherence (total generation)",
-            "",
-            (
-                "Rhythm: onset-envelope correlation with the drums; harmony: chroma cosine with the bass "
-                "(closer to the real aligned stems is better, the shuffled row is chance); silence: fraction of "
-                "stems that are silent; similarity: spectrogram cosine between stems (near 1: the stems are "
-                "copies of each other)."
-            ),
-            "",
-        ]
-        rows = [
-            [name]
-            + [_fmt(coherence[key][f"{m}_mean"]) for m in ("rhythm", "harmony", "silence_rate", "similarity")]
-            for key, name in COHERENCE_ROWS
-            if key in coherence
-        ]
-        out.append(_table(["set", "rhythm", "harmony", "silence rate", "similarity"], rows))
-        metrics = (
-            ("rhythm", "Rhythmic agreement with the drums"),
-            ("harmony", "Harmonic agreement with the bass"),
-            ("silence_rate", "Silence rate"),
-            ("similarity", "Stem similarity"),
-        )
-        sets = [(key, name) for key, name in COHERENCE_ROWS if key in coherence]
-        for metric, title in metrics:
-            stems = list(coherence[sets[0][0]][metric]) if sets else []
-            if stems:
-                rows = [[name] + [_fmt(coherence[key][metric].get(s)) for s in stems] for key, name in sets]
-                out += [
-                    "",
-                    f"{title}, per stem{' pair' if metric == 'similarity' else ''}:",
-                    "",
-                    _table(["set"] + stems, rows),
-                ]
-    separation = results.get("separation") or {}
+        out += _total_section(total)
+    if total and total.get("coherence"):
+        out += _coherence_section(total["coherence"])
+    out += _separation_section(results.get("separation") or {})
+    if partial:
+        out += _partial_section(partial)
+    return "\n".join(out) + "\n"
+
+
+def _total_section(total: dict) -> list[str]:
+    """Total generation: FAD per part, its intervals and KAD, the spectral shape, and the result's note."""
+    labels = list(total["fad"])
+    out = [
+        "",
+        (
+            f"## Total generation: FAD ({total['num_generated']} generated vs "
+            f"{total['num_reference_chunks']} reference chunks, lower is better)"
+        ),
+        "",
+        _table(labels, [[_fmt(total["fad"][k]) for k in labels]]),
+    ]
+    if total.get("fad_interval"):
+        out += ["", "FAD [95 % interval over clips] and KAD x100 [interval]:", "",
+                _table(["", *labels], [["FAD", *[_interval(total["fad_interval"].get(k)) for k in labels]],
+                                       ["KAD", *[_interval(total["kad"].get(k)) for k in labels]]])]
+    if total.get("spectral"):
+        names = list(total["spectral"])
+        ref = total.get("spectral_reference") or {}
+        out += ["", "Spectral shape (generated / real on the same chunks): share of power above 4 kHz (%), "
+                "centroid (Hz):", "",
+                _table(["", *names], [
+                    ["> 4 kHz %", *[f"{_fmt(100 * total['spectral'][n]['high_share'])} / "
+                                    f"{_fmt(100 * ref.get(n, {}).get('high_share', float('nan')))}" for n in names]],
+                    ["centroid", *[f"{_fmt(total['spectral'][n]['centroid_hz'])} / "
+                                   f"{_fmt(ref.get(n, {}).get('centroid_hz', float('nan')))}" for n in names]]])]
+    if total.get("note"):
+        out += ["", f"({total['note']}.)"]
+    return out
+
+
+def _coherence_section(coherence: dict) -> list[str]:
+    """Coherence of total generation: the means per set, then each metric per stem (pair)."""
+    out = [
+        "",
+        "## Coherence (total generation)",
+        "",
+        (
+            "Rhythm: onset-envelope correlation with the drums; harmony: chroma cosine with the bass "
+            "(closer to the real aligned stems is better, the shuffled row is chance); silence: fraction of "
+            "stems that are silent; similarity: spectrogram cosine between stems (near 1: the stems are "
+            "copies of each other)."
+        ),
+        "",
+    ]
+    rows = [
+        [name]
+        + [_fmt(coherence[key][f"{m}_mean"]) for m in ("rhythm", "harmony", "silence_rate", "similarity")]
+        for key, name in COHERENCE_ROWS
+        if key in coherence
+    ]
+    out.append(_table(["set", "rhythm", "harmony", "silence rate", "similarity"], rows))
+    metrics = (
+        ("rhythm", "Rhythmic agreement with the drums"),
+        ("harmony", "Harmonic agreement with the bass"),
+        ("silence_rate", "Silence rate"),
+        ("similarity", "Stem similarity"),
+    )
+    sets = [(key, name) for key, name in COHERENCE_ROWS if key in coherence]
+    for metric, title in metrics:
+        stems = list(coherence[sets[0][0]][metric]) if sets else []
+        if stems:
+            rows = [[name] + [_fmt(coherence[key][metric].get(s)) for s in stems] for key, name in sets]
+            out += [
+                "",
+                f"{title}, per stem{' pair' if metric == 'similarity' else ''}:",
+                "",
+                _table(["set"] + stems, rows),
+            ]
+    return out
+
+
+def _separation_section(separation: dict) -> list[str]:
+    """SI-SDR improvement per stem (nothing without separation results)."""
+    out = []
     if separation:
         names = list(separation["si_sdri"])
         out += ["", f"## Separation: SI-SDR improvement over the mixture (dB, {separation['num_chunks']} mixtures of "
@@ -119,21 +138,25 @@ def markdown(results: dict) -> str:
                        [["SI-SDRi"] + [_fmt(separation["si_sdri"][n]) for n in names] + [_fmt(separation["si_sdri_mean"])],
                         ["SI-SDR separated"] + [_fmt(separation["si_sdr"][n]) for n in names] + [""],
                         ["SI-SDR of the mixture"] + [_fmt(separation["si_sdr_mixture"][n]) for n in names] + [""]])]
-    if partial:
-        labels = list(partial["sub_fad"])
-        out += [
-            "",
-            (
-                f"## Partial generation: sub-FAD ({partial['num_reference_chunks']} chunks with every "
-                "stem, lower is better)"
-            ),
-            "",
-            _table(
-                labels + ["overall"],
-                [[_fmt(partial["sub_fad"][k]) for k in labels] + [_fmt(partial["overall"])]],
-            ),
-        ]
-    return "\n".join(out) + "\n"
+    return out
+
+
+def _partial_section(partial: dict) -> list[str]:
+    """Partial generation: sub-FAD per subset and overall."""
+    labels = list(partial["sub_fad"])
+    out = [
+        "",
+        (
+            f"## Partial generation: sub-FAD ({partial['num_reference_chunks']} chunks with every "
+            "stem, lower is better)"
+        ),
+        "",
+        _table(
+            labels + ["overall"],
+            [[_fmt(partial["sub_fad"][k]) for k in labels] + [_fmt(partial["overall"])]],
+        ),
+    ]
+    return out
 
 
 LEVEL_COLUMNS = (
@@ -299,14 +322,20 @@ def interval_rows(comparison: dict) -> list[list[str]]:
     return rows
 
 
+def _floor_fad(models: dict) -> dict | None:
+    """The real-data floor's FAD per part: the first model's that measured it (every model's is the same)."""
+    floor = None
+    for model in models.values():
+        floor = floor or (model["results"].get("floor") or {}).get("fad")
+    return floor
+
+
 def _comparison_rows(comparison: dict) -> tuple[list[str], list[tuple[str, str, dict, float | None]]]:
     """Stem labels and ``(row name, kind, FAD per part, sub-FAD overall)``: the floor once, each model's VAE
     reconstruction and generation."""
     models = comparison["models"]
     labels = [*comparison["protocol"]["stem_names"], "mix"]
-    rows, floor = [], None
-    for model in models.values():
-        floor = floor or (model["results"].get("floor") or {}).get("fad")
+    rows, floor = [], _floor_fad(models)
     if floor:
         rows.append(("real training chunks (floor)", "data", floor, None))
     for name, model in models.items():
@@ -335,15 +364,31 @@ def comparison_markdown(comparison: dict) -> str:
            f"{p['num_clips']} clips of {p['clip_seconds']} s for total generation, {p['num_chunks']} chunks with "
            f"every stem for partial generation; {sampler}, seed {p['seed']}. "
            "Every model on the same chunks and seeds.", ""]
+    out += _comparison_fad_section(comparison)
+    out += _comparison_interval_section(comparison)
+    out += _comparison_sub_fad_section(models)
+    out += _comparison_coherence_section(models)
+    out += _comparison_separation_section(models)
+    out += _comparison_size_section(models)
+    return "\n".join(out) + "\n"
+
+
+def _comparison_fad_section(comparison: dict) -> list[str]:
+    """FAD per stem and mix of every row (floor, reconstructions, generations), and the mix against the floor."""
     labels, rows = _comparison_rows(comparison)
-    floor = next((f.get("mix") for name, kind, f, _ in rows if kind == "data"), None)
+    floor = (_floor_fad(comparison["models"]) or {}).get("mix")
     table = [[name, kind] + [_fmt(f.get(k)) for k in labels]
              + [_fmt(f["mix"] / floor) if floor and f.get("mix") is not None else "n/a", _fmt(sub)]
              for name, kind, f, sub in rows]
-    out += ["## FAD against the test chunks (lower is better)", "",
+    return ["## FAD against the test chunks (lower is better)", "",
             "Per stem and on the mix for total generation; a mixture-only model (MixLDM) has a mix only. "
             "sub-FAD overall: the mean over the partial-generation subsets (models that take stems).", "",
             _table(["audio", "model"] + labels + ["mix / floor", "sub-FAD overall"], table)]
+
+
+def _comparison_interval_section(comparison: dict) -> list[str]:
+    """Mix FAD and KAD with their intervals, each model marked against the first."""
+    out, models = [], comparison["models"]
     intervals = interval_rows(comparison)
     if intervals:
         first = next(iter(models))
@@ -352,6 +397,12 @@ def comparison_markdown(comparison: dict) -> str:
                 f"column compares each model's mix FAD with {first}'s: *overlaps* means these clips do not show "
                 "a difference.", "", _table(["audio", "mix FAD [95 %]", "mix KAD [95 %]", f"vs {first}"],
                                              intervals)]
+    return out
+
+
+def _comparison_sub_fad_section(models: dict) -> list[str]:
+    """sub-FAD per generated subset of every model that takes stems."""
+    out = []
     subsets = []
     for model in models.values():
         for label in (model["results"].get("partial") or {}).get("sub_fad", {}):
@@ -364,6 +415,12 @@ def comparison_markdown(comparison: dict) -> str:
         out += ["", "## Partial generation: sub-FAD per generated subset (lower is better)", "",
                 "The subset's stems generated, the other stems given (real), their mix scored against the real "
                 "mixes; n/a: the model cannot take stems.", "", _table(["model"] + subsets + ["overall"], sub_rows)]
+    return out
+
+
+def _comparison_coherence_section(models: dict) -> list[str]:
+    """Coherence means of each model's total generation, with the real and chance rows."""
+    out = []
     coherence_rows, real = [], None
     for name, model in models.items():
         block = (model["results"].get("total") or {}).get("coherence") or {}
@@ -382,6 +439,12 @@ def comparison_markdown(comparison: dict) -> str:
                 "aligned stems is better; the shuffled row is chance); empty-stem rate: share of generated stems "
                 "under the silence level; similarity: spectrogram cosine between stems.", "",
                 _table(["model", "rhythm", "harmony", "empty-stem rate", "stem similarity"], coherence_rows)]
+    return out
+
+
+def _comparison_separation_section(models: dict) -> list[str]:
+    """SI-SDR improvement of every model that separates."""
+    out = []
     separating = {name: m["results"]["separation"] for name, m in models.items()
                   if (m["results"].get("separation") or {}).get("si_sdri")}
     if separating:
@@ -389,6 +452,11 @@ def comparison_markdown(comparison: dict) -> str:
         out += ["", "## Separation: SI-SDR improvement (dB, higher is better)", "",
                 _table(["model", *names, "mean"], [[n] + [_fmt(r["si_sdri"].get(k)) for k in names]
                                                    + [_fmt(r["si_sdri_mean"])] for n, r in separating.items()])]
+    return out
+
+
+def _comparison_size_section(models: dict) -> list[str]:
+    """Parameters and seconds per song of every model."""
     size_rows = []
     for name, m in models.items():
         t = m.get("timing") or {}
@@ -399,10 +467,9 @@ def comparison_markdown(comparison: dict) -> str:
         size_rows.append([name, m["kind"], f"{m['parameters']['vae']:,}", f"{m['parameters']['unet']:,}",
                           f"{m['parameters']['total']:,}", speed])
     song = next((m["timing"]["song_seconds"] for m in models.values() if m.get("timing")), None)
-    out += ["", "## Size and speed", "",
+    return ["", "## Size and speed", "",
             _table(["model", "kind", "VAE parameters", "UNet parameters", "total",
                     f"seconds per {song:g}-s song" if song else "seconds per song"], size_rows)]
-    return "\n".join(out) + "\n"
 
 
 def comparison_chart(comparison: dict, path: Path) -> Path | None:

@@ -244,7 +244,8 @@ def export_pipeline(checkpoint, out, ema: bool = True, dtype: Optional[str] = No
     ``unet/``), with a model card from its ``training_state.json``; optionally uploads it. Returns the pipeline."""
     import torch
 
-    from mslddm import EDMScheduler, MixtureLatentPipeline, MultiSourceLatentPipeline
+    from mslddm import EDMScheduler
+    from mslddm.kinds import get_kind
     from mslddm.models import load_unet_folder, load_vae_folder
 
     checkpoint = Path(checkpoint)
@@ -255,23 +256,12 @@ def export_pipeline(checkpoint, out, ema: bool = True, dtype: Optional[str] = No
     unet_dir = checkpoint / ("unet_ema" if ema and (checkpoint / "unet_ema").is_dir() else "unet")
     weights = "EMA of the UNet weights" if unet_dir.name == "unet_ema" else "raw (non-EMA) UNet weights"
     weights_dtype = getattr(torch, dtype) if dtype else None
-    unet = load_unet_folder(unet_dir, dtype=weights_dtype)
-    scheduler = EDMScheduler.from_pretrained(checkpoint / "scheduler")
-    if state.get("kind") == "msdm":  # MSDM: waveforms, no VAE
-        from mslddm.pipelines.pipeline_multisource_diffusion import MultiSourceDiffusionPipeline
-
-        pipe = MultiSourceDiffusionPipeline(unet=unet, scheduler=scheduler, stem_names=state["stem_names"])
-        components = None
-    else:
-        components = dict(vae=load_vae_folder(checkpoint / "vae", dtype=weights_dtype), unet=unet,
-                          scheduler=scheduler)
-    if components is None:
-        pass
-    elif state.get("kind") == "mixldm":  # the MixLDM baseline: mixtures only
-        pipe = MixtureLatentPipeline(**components, mixture_of=state.get("mixture_of"))
-    else:
-        pipe = MultiSourceLatentPipeline(**components, stem_names=state["stem_names"],
-                                         stem_levels_dbfs=state.get("stem_levels_dbfs"))
+    kind = get_kind(state.get("kind"))  # checkpoints written before kinds were recorded are MSLDM's
+    vae = load_vae_folder(checkpoint / "vae", dtype=weights_dtype) if kind.uses_vae else None
+    pipe = kind.build_pipeline(vae=vae, unet=load_unet_folder(unet_dir, dtype=weights_dtype),
+                               scheduler=EDMScheduler.from_pretrained(checkpoint / "scheduler"),
+                               stem_names=state.get("stem_names"), mixture_of=state.get("mixture_of"),
+                               stem_levels_dbfs=state.get("stem_levels_dbfs"))
     if description:
         state = {**state, "description": description}
     sections = model_card_sections(state, weights)
