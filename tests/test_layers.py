@@ -34,14 +34,6 @@ UNIT_OF = {"cli": "commands", "__main__": "commands"}  # top-level modules that 
 IMPORTS_NOTHING = {"presets"}  # data: imports nothing of mslddm
 OUTSIDE = {"space", "train", "tests", "benchmarks", "scripts", "app"}  # the repository around mslddm
 
-# The one known circle: pipeline_multisource_latent imports its subclasses' modules (from_pretrained picks the
-# class). Removed by arch-pipes: delete these two edges after that branch is merged.
-KNOWN_CIRCLE = {
-    ("mslddm.pipelines.pipeline_multisource_latent", "mslddm.pipelines.pipeline_mixture_latent"),
-    ("mslddm.pipelines.pipeline_multisource_latent", "mslddm.pipelines.pipeline_multisource_diffusion"),
-}
-
-
 @dataclass(frozen=True)
 class Import:
     source: str  # the importing module, dotted
@@ -175,7 +167,7 @@ def check(root: Path, allowed=frozenset()) -> list[str]:
 
 
 def test_mslddm_follows_its_layers():
-    problems = check(PACKAGE, allowed=KNOWN_CIRCLE)
+    problems = check(PACKAGE)
     assert not problems, "imports against docs/architecture.md:\n" + "\n".join(problems)
 
 
@@ -183,12 +175,6 @@ def test_every_unit_is_on_a_layer():
     units = {unit(name) for name in module_names(PACKAGE)}
     placed = {u for _, layer in LAYERS for u in layer}
     assert not units - placed, f"on no layer (add to LAYERS and docs/architecture.md): {sorted(units - placed)}"
-
-
-def test_the_known_pipelines_circle_is_still_there():
-    """When arch-pipes is merged this fails: then delete KNOWN_CIRCLE (and this test)."""
-    edges = {(i.source, i.target) for i in imports(PACKAGE)}
-    assert KNOWN_CIRCLE <= edges, "the pipelines' circle is gone: delete KNOWN_CIRCLE and this test"
 
 
 def _write_package(root: Path, files: dict[str, str]) -> Path:

@@ -30,14 +30,14 @@ from ..files import CHECKSUMS_FILE, checksum_problem, write_checksums
 from ..hub import PipelineLoadError, model_card, push_folder_to_hub, resolve_pretrained_path
 from ..loudness import gain_to_level
 from ..models.unet_1d_multisource import stem_conditioning
-from ..stems import load_stem
+from ..randomness import Generator
+from ..stems import load_stem, unknown_stems_message
 from . import known as known_part
 from .pipeline_output import MultiSourceAudioPipelineOutput
 from .windows import plan_windows, sample_in_windows, sampled_windows
 
 logger = logging.getLogger(__name__)
 
-Generator = Optional[Union[torch.Generator, List[torch.Generator]]]
 
 DEFAULT_WINDOW_SECONDS = 12.0  # window of a UNet config without `window_frames`, and the default length
 
@@ -327,9 +327,8 @@ class MultiSourcePipelineBase(DiffusionPipeline):
 
     def _check_stem_choice(self, stems, generate, extend_s) -> None:
         names = self.stem_names
-        unknown = [s for s in list(stems or {}) + list(generate or []) if s not in names]
-        if unknown:
-            raise ValueError(f"Unknown stem name(s) {unknown}; this pipeline's stems are {names}.")
+        if message := unknown_stems_message(list(stems or {}) + list(generate or []), names):
+            raise ValueError(message)
         given = set(stems or {})
         if generate is not None:
             if not generate:
@@ -568,7 +567,7 @@ class MultiSourcePipelineBase(DiffusionPipeline):
             :class:`MultiSourceAudioPipelineOutput` or ``(stems, mixture)``. Given stems come back unchanged
             (resampled and mono), sample-aligned with the generated ones; continued stems are unchanged up to
             the last 23 ms of the given audio, where they crossfade into their continuation. A given stem that
-            cannot be read or is silent (under -60 dBFS RMS over the part used) raises ``StemError`` (a
+            cannot be read or is silent (under ``stems.SILENCE_DBFS``, -50 dBFS RMS over the part used) raises ``StemError`` (a
             ``ValueError``) naming the stem and file; to hold a stem silent, leave it out of both ``stems`` and
             ``generate``.
         """

@@ -20,7 +20,8 @@ from ..schedulers.sampling import SEPARATION_METHODS, sample_separation
 from ..schedulers.scheduling_edm import EDMScheduler
 from ..stems import DEFAULT_STEMS, load_stem
 from .codecs import WaveformCodec
-from .pipeline_base import EDM_SCHEDULER, Generator, MultiSourcePipelineBase
+from ..randomness import Generator
+from .pipeline_base import EDM_SCHEDULER, MultiSourcePipelineBase
 from .pipeline_output import MultiSourceAudioPipelineOutput
 
 

@@ -128,14 +128,12 @@ def msldm_section() -> dict:
     }
 
 
-# The values of a recipe's ``model:`` (the kinds train/train_msldm.py trains).
-MODEL_KINDS = ("msldm", "isldm", "mixldm", "msdm")
-
-
 def recipe_schema() -> dict:
+    from mslddm.kinds import KINDS
+
     return {
         "name": TEXT, "base": TEXT, "preset": TEXT, "seed": integer(0), "description": TEXT,
-        "model": choice(*MODEL_KINDS),
+        "model": choice(*KINDS),  # the kinds train/train_msldm.py trains
         "data": {"root": TEXT, "stems": of_type(list, "a list of stem names"), "validation_split": TEXT,
                  "sample_rate": integer(1)},
         "vae": VAE_SECTION,
