@@ -567,9 +567,9 @@ class MultiSourcePipelineBase(DiffusionPipeline):
             :class:`MultiSourceAudioPipelineOutput` or ``(stems, mixture)``. Given stems come back unchanged
             (resampled and mono), sample-aligned with the generated ones; continued stems are unchanged up to
             the last 23 ms of the given audio, where they crossfade into their continuation. A given stem that
-            cannot be read or is silent (under ``stems.SILENCE_DBFS``, -50 dBFS RMS over the part used) raises ``StemError`` (a
-            ``ValueError``) naming the stem and file; to hold a stem silent, leave it out of both ``stems`` and
-            ``generate``.
+            cannot be read or is silent (under ``stems.SILENCE_DBFS``, -50 dBFS RMS over the part used) raises
+            ``StemError`` (a ``ValueError``) naming the stem and file; to hold a stem silent, leave it out of both
+            ``stems`` and ``generate``.
         """
         # 1. Check inputs
         stems = dict(stems or {})
