@@ -7,12 +7,14 @@ Pure functions over names, lengths and arrays: the pipeline's ``__call__`` order
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from ..audio import rms_db
 from ..loudness import band_gain
+from ..stems import SILENCE_DBFS, StemError
 
 CONTINUATION_FADE_SAMPLES = 512  # a continued stem crossfades from the take into its continuation over these
 
@@ -24,6 +26,20 @@ def stems_to_generate(names: Sequence[str], given: Mapping, generate: Optional[S
     if generate is None:
         return [s for s in names if s not in given or continuing]
     return [s for s in names if s in generate or (continuing and s in given)]
+
+
+def given_and_generated(names: Sequence[str], given: Mapping[str, np.ndarray], generate: Optional[Sequence[str]],
+                        continuing: bool) -> Tuple[Dict[str, np.ndarray], List[str]]:
+    """``(given stems, stems to generate)``. In a continuation, given stems silent in every sample (under
+    ``SILENCE_DBFS``: a result's held-silent stems) are held silent again instead of continued; a continuation of
+    nothing but silence is refused."""
+    silent = [n for n, audio in given.items() if all(rms_db(a) < SILENCE_DBFS for a in audio)] if continuing else []
+    if silent and len(silent) == len(given):
+        raise StemError(f"Every given stem ({silent}) is silent: there is nothing to continue.")
+    if silent:
+        given = {n: a for n, a in given.items() if n not in silent}
+        generate = [s for s in (names if generate is None else generate) if s not in silent]
+    return dict(given), stems_to_generate(names, given, generate, continuing)
 
 
 def fit_length(audio: np.ndarray, length: int) -> np.ndarray:

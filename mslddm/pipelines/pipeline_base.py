@@ -31,7 +31,7 @@ from ..hub import PipelineLoadError, model_card, push_folder_to_hub, resolve_pre
 from ..loudness import gain_to_level
 from ..models.unet_1d_multisource import stem_conditioning
 from ..randomness import Generator
-from ..stems import load_stem, unknown_stems_message
+from ..stems import SILENCE_DBFS, load_stem, unknown_stems_message
 from . import known as known_part
 from .pipeline_output import MultiSourceAudioPipelineOutput
 from .windows import plan_windows, sample_in_windows, sampled_windows
@@ -346,9 +346,10 @@ class MultiSourcePipelineBase(DiffusionPipeline):
                 raise ValueError("extend_s continues given stems: pass the stems to continue in `stems`.")
 
     def _load_given_stems(self, stems: Mapping[str, Any], num_samples: int, input_sample_rate,
-                          use_seconds: Optional[float]) -> Dict[str, np.ndarray]:
+                          use_seconds: Optional[float], allow_silent: bool = False) -> Dict[str, np.ndarray]:
         """Loads every given stem as float32 ``(num_samples, T_stem)`` at the pipeline's sample rate; a stem that
-        cannot be read, or is silent over the part used, raises :class:`~mslddm.stems.StemError`."""
+        cannot be read, or is silent over the part used (unless ``allow_silent``), raises
+        :class:`~mslddm.stems.StemError`."""
         loaded = {}
         for name, source in stems.items():
             items = None
@@ -362,7 +363,8 @@ class MultiSourcePipelineBase(DiffusionPipeline):
                 if array.ndim == 2 and array.shape[0] == num_samples and num_samples > 1:
                     items = list(array)
             batch = [load_stem(name, a, self.sample_rate, source_sample_rate=input_sample_rate,
-                               use_seconds=use_seconds) for a in (items if items is not None else [source])]
+                               use_seconds=use_seconds, silence_dbfs=None if allow_silent else SILENCE_DBFS)
+                     for a in (items if items is not None else [source])]
             batch = batch * (num_samples if items is None else 1)
             length = max(len(a) for a in batch)
             loaded[name] = np.stack([np.pad(a, (0, length - len(a))) for a in batch])
@@ -576,11 +578,12 @@ class MultiSourcePipelineBase(DiffusionPipeline):
         self.check_inputs(stems, generate, audio_length_in_s, num_inference_steps, sampler, s_churn, num_samples,
                           output_type, generator, latents, extend_s, callback_on_step_end_tensor_inputs)
         windows = self.window_settings(window_s, overlap_s, crossfade_s)
-        generate = known_part.stems_to_generate(self.stem_names, stems, generate, continuing := extend_s is not None)
-        device = self._execution_device
+        continuing, device = extend_s is not None, self._execution_device
 
-        # 2. Load the given stems and fix the length
-        given = self._load_given_stems(stems, num_samples, input_sample_rate, audio_length_in_s)
+        # 2. Load the given stems (in a continuation, a silent one is held silent, as in the result it came from)
+        #    and fix the length
+        given = self._load_given_stems(stems, num_samples, input_sample_rate, audio_length_in_s, continuing)
+        given, generate = known_part.given_and_generated(self.stem_names, given, generate, continuing)
         given_length = {n: a.shape[1] for n, a in given.items()}
         length = known_part.result_length(given_length, self.sample_rate, audio_length_in_s, extend_s,
                                           DEFAULT_WINDOW_SECONDS)

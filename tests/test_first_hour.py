@@ -1,0 +1,38 @@
+"""A musician's first hour (issue 26): the README's Python continuation of a result whose other stems were held
+silent works as the page's Extend does (they stay silent), loading prints no cast warning (tests/test_devices.py)."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_pipeline
+from mslddm.stems import StemError
+
+SR = 22050
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = tiny_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_extending_a_result_with_held_silent_stems(pipe):
+    rng = np.random.default_rng(0)
+    out = pipe(stems={"drums": 0.3 * rng.standard_normal(SR).astype(np.float32)}, generate=["bass"],
+               audio_length_in_s=1.0, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert out.generated == ["bass"]
+    stems = dict(zip(out.stem_names, out.stems[0]))
+    stems["bass"] = 0.2 * rng.standard_normal(SR).astype(np.float32)  # a bass as loud as a trained model's
+    assert not stems["guitar"].any() and not stems["piano"].any()  # held silent in the result
+    # The README's line: the whole result, silent stems included
+    longer = pipe(stems=stems, extend_s=0.5, num_inference_steps=2, generator=torch.Generator().manual_seed(1))
+    assert longer.stems.shape == (1, 4, int(1.5 * SR)) and longer.generated == ["bass", "drums"]
+    held = [longer.stem_names.index(n) for n in ("guitar", "piano")]
+    assert not longer.stems[0, held].any()  # still silent: held, not continued
+    np.testing.assert_array_equal(longer.stems[0, 1, : SR - 512], stems["drums"][: SR - 512])  # the take itself
+    with pytest.raises(StemError, match="Every given stem .* is silent: there is nothing to continue"):
+        pipe(stems={"guitar": np.zeros(SR, np.float32)}, extend_s=0.5, num_inference_steps=2)
+    with pytest.raises(StemError, match="guitar"):  # outside a continuation a silent stem is still refused
+        pipe(stems={"guitar": np.zeros(SR, np.float32)}, num_inference_steps=2)
