@@ -1,5 +1,5 @@
-"""Faults in training data (issue 27): a stem that fails at its header is a failed track of encode-latents, named,
-with a non-zero exit unless --skip-failed, never silently dropped."""
+"""Faults in input (issue 27): a stem that fails at its header is a failed track of encode-latents, named,
+with a non-zero exit unless --skip-failed, never silently dropped; numbers that would slip through `generate`."""
 
 import json
 
@@ -46,3 +46,20 @@ def test_a_stem_failing_at_its_header_fails_the_run_by_name(data_and_vae, tmp_pa
     assert list(header["failed_tracks"]) == ["train/Track00002"]
     assert (tmp_path / "out" / "train" / "Track00001.safetensors").is_file()
     assert not (tmp_path / "out" / "train" / "Track00002.safetensors").exists()
+
+
+@pytest.mark.parametrize("flags, sentence", [
+    (["--num-samples", "0"], "--num-samples must be at least 1, got 0."),
+    (["--max-stem-seconds", "nan"], "--max-stem-seconds must be a positive number of seconds, got nan."),
+    (["--duration", "inf"], "--duration must be a positive number of seconds, got inf."),
+    (["--extend", "-3"], "--extend must be a positive number of seconds, got -3."),
+    (["--overlap", "nan"], "--overlap must be zero or a positive number of seconds, got nan."),
+])
+def test_generate_refuses_numbers_that_would_slip_through(flags, sentence, tmp_path):
+    """Checked before the pipeline is even loaded (the pipeline path does not exist)."""
+    from mslddm.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--pipeline", str(tmp_path / "none"), "--out", str(tmp_path / "out"), *flags])
+    assert str(exit_.value.code) == sentence
+    assert not (tmp_path / "out").exists()

@@ -124,6 +124,22 @@ def _parse_stem_arguments(args) -> tuple[dict, list | None]:
     return given, generate
 
 
+def _check_numbers(args) -> None:
+    """Numbers that would slip through to a wrong result (nan disables a limit, 0 samples made one), refused up front
+    in one sentence naming the flag."""
+    import math
+
+    positive = {"--duration": args.duration, "--extend": args.extend, "--window": args.window,
+                "--max-stem-seconds": args.max_stem_seconds}
+    for flag, value in positive.items():
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise SystemExit(f"{flag} must be a positive number of seconds, got {value:g}.")
+    if args.overlap is not None and not (math.isfinite(args.overlap) and args.overlap >= 0):
+        raise SystemExit(f"--overlap must be zero or a positive number of seconds, got {args.overlap:g}.")
+    if args.num_samples is not None and args.num_samples < 1:
+        raise SystemExit(f"--num-samples must be at least 1, got {args.num_samples}.")
+
+
 def _seeds(args) -> list[int]:
     """One seed per sample: the ``--seed`` values, or one seed counted up to ``--num-samples``."""
     seeds = args.seed or [0]
@@ -207,6 +223,7 @@ def _run(args) -> int:
     from mslddm.records import write_settings
     from mslddm.stems import MAX_STEM_SECONDS
 
+    _check_numbers(args)
     given, generate = _parse_stem_arguments(args)
     seeds = _seeds(args)
     pipe, device, dtype_name = load_pipeline(args.pipeline, args.device, args.dtype)
