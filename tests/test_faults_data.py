@@ -63,3 +63,76 @@ def test_generate_refuses_numbers_that_would_slip_through(flags, sentence, tmp_p
         main(["generate", "--pipeline", str(tmp_path / "none"), "--out", str(tmp_path / "out"), *flags])
     assert str(exit_.value.code) == sentence
     assert not (tmp_path / "out").exists()
+
+
+def test_generate_checks_its_output_folder_before_any_work(saved_pipeline, tmp_path):
+    from mslddm.cli import main
+
+    target = tmp_path / "a-file"
+    target.write_text("mine")
+    with pytest.raises(SystemExit, match="is a file, not a folder"):
+        main(["generate", "--pipeline", str(saved_pipeline), "--duration", "0.5", "--steps", "1", "--out",
+              str(target)])
+    assert target.read_text() == "mine"
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mounts a small tmpfs (``tmpfs("64k", read_only=False)``): real full and read-only file systems; skipped
+    where mounting is not allowed (not root)."""
+    import subprocess
+
+    mounted = []
+
+    def mount(size: str, read_only: bool = False):
+        point = tmp_path / f"fs{len(mounted)}"
+        point.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True).returncode:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], capture_output=True)
+
+
+@pytest.mark.parametrize("read_only, sentence", [(True, "Cannot write to --out .*: Read-only file system"),
+                                                 (False, "has 65.5 KB free, but the samples need about")])
+def test_generate_stops_on_a_full_or_read_only_disk_before_any_work(saved_pipeline, tmpfs, read_only, sentence,
+                                                                     monkeypatch):
+    from mslddm.cli import main
+    from mslddm.commands import generate
+
+    monkeypatch.setattr(generate, "_write_sample", lambda *a: pytest.fail("wrote a sample"))
+    disk = tmpfs("64k", read_only)
+    with pytest.raises(SystemExit, match=sentence):
+        main(["generate", "--pipeline", str(saved_pipeline), "--duration", "2", "--steps", "1", "--out",
+              str(disk / "out")])
+
+
+def test_an_interrupted_generate_leaves_only_complete_samples(saved_pipeline, tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the second sample is written: the first is complete, the second's .partial folder is gone, and
+    the command ends in one line (exit 130)."""
+    from mslddm.cli import main
+    from mslddm.commands import generate
+
+    written = []
+    real = generate._write_sample
+
+    def interrupt_second(folder, kind, result, j):
+        written.append(folder.name)
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        return real(folder, kind, result, j)
+
+    monkeypatch.setattr(generate, "_write_sample", interrupt_second)
+    out = tmp_path / "out"
+    code = main(["generate", "--pipeline", str(saved_pipeline), "--duration", "0.5", "--steps", "1", "--seed", "3",
+                 "--num-samples", "2", "--out", str(out)])
+    assert code == 130 and written == [".sample_000_seed3.partial", ".sample_001_seed4.partial"]
+    assert sorted(p.name for p in out.iterdir()) == ["sample_000_seed3"]
+    assert sorted(p.name for p in (out / "sample_000_seed3").iterdir()) == [
+        "bass.wav", "drums.wav", "guitar.wav", "mix.wav", "piano.wav", "settings.json"]
+    assert "Interrupted:" in capsys.readouterr().err
