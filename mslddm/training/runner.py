@@ -14,10 +14,12 @@ import torch
 from mslddm.training.checkpointing import read_state, resolve_checkpoint
 from mslddm.training.lock import FolderInUseError, folder_lock
 from mslddm.training.recipe_schema import RecipeError
+from mslddm.training.storage import storage_problem
 from mslddm.training.recipes import load_recipe
 
 logger = logging.getLogger("mslddm.training")
 _held = contextlib.ExitStack()  # the run folder's lock, taken by make_accelerator, released by run_main
+_run_folder: list = []  # the run's --output_dir, for run_main's storage sentence
 
 
 def common_arguments(description: str) -> argparse.ArgumentParser:
@@ -72,6 +74,7 @@ def make_accelerator(args, cfg: dict):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if accelerator.is_main_process:  # one run per folder, held until run_main returns (or the process dies)
         _held.enter_context(folder_lock(args.output_dir, "training", log=logger.warning))
+    _run_folder[:] = [args.output_dir]
     return accelerator
 
 
@@ -197,20 +200,54 @@ def write_data_report(accelerator, output_dir, **sections) -> None:
 
 def run_main(main, argv=None) -> None:
     """Runs a training script's ``main``: a bad recipe, missing or unusable data, or a storage failure ends it with
-    one sentence on stderr and exit code 1 instead of a traceback (``MSLDDM_TRACEBACK=1`` shows the traceback)."""
+    one sentence on stderr and exit code 1 instead of a traceback (``MSLDDM_TRACEBACK=1`` shows the traceback).
+
+    Storage failures are caught wherever a run writes (checkpoints, TensorBoard's writer thread, logs, data reports,
+    the export): a full, read-only or failing disk gives the same sentence, naming the last good checkpoint."""
     import sys
+    import threading
 
     from mslddm.training.storage import StorageError
 
+    default_hook, thread_failures = threading.excepthook, []
+
+    def quiet_storage_failures(hook_args):  # e.g. TensorBoard's event writer: told once, by the main thread
+        if storage_problem(hook_args.exc_value) is None:
+            default_hook(hook_args)
+        else:
+            thread_failures.append(hook_args.exc_value)
+
+    threading.excepthook = quiet_storage_failures
     try:
         main(argv)
+        if thread_failures:
+            raise thread_failures[0]
     except (ValueError, FileNotFoundError, StorageError, FolderInUseError) as error:
         if os.environ.get("MSLDDM_TRACEBACK"):
             raise
         print(f"error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+    except Exception as error:
+        failure = error if storage_problem(error) else next(iter(thread_failures), None)
+        if failure is None or os.environ.get("MSLDDM_TRACEBACK"):
+            raise
+        print(f"error: {_storage_sentence(failure)}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     finally:
+        threading.excepthook = default_hook
         _held.close()
+
+
+def _storage_sentence(error: BaseException) -> str:
+    """The storage failure of a run in one sentence, with its last good checkpoint."""
+    from mslddm.training.storage import storage_error
+
+    folder = _run_folder[0] if _run_folder else "."
+    try:
+        last_good = resolve_checkpoint(folder, "latest")
+    except (ValueError, OSError):
+        last_good = None
+    return str(storage_error(error, "the run's files", folder, last_good))
 
 
 def check_storage(accelerator, output_dir, modules, copies: float) -> None:
