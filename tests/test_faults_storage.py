@@ -66,3 +66,21 @@ def test_a_read_only_disk_and_other_errors(run_folder, capsys):
 
     with pytest.raises(KeyError):
         runner.run_main(bug)
+
+
+def test_without_clipping_the_gradient_norm_is_measured_and_a_nan_stops(tmp_path):
+    """grad_clip: null (the tiny recipe) logged grad_norm=nan every step and turned the NaN-gradient stop off."""
+    import torch
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    weight = torch.nn.Parameter(torch.zeros(3))
+    weight.grad = torch.tensor([3.0, 4.0, 0.0])
+    assert runner.clip_grad(accelerator, [weight], None) == pytest.approx(5.0)
+    assert weight.grad.tolist() == [3.0, 4.0, 0.0]  # measured, not clipped
+    assert runner.clip_grad(accelerator, [weight], 1.0) == pytest.approx(5.0)
+    assert torch.linalg.vector_norm(weight.grad) == pytest.approx(1.0, abs=1e-5)  # clipped
+    weight.grad = torch.tensor([float("nan"), 0.0, 0.0])
+    norm = runner.clip_grad(accelerator, [weight], None)
+    with pytest.raises(FloatingPointError, match="grad_norm"):
+        runner.stop_if_not_finite(accelerator, 7, tmp_path, grad_norm=norm)

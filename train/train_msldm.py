@@ -499,8 +499,7 @@ def training_step(t: Training, batch: torch.Tensor, step: int) -> tuple[torch.Te
     t.optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)
     grad_norm = clip_grad(accelerator, t.unet.parameters(), t.cfg.get("grad_clip"))
-    stop_if_not_finite(accelerator, step, t.args.output_dir, loss=loss.detach(),
-                       grad_norm=0.0 if math.isnan(grad_norm) and not t.cfg.get("grad_clip") else grad_norm)
+    stop_if_not_finite(accelerator, step, t.args.output_dir, loss=loss.detach(), grad_norm=grad_norm)
     t.optimizer.step()
     t.lr_schedule.step()
     if t.ema is not None:

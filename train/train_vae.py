@@ -10,7 +10,6 @@ Writes ``OUTPUT/checkpoint-N`` (resumable) and, at the end, ``OUTPUT/vae`` (a So
 
 from __future__ import annotations
 
-import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,9 +240,7 @@ def discriminator_step(t: VAETraining, recon: torch.Tensor, audio: torch.Tensor,
     t.opt_d.zero_grad(set_to_none=True)
     accelerator.backward(loss_d)
     grad_d = clip_grad(accelerator, t.discriminator.parameters(), clip)
-    unclipped = math.isnan(grad_d) and not clip  # no norm measured
-    stop_if_not_finite(accelerator, step, t.args.output_dir, loss_d=loss_d.detach(),
-                       grad_norm_d=0.0 if unclipped else grad_d)
+    stop_if_not_finite(accelerator, step, t.args.output_dir, loss_d=loss_d.detach(), grad_norm_d=grad_d)
     t.opt_d.step()
     t.sched_d.step()
     return loss_d, grad_d
@@ -267,8 +264,7 @@ def generator_step(t: VAETraining, recon: torch.Tensor, audio: torch.Tensor, kl,
     accelerator.backward(loss_g)
     clip = t.cfg.get("grad_clip", 1000.0)
     grad_g = clip_grad(accelerator, t.model.parameters(), clip)
-    stop_if_not_finite(accelerator, step, t.args.output_dir, loss_g=loss_g.detach(),
-                       grad_norm_g=0.0 if math.isnan(grad_g) and not clip else grad_g)
+    stop_if_not_finite(accelerator, step, t.args.output_dir, loss_g=loss_g.detach(), grad_norm_g=grad_g)
     t.opt_g.step()
     t.sched_g.step()
     return terms, loss_g, grad_g

@@ -163,9 +163,9 @@ def log_audio(writer, tag: str, audio: torch.Tensor, step: int, sample_rate: int
 
 
 def clip_grad(accelerator, parameters, max_norm: Optional[float]) -> float:
-    if not max_norm:
-        return float("nan")
-    return float(accelerator.clip_grad_norm_(parameters, max_norm))
+    """The gradients' total norm, clipped to ``max_norm``; with no clipping (``None``) the norm is still measured,
+    so that it is logged and a NaN or infinite gradient still stops the run."""
+    return float(accelerator.clip_grad_norm_(parameters, max_norm or float("inf")))
 
 
 def lr_multiplier(step: int, warmup_steps: int = 0, decay_start: Optional[int] = None, decay_steps: int = 0,
