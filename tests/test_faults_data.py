@@ -136,3 +136,21 @@ def test_an_interrupted_generate_leaves_only_complete_samples(saved_pipeline, tm
     assert sorted(p.name for p in (out / "sample_000_seed3").iterdir()) == [
         "bass.wav", "drums.wav", "guitar.wav", "mix.wav", "piano.wav", "settings.json"]
     assert "Interrupted:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, sentence", [
+    ('{"gain_applied": 0.5,', "settings.json is not a settings file of `mslddm generate` (Expecting"),
+    ('[1, 2]', "settings.json is not a settings file of `mslddm generate`"),
+    ('{"gain_applied": 0}', "records gain_applied 0; the stems cannot be divided by it"),
+    ('{"gain_applied": "nan"}', "records gain_applied nan"),
+])
+def test_from_result_names_a_bad_settings_file(saved_pipeline, tmp_path, text, sentence):
+    from mslddm.cli import main
+
+    result = tmp_path / "sample_000_seed0"
+    result.mkdir()
+    (result / "settings.json").write_text(text)
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--pipeline", str(saved_pipeline), "--from-result", str(result), "--extend", "1",
+              "--steps", "1", "--out", str(tmp_path / "out")])
+    assert sentence in str(exit_.value.code) and str(result / "settings.json") in str(exit_.value.code)

@@ -81,6 +81,8 @@ def _load_given(pipe, given: dict, duration, max_seconds) -> dict:
 
 def _result_stems(pipe, folder) -> dict:
     """The stems of an earlier result folder, divided by the gain written into its settings.json."""
+    import math
+
     from mslddm.audio import load_audio, rms_db
     from mslddm.stems import SILENCE_DBFS
 
@@ -89,8 +91,15 @@ def _result_stems(pipe, folder) -> dict:
     if not settings_path.is_file():
         raise SystemExit(f"--from-result {folder}: no settings.json there; give a sample_* folder of "
                          "`mslddm generate`.")
-    settings = json.loads(settings_path.read_text())
-    gain = float(settings.get("gain_applied", 1.0))
+    try:
+        settings = json.loads(settings_path.read_text())
+        gain = float(settings.get("gain_applied", 1.0))
+    except (ValueError, TypeError, AttributeError) as error:
+        raise SystemExit(f"--from-result {folder}: {settings_path} is not a settings file of `mslddm generate` "
+                         f"({error}).") from None
+    if not (math.isfinite(gain) and gain > 0):
+        raise SystemExit(f"--from-result {folder}: {settings_path} records gain_applied {gain:g}; the stems cannot "
+                         "be divided by it (a gain must be a positive number).")
     stems = {}
     for name in pipe.stem_names:
         path = folder / f"{name}.wav"
