@@ -103,3 +103,26 @@ def test_a_second_export_to_the_same_folder_stops(run_folder, tmp_path):
             export(run_folder, out)
     assert not out.exists()
     assert export(run_folder, out) == 0
+
+
+def test_an_export_onto_a_full_disk_is_one_sentence_and_replaces_nothing(run_folder, tmp_path):
+    """A real 96 KB tmpfs (root only): the pipeline does not fit; the earlier export there stays as it was."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        out = disk / "pipe"
+        out.mkdir()
+        (out / "model_index.json").write_text("{}")  # an earlier (small) pipeline folder
+        before = hashes(out)
+        with pytest.raises(SystemExit) as exit_:
+            export(run_folder, out, "--overwrite")
+        message = str(exit_.value.code)
+        assert message.startswith(f"Could not write the pipeline {out}: the disk is full (")
+        assert "Nothing was replaced" in message
+        assert hashes(out) == before and sorted(p.name for p in disk.iterdir()) == [".pipe.lock", "pipe"]
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)

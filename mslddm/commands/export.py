@@ -95,4 +95,5 @@ def _export(checkpoint, args) -> None:
         if why is None:
             raise
         raise SystemExit(f"Could not write the pipeline {args.out}: {why} ({human_bytes(free_bytes(args.out))} "
-                         "free). Nothing was replaced: an existing folder there is unchanged.") from None
+                         "free once the partial copy was removed). Nothing was replaced: an existing folder there "
+                         "is unchanged.") from None

@@ -91,6 +91,8 @@ def storage_error(error: BaseException, what: str, folder, last_good=None) -> Op
     if why is None:
         return None
     kept = f" The last good checkpoint, {last_good}, is kept." if last_good else ""
-    return StorageError(f"Could not write {what} in {folder}: {why} ({human_bytes(free_bytes(folder))} free).{kept} "
+    free = f"{human_bytes(free_bytes(folder))} free, less than the write needed" if "full" in why else (
+        f"{human_bytes(free_bytes(folder))} free")
+    return StorageError(f"Could not write {what} in {folder}: {why} ({free}).{kept} "
                         "Free some space (or fix the folder's permissions) and resume with "
                         "--resume_from_checkpoint latest.")
