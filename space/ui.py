@@ -132,9 +132,9 @@ def _layout(studio: Studio, title: str) -> Page:
                               elem_id="sampler")
         # Empty in the page's config (so that an API call that names only a sampler gets that sampler's own
         # defaults, as in Python and the CLI); the page fills in the defaults when it loads and on every change.
-        steps = gr.Number(None, minimum=1, maximum=lim.max_steps, precision=0, label="Steps (empty: the sampler's)",
-                          elem_id="steps")
-        churn = gr.Number(None, minimum=0, maximum=100, step=0.5, label="Churn (Euler, Heun; empty: the sampler's)",
+        steps = gr.Number(None, minimum=1, maximum=lim.max_steps, precision=0,
+                          label="Steps (shown: the sampler's default)", elem_id="steps")
+        churn = gr.Number(None, minimum=0, maximum=100, step=0.5, label="Churn (Euler, Heun; shown: the default)",
                           interactive=start.sampler != "dpmpp_2m", elem_id="churn")
     with gr.Row():
         # A Textbox, not a Number: an empty Number is sent as 0, and empty must mean "random".
