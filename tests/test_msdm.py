@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_outputs, assert_same_weights
 
 from mslddm import MultiSourceLatentPipeline, MultiSourceUNet1DModel
 from mslddm.pipelines.pipeline_multisource_diffusion import MultiSourceDiffusionPipeline, msdm_scheduler
@@ -154,8 +155,16 @@ def test_msdm_saves_without_a_vae_and_loads_as_its_class(tmp_path):
     loaded = MultiSourceLatentPipeline.from_pretrained(tmp_path / "msdm")
     assert isinstance(loaded, MultiSourceDiffusionPipeline) and loaded.scheduler.config.clip_denoised == 1.0
     loaded.set_progress_bar_config(disable=True)
+    assert_same_weights(loaded.unet, pipe.unet)
     kwargs = dict(audio_length_in_s=0.3, num_inference_steps=3)
-    np.testing.assert_array_equal(pipe(generator=gen(), **kwargs).stems, loaded(generator=gen(), **kwargs).stems)
+    expected = pipe(generator=gen(), **kwargs).stems
+    assert_same_outputs(loaded(generator=gen(), **kwargs).stems, expected)
+    # the tolerance is tight enough to see one wrong weight (here of the middle convolution: 3e-4 off)
+    convolutions = [p for p in loaded.unet.parameters() if p.ndim == 3]
+    with torch.no_grad():
+        convolutions[len(convolutions) // 2].view(-1)[0] += 0.01
+    with pytest.raises(AssertionError, match="Not equal to tolerance"):
+        assert_same_outputs(loaded(generator=gen(), **kwargs).stems, expected)
 
 
 def test_separate_cli_writes_stems_that_sum_to_the_mixture(tmp_path):
