@@ -85,7 +85,7 @@ def _log_mel_from_the_definition(audio, sr=16000):
     _, _, spectrum = stft(audio.astype(np.float64), window=window, nperseg=400, noverlap=400 - 160, nfft=512,
                           boundary=None, padded=False, detrend=False)
     magnitude = np.abs(spectrum).T * window.sum()  # scipy scales the spectrum by 1 / sum(window)
-    mel = lambda hz: 1127.0 * np.log(1.0 + hz / 700.0)  # noqa: E731
+    mel = lambda hz: 1127.0 * np.log(1.0 + hz / 700.0)
     bins = mel(np.arange(257) * sr / 512)
     edges = np.linspace(mel(125.0), mel(7500.0), 64 + 2)
     bank = np.zeros((257, 64))
