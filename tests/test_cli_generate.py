@@ -21,6 +21,14 @@ def mslddm(*args, check=True):
     return proc
 
 
+def generate(*args):
+    """``mslddm generate`` in this process: a subprocess costs an interpreter and torch (6.6 s of CPU); the entry
+    point itself runs in the --help and total generation tests."""
+    from mslddm.cli import main
+
+    assert main(["generate", *map(str, args)]) == 0
+
+
 def test_help_lists_commands_and_documents_every_option_with_its_default(capsys):
     top = mslddm("--help").stdout
     for command in ("generate", "make-dataset", "evaluate"):
@@ -59,8 +67,8 @@ def test_total_and_partial_generation_write_stems_mix_and_settings(saved_pipelin
     t = np.arange(44100 // 4) / 44100
     write_audio(bass, np.stack([0.3 * np.sin(2 * np.pi * 55 * t)] * 2), 44100)
     partial = tmp_path / "partial"
-    mslddm("generate", "--pipeline", saved_pipeline, "--stem", f"bass={bass}", "--generate", "drums,piano",
-           "--steps", 2, "--out", partial)
+    generate("--pipeline", saved_pipeline, "--stem", f"bass={bass}", "--generate", "drums,piano", "--steps", 2,
+             "--out", partial)
     settings = json.loads((partial / "sample_000_seed0" / "settings.json").read_text())
     assert settings["generated"] == ["drums", "piano"] and settings["given"] == {"bass": bass.name}
     guitar, _ = sf.read(partial / "sample_000_seed0" / "guitar.wav")
@@ -68,21 +76,17 @@ def test_total_and_partial_generation_write_stems_mix_and_settings(saved_pipelin
 
 
 def test_same_seed_same_files(saved_pipeline, tmp_path):
-    from mslddm.cli import main
-
-    for run in ("a", "b"):  # in this process: the entry point is run above
-        assert main(["generate", "--pipeline", str(saved_pipeline), "--duration", "0.2", "--steps", "2", "--seed",
-                     "3", "--out", str(tmp_path / run)]) == 0
+    for run in ("a", "b"):
+        generate("--pipeline", saved_pipeline, "--duration", 0.2, "--steps", 2, "--seed", 3, "--out", tmp_path / run)
     a = (tmp_path / "a" / "sample_000_seed3" / "mix.wav").read_bytes()
     assert a == (tmp_path / "b" / "sample_000_seed3" / "mix.wav").read_bytes()
 
 
 def test_extend_continues_an_earlier_result_in_windows(saved_pipeline, tmp_path):
-    mslddm("generate", "--pipeline", saved_pipeline, "--duration", 0.5, "--steps", 2, "--seed", 4, "--out",
-           tmp_path / "first")
+    generate("--pipeline", saved_pipeline, "--duration", 0.5, "--steps", 2, "--seed", 4, "--out", tmp_path / "first")
     first = tmp_path / "first" / "sample_000_seed4"
-    mslddm("generate", "--pipeline", saved_pipeline, "--from-result", first, "--extend", 1.5, "--window", 0.75,
-           "--overlap", 0.3, "--steps", 2, "--seed", 4, "--out", tmp_path / "longer")
+    generate("--pipeline", saved_pipeline, "--from-result", first, "--extend", 1.5, "--window", 0.75,
+             "--overlap", 0.3, "--steps", 2, "--seed", 4, "--out", tmp_path / "longer")
     longer = tmp_path / "longer" / "sample_000_seed4"
     settings = json.loads((longer / "settings.json").read_text())
     assert settings["windows"] > 1 and settings["extended_by_s"] == 1.5 and settings["generated"] == STEMS
