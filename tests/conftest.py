@@ -50,6 +50,18 @@ def tiny_pipeline(stem_names=STEMS):
     return pipe
 
 
+@pytest.fixture(scope="session", autouse=True)
+def few_bootstrap_draws():
+    """Evaluations in tests resample their clips 20 times for FAD and KAD intervals, not 200: the tests check what
+    the intervals say, not how tight they are, and the 200 draws' FADs were most of an evaluation test's time
+    (test_compare: 45 of its 53 s of CPU). tests/test_accompaniment_metrics.py tests the bootstrap on its own."""
+    from mslddm.evaluation import distances
+
+    default, distances.BOOTSTRAP_DRAWS = distances.BOOTSTRAP_DRAWS, 20
+    yield
+    distances.BOOTSTRAP_DRAWS = default
+
+
 @pytest.fixture
 def pipe():
     return tiny_pipeline()
