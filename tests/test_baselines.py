@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import LATENT, STEMS, tiny_vae
+from conftest import LATENT, STEMS, assert_same_outputs, assert_same_weights, tiny_vae
 
 from mslddm import (EDMScheduler, IndependentSourceUNet1DModel, MixtureLatentPipeline, MultiSourceLatentPipeline,
                     MultiSourceUNet1DModel)
@@ -119,8 +119,9 @@ def test_isldm_saves_as_one_component_and_loads(tmp_path):
     loaded = MultiSourceLatentPipeline.from_pretrained(tmp_path / "isldm")
     assert isinstance(loaded.unet, IndependentSourceUNet1DModel) and loaded.model_kind == "isldm"
     loaded.set_progress_bar_config(disable=True)
+    assert_same_weights(loaded.unet, pipe.unet)
     kwargs = dict(audio_length_in_s=0.5, num_inference_steps=2, sampler="dpmpp_2m")
-    np.testing.assert_array_equal(pipe(generator=gen(), **kwargs).stems, loaded(generator=gen(), **kwargs).stems)
+    assert_same_outputs(loaded(generator=gen(), **kwargs).stems, pipe(generator=gen(), **kwargs).stems)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -162,8 +163,10 @@ def test_mixldm_saves_and_loads_through_the_multisource_class(tmp_path):
     loaded = MultiSourceLatentPipeline.from_pretrained(tmp_path / "mixldm")
     assert isinstance(loaded, MixtureLatentPipeline) and loaded.mixture_of == STEMS
     loaded.set_progress_bar_config(disable=True)
+    assert_same_weights(loaded.vae, pipe.vae)
+    assert_same_weights(loaded.unet, pipe.unet)
     kwargs = dict(audio_length_in_s=0.5, num_inference_steps=2)
-    np.testing.assert_array_equal(pipe(generator=gen(), **kwargs).mixture, loaded(generator=gen(), **kwargs).mixture)
+    assert_same_outputs(loaded(generator=gen(), **kwargs).mixture, pipe(generator=gen(), **kwargs).mixture)
     with pytest.raises(ValueError, match="one signal named 'mix'"):
         MixtureLatentPipeline(vae=pipe.vae, unet=pipe.unet, scheduler=pipe.scheduler, stem_names=STEMS)
 

@@ -91,15 +91,33 @@ def test_folders_without_a_fingerprint_are_checked_on_silence(setup, tmp_path):
 
 
 def test_latent_dataset(setup):
+    from safetensors.torch import load_file
+
     _, _, out = setup
-    data = LatentSegmentDataset(out, "train", segment_frames=16, segments_per_epoch=5)
-    assert data.stem_names == STEMS and len(data) == 5
-    assert data[0].shape == (4, 8, 16) and torch.equal(data[3], data[3])
+    data = LatentSegmentDataset(out, "train", segment_frames=16, segments_per_epoch=60)
+    assert data.stem_names == STEMS and len(data) == 60 and data[0].shape == (4, 8, 16)
+    saved = {f.stem: load_file(f)["latents"] for f in (out / "train").glob("*.safetensors")}
+
+    def windows_equal_to(item):  # every (track, first frame) of the saved latents whose 16 frames are the item
+        return [(name, s) for name, t in sorted(saved.items()) for s in range(t.shape[-1] - 15)
+                if torch.equal(t[..., s:s + 16], item)]
+
+    drawn = [windows_equal_to(data[i]) for i in range(len(data))]
+    assert all(len(found) == 1 for found in drawn), drawn  # each item is one window of one track's latents
+    assert len({found[0] for found in drawn}) > 20  # not one window again and again
+    lengths = {name: t.shape[-1] for name, t in saved.items()}  # tracks drawn in proportion to their length
+    share = sum(found[0][0] == "Track00001" for found in drawn) / len(drawn)
+    assert share == pytest.approx(lengths["Track00001"] / sum(lengths.values()), abs=0.2)
+    rebuilt = LatentSegmentDataset(out, "train", segment_frames=16, segments_per_epoch=60)
+    assert [windows_equal_to(rebuilt[i]) for i in range(5)] == drawn[:5]  # the seed fixes the draws
+    rebuilt.set_epoch(1)
+    assert [windows_equal_to(rebuilt[i]) for i in range(5)] != drawn[:5]  # and the epoch changes them
     whole = LatentSegmentDataset(out, "test", segment_frames=200, random_offsets=False)
     x = whole[0]
     frames = whole.lengths[0]
     silence = torch.tensor(json.loads((out / "latents.json").read_text())["silence_latent"])
     assert x.shape == (4, 8, 200)
+    assert torch.equal(x[:, :, :frames], load_file(out / "test" / "Track00003.safetensors")["latents"])
     torch.testing.assert_close(x[:, :, frames:], silence[None, :, None].expand(4, 8, 200 - frames))
     with pytest.raises(ValueError, match="encode-latents"):
         LatentSegmentDataset(out, None)  # the root holds no latent file itself

@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_outputs, assert_same_weights
 
 from mslddm import MultiSourceLatentPipeline, MultiSourceUNet1DModel
 from mslddm.pipelines.pipeline_multisource_diffusion import MultiSourceDiffusionPipeline, msdm_scheduler
@@ -154,8 +155,16 @@ def test_msdm_saves_without_a_vae_and_loads_as_its_class(tmp_path):
     loaded = MultiSourceLatentPipeline.from_pretrained(tmp_path / "msdm")
     assert isinstance(loaded, MultiSourceDiffusionPipeline) and loaded.scheduler.config.clip_denoised == 1.0
     loaded.set_progress_bar_config(disable=True)
+    assert_same_weights(loaded.unet, pipe.unet)
     kwargs = dict(audio_length_in_s=0.3, num_inference_steps=3)
-    np.testing.assert_array_equal(pipe(generator=gen(), **kwargs).stems, loaded(generator=gen(), **kwargs).stems)
+    expected = pipe(generator=gen(), **kwargs).stems
+    assert_same_outputs(loaded(generator=gen(), **kwargs).stems, expected)
+    # the tolerance is tight enough to see one wrong weight (here of the middle convolution: 3e-4 off)
+    convolutions = [p for p in loaded.unet.parameters() if p.ndim == 3]
+    with torch.no_grad():
+        convolutions[len(convolutions) // 2].view(-1)[0] += 0.01
+    with pytest.raises(AssertionError, match="Not equal to tolerance"):
+        assert_same_outputs(loaded(generator=gen(), **kwargs).stems, expected)
 
 
 def test_separate_cli_writes_stems_that_sum_to_the_mixture(tmp_path):
@@ -222,21 +231,51 @@ def test_separation_settings_default_to_msdms_and_are_checked():
         ProtocolConfig(separation_method="oracle")
 
 
-def test_stored_results_of_more_tasks_are_reused_and_separation_settings_count_only_for_separation(tmp_path):
-    from mslddm.commands.evaluate import _stored_results
-    from mslddm.evaluation.protocol import ProtocolConfig
+def test_a_stored_evaluation_of_more_tasks_is_reused_and_separation_settings_count_only_for_separation(
+        tmp_path, monkeypatch):
+    """What `mslddm compare` does with an evaluation already under its folder: reuse it when it was made with the
+    same protocol and the same tasks or more (separation settings matter only to separation), evaluate otherwise."""
+    import argparse
 
-    def protocol(**kw):
-        return json.loads(json.dumps(ProtocolConfig(**kw).describe()))
+    from eval_fixtures import write_dataset
+    from test_eval_protocol import BandEnergyEmbedder
 
-    stored = protocol(tasks=("floor", "total", "partial", "separation"))
-    (tmp_path / "results.json").write_text(json.dumps({"protocol": stored, "total": {}}))
-    assert _stored_results(tmp_path, protocol(tasks=("floor", "total", "partial"))) is not None
-    assert _stored_results(tmp_path, protocol(tasks=("floor", "total", "partial"), separation_steps=50)) is not None
-    assert _stored_results(tmp_path, protocol(tasks=("total", "separation"))) is not None  # same separation settings
-    assert _stored_results(tmp_path, protocol(tasks=("total", "separation"), separation_steps=50)) is None
-    assert _stored_results(tmp_path, protocol(tasks=("total", "reconstruction"))) is None  # a task it did not run
-    assert _stored_results(tmp_path, protocol(tasks=("total",), seed=1)) is None
+    import mslddm.evaluation.embedders
+    import mslddm.evaluation.protocol
+    from mslddm.cli import main
+    from mslddm.commands import evaluate as command
+
+    data, out, pipeline = write_dataset(tmp_path / "data", num_tracks=2, seconds=2.0), tmp_path / "out", tmp_path / "msdm"
+    tiny_msdm().save_pretrained(pipeline)
+    monkeypatch.setattr(mslddm.evaluation.embedders, "get_embedder", lambda *args, **kwargs: BandEnergyEmbedder())
+    common = ["--pipeline", str(pipeline), "--data", str(data), "--out", str(out), "--num-clips", "2",
+              "--num-chunks", "2", "--clip-seconds", "1", "--steps", "2", "--churn", "0", "--separation-steps", "2",
+              "--separation-churn", "0", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    assert main(["evaluate", *common, "--tasks", "total,separation"]) == 0
+    stored = json.loads((out / "results.json").read_text())
+
+    class Evaluated(Exception):
+        pass
+
+    def evaluate(*args, **kwargs):
+        raise Evaluated
+
+    monkeypatch.setattr(mslddm.evaluation.protocol, "evaluate", evaluate)
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+
+    def reused(*options):
+        try:
+            return command.evaluate_one(parser.parse_args(common + list(options)), str(pipeline), out,
+                                        reuse=True) == stored
+        except Evaluated:
+            return False
+
+    assert reused("--tasks", "total,separation") and reused("--tasks", "total")
+    assert reused("--tasks", "total", "--separation-steps", "50")  # no separation asked for: its settings do not count
+    assert not reused("--tasks", "total,separation", "--separation-steps", "50")
+    assert not reused("--tasks", "total,partial")  # a task it did not run
+    assert not reused("--tasks", "total", "--seed", "1") and not reused("--tasks", "total", "--steps", "3")
 
 
 def test_si_sdr_of_a_perfect_and_a_scaled_estimate():

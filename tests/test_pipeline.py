@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import LATENT, STEMS, tiny_pipeline
+from conftest import LATENT, STEMS, assert_same_outputs, assert_same_weights, tiny_pipeline
 from mslddm import MultiSourceLatentPipeline
 from mslddm.audio import load_audio
 
@@ -44,6 +44,10 @@ def test_per_sample_seed_reproduces_its_item_in_any_batch(pipe):
 def test_samplers_and_output_types(pipe, sampler):
     out = pipe(audio_length_in_s=0.3, num_inference_steps=2, sampler=sampler, output_type="pt", generator=seeded(0))
     assert isinstance(out.stems, torch.Tensor) and out.stems.shape[:2] == (1, 4)
+    as_np = pipe(audio_length_in_s=0.3, num_inference_steps=2, sampler=sampler, generator=seeded(0))
+    assert isinstance(as_np.stems, np.ndarray) and isinstance(as_np.mixture, np.ndarray)
+    np.testing.assert_array_equal(out.stems.numpy(), as_np.stems)  # one pipeline, one seed: the same numbers
+    np.testing.assert_array_equal(out.mixture.numpy(), as_np.mixture)
     lat = pipe(audio_length_in_s=0.3, num_inference_steps=2, sampler=sampler, output_type="latent")
     assert lat.stems.shape[:3] == (1, 4, LATENT) and lat.mixture is None
     assert lat.stems.shape[-1] % pipe.unet.length_multiple == 0
@@ -208,9 +212,11 @@ def test_save_load_round_trip_generates_identical_stems(saved_pipeline):
     loaded = MultiSourceLatentPipeline.from_pretrained(saved_pipeline)
     loaded.set_progress_bar_config(disable=True)
     original = tiny_pipeline()
+    assert_same_weights(loaded.vae, original.vae)
+    assert_same_weights(loaded.unet, original.unet)
     a = original(audio_length_in_s=0.3, num_inference_steps=STEPS, generator=seeded(3))
     b = loaded(audio_length_in_s=0.3, num_inference_steps=STEPS, generator=seeded(3))
-    np.testing.assert_array_equal(a.stems, b.stems)
+    assert_same_outputs(b.stems, a.stems)
 
 
 def test_from_pretrained_hub_repo_id_uses_the_snapshot(saved_pipeline, tmp_path, monkeypatch):

@@ -202,3 +202,27 @@ def test_the_mel_loss_stays_float32_under_bf16_autocast():
         under = loss(x, y)
     assert mel.dtype == torch.float32
     torch.testing.assert_close(under, exact)
+
+
+def test_training_steps_overfit_one_batch():
+    """The training step (EDM preconditioning, loss, gradients, Adam) learns: on one fixed batch of latents, noise
+    and noise levels, 30 steps of the tiny UNet cut the loss by more than five times."""
+    from conftest import tiny_unet
+
+    from mslddm import EDMScheduler
+
+    sigma_data = EDMScheduler().config.sigma_data
+    gen = torch.Generator().manual_seed(0)
+    clean = sigma_data * torch.randn(4, 16, 16, generator=gen)
+    sigma = torch.tensor([0.05, 0.3, 1.0, 3.0])
+    noisy = clean + sigma[:, None, None] * torch.randn(clean.shape, generator=gen)
+    unet = tiny_unet()
+    optimizer = torch.optim.Adam(unet.parameters(), lr=1e-2)
+    history = []
+    for _ in range(30):
+        loss = losses.edm_training_loss(losses.edm_denoise(unet, noisy, sigma, sigma_data), clean, sigma, sigma_data)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(loss.item())
+    assert history[-1] < history[0] / 5, history

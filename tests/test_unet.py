@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import assert_same_outputs, assert_same_weights
 
 from mslddm.conversion import UNET_PRESETS
 from mslddm.models.unet_1d_multisource import MultiSourceUNet1DModel, convert_reference_unet_state_dict
@@ -100,9 +101,10 @@ def test_save_load_round_trip(tmp_path):
     assert list(loaded.config.multipliers) == [1, 2, 1]
     assert list(loaded.config.attentions) == [False, True]
     assert loaded.config.patch_blocks == 2 and loaded.length_multiple == 4 * 3
+    assert_same_weights(loaded, model)
     x = torch.randn(2, 8, 24)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x, 0.1).sample, model(x, 0.1).sample, rtol=0, atol=0)
+        assert_same_outputs(loaded(x, 0.1).sample, model(x, 0.1).sample)
 
 
 @pytest.mark.parametrize(

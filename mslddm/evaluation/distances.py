@@ -56,14 +56,16 @@ def kernel_audio_distance(x: np.ndarray, y: np.ndarray, bandwidth: float | None 
 
 
 def bootstrap_interval(metric: Callable[[np.ndarray, np.ndarray], float], generated: Sequence[np.ndarray],
-                       reference: Sequence[np.ndarray], draws: int = BOOTSTRAP_DRAWS, seed: int = 0,
+                       reference: Sequence[np.ndarray], draws: int | None = None, seed: int = 0,
                        confidence: float = CONFIDENCE) -> dict:
     """``metric`` on the stacked embeddings, and its interval over ``draws`` resamplings (with replacement) of the
-    clips of both sets: ``{"value", "low", "high", "draws", "clips"}``.
+    clips of both sets: ``{"value", "low", "high", "draws", "clips"}``. ``draws`` defaults to
+    :data:`BOOTSTRAP_DRAWS`, read at each call (the tests lower it).
 
     The interval is the resampled values' percentile interval shifted by their mean's offset from ``value``:
     resampling duplicates clips, which inflates FAD (and the kernel terms of KAD) by itself; the spread is what
     the resampling tells, the shift removes that artefact."""
+    draws = BOOTSTRAP_DRAWS if draws is None else int(draws)
     rng = np.random.default_rng(seed)
     value = metric(_stack(generated), _stack(reference))
     values = []
