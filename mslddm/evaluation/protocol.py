@@ -90,10 +90,11 @@ def evaluate(
     out_dir, pipeline = Path(out_dir), _LazyPipeline(pipe)
     if not config.is_resolved():  # unset sampler settings: the pipeline's own (recorded in the results)
         loaded = pipeline.get()
-        if loaded is not None and not hasattr(loaded, "scheduler"):
+        if loaded is None or hasattr(loaded, "scheduler"):
+            config = resolve_sampling(config, None if loaded is None else loaded.scheduler, out_dir)
+        elif set(config.tasks) - set(VAE_TASKS):  # a codec alone (floor, reconstruction) samples nothing
             raise ValueError("The pipeline has no scheduler to resolve unset sampler settings from; set sampler, "
                              "num_inference_steps, s_churn, separation_steps and separation_churn.")
-        config = resolve_sampling(config, None if loaded is None else loaded.scheduler, out_dir)
     manifest = _audio_manifest(out_dir, pipeline, config, pipeline_name)
     names, sr = list(manifest["stem_names"]), int(manifest["sample_rate"])
     protocol = {
