@@ -36,3 +36,19 @@ def test_extending_a_result_with_held_silent_stems(pipe):
         pipe(stems={"guitar": np.zeros(SR, np.float32)}, extend_s=0.5, num_inference_steps=2)
     with pytest.raises(StemError, match="guitar"):  # outside a continuation a silent stem is still refused
         pipe(stems={"guitar": np.zeros(SR, np.float32)}, num_inference_steps=2)
+
+
+def test_help_imports_neither_torch_nor_diffusers():
+    """`mslddm --help` took 7.6 s on a loaded machine: building the options imported the samplers (torch,
+    diffusers); the options now read torch-free tables (issue 26 item 14)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom mslddm.cli import main\n"
+            "for argv in (['--help'], ['generate', '--help'], ['evaluate', '--help'], ['separate', '--help'],\n"
+            "             ['compare', '--help'], ['accompany', '--help'], ['export', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "[]"

@@ -29,8 +29,8 @@ def add_arguments(parser):
 def add_protocol_arguments(parser):
     """The protocol's options (shared with ``mslddm compare``)."""
     from mslddm.evaluation.embedders import EMBEDDERS
-    from mslddm.evaluation.protocol import TASKS, ProtocolConfig
-    from mslddm.schedulers.sampling import SAMPLER_DEFAULTS, SEPARATION_METHODS
+    from mslddm.evaluation.config import TASKS, ProtocolConfig
+    from mslddm.schedulers.sampler_table import SAMPLER_DEFAULTS, SEPARATION_METHODS
 
     d = ProtocolConfig()
     parser.add_argument("--split", default=d.split, help="dataset split holding the reference tracks")

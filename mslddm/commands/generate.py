@@ -33,7 +33,7 @@ def add_arguments(parser):
                         help="window of windowed generation (default: the model's, recorded in its UNet config)")
     parser.add_argument("--overlap", type=float, default=None, metavar="SECONDS",
                         help="seconds each window shares with the one before (default: a third of the window)")
-    from mslddm.schedulers.sampling import SAMPLER_DEFAULTS
+    from mslddm.schedulers.sampler_table import SAMPLER_DEFAULTS
 
     own = "default: the pipeline's scheduler config, written to settings.json"
     parser.add_argument("--sampler", choices=tuple(SAMPLER_DEFAULTS), default=None,

@@ -11,7 +11,7 @@ HELP = "separate a mixture into stems (MSDM pipelines)"
 
 
 def add_arguments(parser):
-    from mslddm.schedulers.sampling import SEPARATION_METHODS
+    from mslddm.schedulers.sampler_table import SEPARATION_METHODS
 
     parser.add_argument("mixture", metavar="MIX", help="the mixture: any format, rate and channel count")
     parser.add_argument("--pipeline", required=True, help="an MSDM pipeline folder or Hub repo id")

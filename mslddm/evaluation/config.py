@@ -11,6 +11,7 @@ from ..stems import SILENCE_DBFS
 
 PROTOCOL_VERSION = 1
 # The tasks run when none are named, and those of --vae-only (every task: mslddm.evaluation.tasks.TASK_FUNCTIONS).
+TASKS = ("floor", "reconstruction", "total", "partial", "separation")  # tasks.TASK_FUNCTIONS' keys, in order
 DEFAULT_TASKS = ("floor", "reconstruction", "total", "partial")
 VAE_TASKS = ("floor", "reconstruction")
 
@@ -43,7 +44,7 @@ class ProtocolConfig:
     window_s: float | None = None
 
     def __post_init__(self):
-        from ..schedulers.sampling import SAMPLERS, SEPARATION_METHODS
+        from ..schedulers.sampler_table import SAMPLERS, SEPARATION_METHODS
 
         if self.sampler is not None and self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS} or None (the pipeline's own), got {self.sampler!r}.")

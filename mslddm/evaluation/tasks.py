@@ -31,7 +31,7 @@ from .clips import (
     statistics_of,
 )
 from .coherence import CoherenceConfig, ShuffledAcrossSongs, coherence_metrics
-from .config import DEFAULT_TASKS, VAE_TASKS, ProtocolConfig
+from .config import DEFAULT_TASKS, TASKS, VAE_TASKS, ProtocolConfig
 from .distances import fad_interval, kad_interval
 from .embedders.base import AudioEmbedder
 from .fad import fad
@@ -360,7 +360,6 @@ TASK_FUNCTIONS: dict[str, Callable[[Run], dict | None]] = {
     "partial": evaluate_partial,
     "separation": evaluate_separation,
 }
-TASKS = tuple(TASK_FUNCTIONS)
-assert set(DEFAULT_TASKS) <= set(TASKS) and set(VAE_TASKS) <= set(TASKS)
+assert tuple(TASK_FUNCTIONS) == TASKS and set(DEFAULT_TASKS) <= set(TASKS) and set(VAE_TASKS) <= set(TASKS)
 
 _Run = Run  # the name before the tasks had their own module

@@ -28,25 +28,12 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..randomness import Generator
+from .sampler_table import SAMPLER_DEFAULTS, SAMPLERS, SEPARATION_METHODS, SamplerDefaults  # noqa: F401
 
 Impute = Callable[[torch.Tensor, torch.Tensor, Generator], torch.Tensor]
 Callback = Callable[[dict], Optional[torch.Tensor]]
 
 
-@dataclass(frozen=True)
-class SamplerDefaults:
-    label: str
-    num_inference_steps: int
-    s_churn: float
-    evaluations_per_step: int  # model evaluations per step (Heun: 2, except the last)
-
-
-SAMPLER_DEFAULTS = {
-    "euler": SamplerDefaults("Euler with churn (the paper's)", 150, 20.0, 1),
-    "heun": SamplerDefaults("Heun, 2nd order", 50, 0.0, 2),
-    "dpmpp_2m": SamplerDefaults("DPM-Solver++(2M), fast", 25, 0.0, 1),
-}
-SAMPLERS = tuple(SAMPLER_DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -224,7 +211,6 @@ def sample_dpmpp_2m(denoiser, x, sigmas, *, generator: Generator = None, impute:
 
 SAMPLER_FUNCTIONS = {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}
 
-SEPARATION_METHODS = ("dirac", "gaussian")  # steps and churn: EDMScheduler.separation_settings
 
 
 def _constrain(x: torch.Tensor, mixture: torch.Tensor, index: int) -> torch.Tensor:
