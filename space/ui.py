@@ -75,8 +75,10 @@ class Page:
     @property
     def outputs(self) -> list:
         """What every event shows, in ``/generate``'s return order."""
+        # The variation shown goes out as its label into a hidden Textbox: the Radio's choices are set after the
+        # event (show_variations), and a value written into a Radio that does not list it yet is an error.
         return ([self.players[n] for n in self.uploads] + [self.players[MIX], self.spectrogram, self.zip_file,
-                                                            self.info, self.variation])
+                                                            self.info, self.selected])
 
     @property
     def mixer(self) -> list:
@@ -182,21 +184,19 @@ def _layout(studio: Studio, title: str) -> Page:
         page.extend_button = gr.Button("Extend", elem_id="extend-button")
         # A Radio input only accepts the choices of its config (empty until a generation), so the API would
         # refuse every label: /extend reads this mirror of the selection instead.
-        page.selected = gr.Textbox(visible=False, elem_id="selected-variation")
+        page.selected = gr.Textbox(label="variation", visible=False, elem_id="selected-variation")
     # Its own row: in a stem column the file name is elided to "m.zip".
     page.zip_file = gr.File(label="ZIP: stems, mix, settings", interactive=False, elem_id="zip")
-    page.spectrogram = gr.Image(show_label=False, type="filepath", format="png", interactive=False,
-                                elem_id="spectrogram")
+    page.spectrogram = gr.Image(label="spectrogram", show_label=False, type="filepath", format="png",
+                                interactive=False, elem_id="spectrogram")
     return page
 
 
-def _show(page: Page, out: Outputs, plain: bool = False) -> list:
-    """An event's result as values for ``page.outputs``; with ``plain`` the variation is its label alone (what the
-    public API returns: plain values, no component updates)."""
-    labels = out.variation_labels
-    variation = labels[out.variation] if plain else _variation_update(labels, out.variation)
+def _show(page: Page, out: Outputs) -> list:
+    """An event's result as values for ``page.outputs``: plain values (what the public API returns), the variation
+    shown as its label."""
     return ([str(out.players[n]) for n in page.uploads] + [str(out.players[MIX]), str(out.spectrogram),
-            str(out.zip_path), out.info, variation])
+            str(out.zip_path), out.info, out.variation_labels[out.variation]])
 
 
 def _variation_update(labels: list[str], index: int):
@@ -226,7 +226,7 @@ def _wire_generate(studio: Studio, page: Page) -> None:
         out = studio.generate(dict(zip(names, values[:k])), dict(zip(names, values[k:2 * k])),
                               *values[2 * k:2 * k + 7], mixer=_mixer_values(names, values[2 * k + 7:]),
                               progress=progress, session=_session(request))
-        return _show(page, out, plain=True)
+        return _show(page, out)
 
     # Named parameters (the stems' uploads first), so gradio_client callers can pass keywords. Unset steps and
     # churn (None) mean the chosen sampler's defaults, as in Python and the CLI.
@@ -255,7 +255,7 @@ def _wire_generate(studio: Studio, page: Page) -> None:
         zip_path, selected, extend_s, steps, sampler, churn, *mixer, progress, request = args
         out = studio.extend(zip_path, selected, extend_s, steps, sampler, churn, mixer=_mixer_values(names, mixer),
                             progress=progress, session=_session(request))
-        return _show(page, out, plain=True)
+        return _show(page, out)
 
     extend_defaults = ([("zip_path", None), ("selected", None), ("extend_s", 10.0), ("steps", None),
                         ("sampler", page.settings[2].value), ("churn", None)]
@@ -292,7 +292,7 @@ def _wire_separate(studio: Studio, page: Page) -> None:
         mixture, method, steps, churn, seed, variations, *mixer, progress, request = args
         out = studio.separate(mixture, method, steps, churn, seed, variations, mixer=_mixer_values(names, mixer),
                               progress=progress, session=_session(request))
-        return _show(page, out, plain=True)
+        return _show(page, out)
 
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
     defaults = ([("mixture", None), ("method", "dirac"), ("steps", None), ("churn", None), ("seed", ""),

@@ -41,7 +41,7 @@ def server(tmp_path_factory):
 
 
 @pytest.mark.timeout(120)
-def test_generate_from_gradio_client(server, tmp_path):
+def test_generate_from_gradio_client(server, tmp_path, capfd):
     t = np.arange(44100) / 44100
     sf.write(tmp_path / "drums.flac", 0.3 * np.sign(np.sin(2 * np.pi * 4 * t)) * np.exp(-(t % 0.25) * 30), 44100)
     client = gradio_client.Client(server, verbose=False)
@@ -64,6 +64,14 @@ def test_generate_from_gradio_client(server, tmp_path):
         longer = json.loads(zf.read("settings.json"))
     assert longer["seeds"] == [43] and longer["duration_s"] == pytest.approx(1.5) and "extended" in info
     assert sf.info(mix).duration == pytest.approx(1.5, abs=1e-3)
+    # The server logged no traceback (the variation's label written into a Radio without choices logged one on
+    # every generation and extend), and the API names its outputs (the spectrogram was "value_66")
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "not in the list of choices" not in err, err[-3000:]
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/generate"]["returns"]
+    labels = [r["label"] for r in api]
+    assert labels[-4] == "spectrogram" and labels[-1] == "variation" and not any("value_" in x for x in labels)
+    assert api[-1]["type"]["type"] == "string"  # a label, not a Literal of no choices
 
 
 @pytest.mark.timeout(60)
