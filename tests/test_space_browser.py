@@ -80,6 +80,8 @@ def running_app(pipeline, tmp, *extra):
         except subprocess.TimeoutExpired:
             proc.kill()
     assert not any((tmp / "work").iterdir()), "app.py left files behind"
+    log = (tmp / "app.log").read_text()
+    assert "Traceback" not in log, f"the server logged a traceback:\n{log[-4000:]}"  # issue 26: a clean log
 
 
 @pytest.fixture(scope="module")
