@@ -146,8 +146,8 @@ def test_silent_mixture_is_refused():
 def test_msdm_saves_without_a_vae_and_loads_as_its_class(tmp_path):
     pipe = tiny_msdm()
     pipe.save_pretrained(tmp_path / "msdm")
-    assert sorted(p.name for p in (tmp_path / "msdm").iterdir()) == ["README.md", "model_index.json", "scheduler",
-                                                                    "unet"]
+    assert sorted(p.name for p in (tmp_path / "msdm").iterdir()) == ["README.md", "checksums.json",
+                                                                    "model_index.json", "scheduler", "unet"]
     index = json.loads((tmp_path / "msdm" / "model_index.json").read_text())
     assert index["_class_name"] == "MultiSourceDiffusionPipeline" and "vae" not in index
     card = (tmp_path / "msdm" / "README.md").read_text()

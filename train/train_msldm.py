@@ -21,19 +21,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mslddm import EDMScheduler, MultiSourceLatentPipeline
+from mslddm.audio import rms_db
 from mslddm.data.datasets import (LatentSegmentDataset, MultiSourceSegmentDataset, load_tracks, measure_stem_levels,
                                    validation_segments)
 from mslddm.data.latents import load_vae
 from mslddm.kinds import DEFAULT_KIND, KINDS, MIXTURE_LATENTS, ModelKind, get_kind, kind_names
 from mslddm.models import load_unet_folder
 from mslddm.models.unet_1d_multisource import stem_conditioning, stem_conditioning_channels
-from mslddm.pipelines.pipeline_multisource_diffusion import WaveformCodec
 from mslddm.factory import unet_arguments
+from mslddm.pipelines.pipeline_multisource_diffusion import WaveformCodec
 from mslddm.schedulers.scheduling_edm import sample_training_sigmas
-from mslddm.stems import DEFAULT_STEMS
+from mslddm.stems import DEFAULT_STEMS, SILENCE_DBFS
 from mslddm.training import losses
 from mslddm.training.recipes import load_recipe
 from mslddm.training.checkpointing import STATE_FILE, export_pipeline, list_checkpoints, save_checkpoint
@@ -197,14 +199,19 @@ def validate(pipe: MultiSourceLatentPipeline, latents: torch.Tensor, cfg: dict, 
             log_audio(writer, "generation/total/mixture", torch.from_numpy(total.mixture[0]), step, sr)
         pipe.unet.train()
         return metrics
-    given = pipe.decode_latents(latents[:1])[0, 0].float().cpu().numpy()
-    partial = pipe(stems={names[0]: given}, generator=torch.Generator().manual_seed(seed + 1), **kwargs)
+    # Partial generation around the first validation item's loudest stem (a silent one cannot be given)
+    decoded = pipe.decode_latents(latents[:1])[0].float().cpu().numpy()
+    k = int(np.argmax([rms_db(a) for a in decoded]))
+    partial = None
+    if rms_db(decoded[k]) >= SILENCE_DBFS:
+        partial = pipe(stems={names[k]: decoded[k]}, generator=torch.Generator().manual_seed(seed + 1), **kwargs)
     if writer is not None:
         log_audio(writer, "generation/total/mixture", torch.from_numpy(total.mixture[0]), step, sr)
         for i, name in enumerate(names):
             log_audio(writer, f"generation/total/{name}", torch.from_numpy(total.stems[0, i]), step, sr)
-        log_audio(writer, f"generation/partial_given_{names[0]}/mixture", torch.from_numpy(partial.mixture[0]),
-                  step, sr)
+        if partial is not None:
+            log_audio(writer, f"generation/partial_given_{names[k]}/mixture", torch.from_numpy(partial.mixture[0]),
+                      step, sr)
     pipe.unet.train()
     return metrics
 

@@ -73,6 +73,9 @@ def make_accelerator(args, cfg: dict):
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if accelerator.is_main_process:  # one run per folder, held until run_main returns (or the process dies)
+        from mslddm.training.storage import check_output_dir
+
+        check_output_dir(args.output_dir, 0)  # a folder that cannot be made or written: one sentence, not a lock's
         _held.enter_context(folder_lock(args.output_dir, "training", log=logger.warning))
     _run_folder[:] = [args.output_dir]
     return accelerator
