@@ -36,36 +36,51 @@ CHECKSUMS_FILE = "checksums.json"  # a pipeline folder's weight files with their
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
+def file_records(folder: str | Path, keep) -> dict:
+    """``{relative path: {"bytes", "sha256"}}`` of the files of ``folder`` for which ``keep(path)`` holds."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file() and keep(p)}
+
+
+def records_problem(folder: str | Path, record_file: str) -> str | None:
+    """What in ``folder`` differs from ``folder/record_file`` (``{"files": file_records(...)}``): the record
+    missing or unreadable, a file missing, of another size or content; None if nothing does."""
+    import json
+
+    folder = Path(folder)
+    record = folder / record_file
+    if not record.is_file():
+        return f"{record_file} is missing"
+    try:
+        files = json.loads(record.read_text())["files"]
+        items = list(files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        return f"{record_file} is unreadable ({error})"
+    for name, info in items:
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != info["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes where {info['bytes']} were written"
+        if sha256(path) != info["sha256"]:
+            return f"{name} differs from the file that was written (sha256)"
+    return None
+
+
 def write_checksums(folder: str | Path) -> None:
     """Records every weight file of the pipeline ``folder`` (size, sha256) in ``checksums.json``."""
     import json
 
     folder = Path(folder)
-    files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256(p)}
-             for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix in WEIGHT_SUFFIXES
-             and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
+    files = file_records(folder, lambda p: p.suffix in WEIGHT_SUFFIXES
+                         and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     (folder / CHECKSUMS_FILE).write_text(json.dumps({"files": files}, indent=1, sort_keys=True) + "\n")
 
 
 def checksum_problem(folder: str | Path) -> str | None:
-    """What differs from the folder's ``checksums.json`` (a file missing, of another size or content), None if
-    nothing does; ``"none"`` for a folder saved without checksums."""
-    import json
-
-    folder = Path(folder)
-    record = folder / CHECKSUMS_FILE
-    if not record.is_file():
+    """What differs from the folder's ``checksums.json``, None if nothing does; ``"none"`` for a folder saved
+    without checksums."""
+    if not (Path(folder) / CHECKSUMS_FILE).is_file():
         return "none"
-    try:
-        files = json.loads(record.read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        return f"{CHECKSUMS_FILE} is unreadable ({error})"
-    for name, info in files.items():
-        path = folder / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != info["bytes"]:
-            return f"{name} has {path.stat().st_size} bytes where {info['bytes']} were saved"
-        if sha256(path) != info["sha256"]:
-            return f"{name} differs from the file that was saved (sha256)"
-    return None
+    return records_problem(folder, CHECKSUMS_FILE)

@@ -98,8 +98,8 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", str(point)], capture_output=True)
 
 
-@pytest.mark.parametrize("read_only, sentence", [(True, "Cannot write to --out .*: Read-only file system"),
-                                                 (False, "has 65.5 KB free, but the samples need about")])
+@pytest.mark.parametrize("read_only, sentence", [(True, "Cannot write to --out .*: the file system is read-only"),
+                                                 (False, "has 65.5 KB free, but the samples' WAVs need about")])
 def test_generate_stops_on_a_full_or_read_only_disk_before_any_work(saved_pipeline, tmpfs, read_only, sentence,
                                                                      monkeypatch):
     from mslddm.cli import main

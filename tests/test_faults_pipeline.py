@@ -44,7 +44,7 @@ def test_saving_writes_the_weights_checksums(saved):
 @pytest.mark.parametrize("seed", range(6))
 def test_bytes_changed_in_place_are_named_before_loading(saved, tmp_path, seed):
     copy = damaged_copy(saved, tmp_path, seed)
-    with pytest.raises(PipelineLoadError, match=f"is damaged: {WEIGHTS} differs from the file that was saved"):
+    with pytest.raises(PipelineLoadError, match=f"is damaged: {WEIGHTS} differs from the file that was written"):
         MultiSourceLatentPipeline.from_pretrained(copy)
 
 
@@ -55,7 +55,7 @@ def test_generate_stops_on_damaged_weights(saved, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["generate", "--pipeline", str(copy), "--duration", "0.5", "--steps", "1", "--out", str(tmp_path / "o")])
     said = str(exit_.value.code) + capsys.readouterr().err
-    assert "vae/diffusion_pytorch_model.safetensors differs from the file that was saved" in said
+    assert "vae/diffusion_pytorch_model.safetensors differs from the file that was written" in said
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.wav"))
 
 

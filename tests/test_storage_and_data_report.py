@@ -36,7 +36,7 @@ def test_storage_failures_are_recognised_in_their_many_shapes():
 def test_an_unwritable_or_too_small_output_folder_is_refused_before_training(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    with pytest.raises(StorageError, match="Cannot write to the output folder .*a_file/run"):
+    with pytest.raises(StorageError, match="Cannot write to --output_dir .*a_file/run"):
         check_output_dir(blocker / "run", 1)
     with pytest.raises(StorageError, match=r"free, but one checkpoint needs about 1000\.0 TB"):
         check_output_dir(tmp_path / "run", 10**15)
@@ -168,4 +168,4 @@ def test_an_unwritable_output_folder_is_one_sentence(flawed_data, tmp_path):
     (tmp_path / "a_file").write_text("x")
     run = train_vae(tmp_path / "a_file" / "run", flawed_data)
     assert run.returncode != 0 and "Traceback" not in run.stderr
-    assert "error: Cannot write to the output folder" in run.stderr and "a_file/run" in run.stderr
+    assert "error: Cannot write to --output_dir" in run.stderr and "a_file/run" in run.stderr

@@ -124,53 +124,6 @@ def run(args) -> int:
         return 130
 
 
-def _check_out(out: Path, samples: int, files_per_sample: int, seconds: float, sample_rate: int) -> None:
-    """Before any model work: ``out`` is a folder (made if missing) that can be written and has room for the
-    16-bit WAVs of every sample."""
-    import shutil
-    import uuid
-
-    from mslddm.training.storage import human_bytes
-
-    if out.exists() and not out.is_dir():
-        raise SystemExit(f"--out {str(out)!r} is a file, not a folder: choose a folder for the samples.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{uuid.uuid4().hex[:8]}"
-        probe.write_bytes(b"0")
-        probe.unlink()
-    except OSError as error:
-        raise SystemExit(f"Cannot write to --out {str(out)!r}: {error.strerror or error}.") from None
-    needed = int(samples * files_per_sample * seconds * sample_rate * 2 * 1.05) + 65536
-    free = shutil.disk_usage(out).free
-    if free < needed:
-        raise SystemExit(f"--out {str(out)!r} has {human_bytes(free)} free, but the samples need about "
-                         f"{human_bytes(needed)}: free some space or choose another folder.")
-
-
-def _sample_folder(out: Path, index: int, seed: int):
-    """A context that yields ``.NAME.partial`` to write a sample into and renames it to ``NAME`` when complete."""
-    import contextlib
-    import shutil
-
-    @contextlib.contextmanager
-    def writing():
-        final = out / f"sample_{index:03d}_seed{seed}"
-        tmp = out / f".{final.name}.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            yield tmp
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-
-    return writing()
-
-
 def _parse_stem_arguments(args) -> tuple[dict, list | None]:
     """``(given, generate)``: the ``--stem NAME=FILE`` paths by name, and the ``--generate`` names (None: all)."""
     given = {}
@@ -284,6 +237,8 @@ def _run(args) -> int:
     from mslddm.pipelines.pipeline_base import DEFAULT_WINDOW_SECONDS
     from mslddm.records import write_settings
     from mslddm.stems import MAX_STEM_SECONDS
+    from mslddm.training.checkpointing import atomic_folder  # complete sample folders only, even on Ctrl-C
+    from mslddm.training.storage import StorageError, check_output_dir
 
     _check_numbers(args)
     given, generate = _parse_stem_arguments(args)
@@ -298,8 +253,12 @@ def _run(args) -> int:
     if length > max_seconds:
         raise SystemExit(f"The result would be {length:g} s long; at most {max_seconds:g} s are made "
                          "(--max-stem-seconds raises the limit).")
-    _check_out(Path(args.out), len(seeds), len(pipe.stem_names) + 1 if kind.generates_stems else 1,
-               length or DEFAULT_WINDOW_SECONDS, pipe.sample_rate)
+    files = len(seeds) * (len(pipe.stem_names) + 1 if kind.generates_stems else 1)  # 16-bit WAVs, 5% headroom
+    try:
+        check_output_dir(args.out, int(files * (length or DEFAULT_WINDOW_SECONDS) * pipe.sample_rate * 2 * 1.05),
+                         flag="--out", needs="the samples' WAVs need")
+    except StorageError as error:
+        raise SystemExit(str(error)) from None
     if given:
         import sys
 
@@ -317,7 +276,7 @@ def _run(args) -> int:
         )
         seconds = time.perf_counter() - tic
         for j, seed in enumerate(batch_seeds):
-            with _sample_folder(Path(args.out), start + j, seed) as folder:
+            with atomic_folder(Path(args.out) / f"sample_{start + j:03d}_seed{seed}") as folder:
                 gain = _write_sample(folder, kind, result, j)
                 write_settings(folder, _settings(args, kind, result, j, seed, names, gain, device, dtype_name,
                                                  seconds))

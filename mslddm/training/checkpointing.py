@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from mslddm.files import durable_replace, sha256
+from mslddm.files import durable_replace, file_records, records_problem
 
 STATE_FILE = "training_state.json"
 MANIFEST_FILE = "manifest.json"  # every file of a checkpoint with its size and sha256, written last
@@ -37,10 +37,7 @@ def list_checkpoints(output_dir) -> list[Path]:
 
 def write_manifest(folder: Path) -> None:
     """Records every file of ``folder`` (size, sha256) in its manifest, so that a damaged copy can be told apart."""
-    folder = Path(folder)
-    files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256(p)}
-             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
-    _write_json(folder / MANIFEST_FILE, {"files": files})
+    _write_json(Path(folder) / MANIFEST_FILE, {"files": file_records(folder, lambda p: p.name != MANIFEST_FILE)})
 
 
 def checkpoint_problem(folder: Path) -> Optional[str]:
@@ -54,22 +51,9 @@ def checkpoint_problem(folder: Path) -> Optional[str]:
         read_state(folder)
     except (OSError, ValueError) as error:
         return f"{STATE_FILE} is unreadable ({error})"
-    manifest = folder / MANIFEST_FILE
-    if not manifest.is_file():
+    if not (folder / MANIFEST_FILE).is_file():
         return f"{MANIFEST_FILE} is missing (written last: the checkpoint was never finished, or was altered)"
-    try:
-        files = json.loads(manifest.read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        return f"{MANIFEST_FILE} is unreadable ({error})"
-    for name, info in files.items():
-        path = folder / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != info["bytes"]:
-            return f"{name} has {path.stat().st_size} bytes, {info['bytes']} were written"
-        if sha256(path) != info["sha256"]:
-            return f"{name} differs from what was written (sha256)"
-    return None
+    return records_problem(folder, MANIFEST_FILE)
 
 
 def checkpoint_folders(output_dir) -> list[Path]:

@@ -50,10 +50,14 @@ def free_bytes(folder) -> int:
     return shutil.disk_usage(path).free
 
 
-def check_output_dir(output_dir, needed_bytes: int) -> None:
+def check_output_dir(output_dir, needed_bytes: int, flag: str = "--output_dir",
+                     needs: str = "one checkpoint needs") -> None:
     """Raises :class:`StorageError` when ``output_dir`` cannot be created or written, or has less free space than
-    ``needed_bytes`` (one checkpoint): before any training step is spent."""
+    ``needed_bytes`` (what ``needs`` names: one checkpoint of a run, the WAVs of a generation): before any work is
+    spent. ``flag`` is the option the user chose the folder with."""
     folder = Path(output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise StorageError(f"{flag} {str(folder)!r} is a file, not a folder: choose a folder.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{uuid.uuid4().hex[:8]}"
@@ -61,12 +65,12 @@ def check_output_dir(output_dir, needed_bytes: int) -> None:
         probe.unlink()
     except OSError as error:
         why = _CODES.get(error.errno, error.strerror or str(error))
-        raise StorageError(f"Cannot write to the output folder {folder}: {why}. Choose another --output_dir or "
-                           "fix its permissions.") from None
+        raise StorageError(f"Cannot write to {flag} {str(folder)!r}: {why}. Choose another folder or fix its "
+                           "permissions.") from None
     free = free_bytes(folder)
     if free < needed_bytes:
-        raise StorageError(f"The output folder {folder} has {human_bytes(free)} free, but one checkpoint needs about "
-                           f"{human_bytes(needed_bytes)}: free some space or choose another --output_dir.")
+        raise StorageError(f"{flag} {str(folder)!r} has {human_bytes(free)} free, but {needs} about "
+                           f"{human_bytes(needed_bytes)}: free some space or choose another folder.")
 
 
 def storage_problem(error: BaseException) -> Optional[str]:
