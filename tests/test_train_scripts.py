@@ -220,14 +220,23 @@ def test_spectral_vae_trains_with_init_from_and_a_time_budget(tmp_path, data, va
 
 
 def test_msldm_measures_sigma_data_and_continues_a_pipeline(tmp_path, data, msldm_runs):
-    """sigma_data null: the RMS of the training latents; --init_from a pipeline: its VAE and UNet weights."""
-    pipeline = msldm_runs / "straight" / "pipeline"
+    """sigma_data null: the RMS of the training latents; --init_from a pipeline: its VAE and UNet weights, and its
+    default sampler settings (the recipe sets none)."""
+    import shutil
+
+    pipeline = tmp_path / "start"
+    shutil.copytree(msldm_runs / "straight" / "pipeline", pipeline)
+    config_path = pipeline / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config.update(sampler="euler", num_inference_steps=7, s_churn=3.0)  # a bundle's chosen defaults
+    config_path.write_text(json.dumps(config))
     sets = UNET_SET + ["msldm.scheduler={sigma_data: null}", "msldm.learning_rate=0", "msldm.use_ema=false"]
     result = launch("train_msldm.py", tmp_path / "more", data, ["--max_steps", "1", "--init_from", str(pipeline)],
                     sets)
     assert "Initialised the UNet from" in result.stderr
-    sigma_data = json.loads((tmp_path / "more" / "pipeline" / "scheduler" / "scheduler_config.json").read_text())[
-        "sigma_data"]
+    continued = json.loads((tmp_path / "more" / "pipeline" / "scheduler" / "scheduler_config.json").read_text())
+    assert (continued["sampler"], continued["num_inference_steps"], continued["s_churn"]) == ("euler", 7, 3.0)
+    sigma_data = continued["sigma_data"]
     from mslddm import MultiSourceLatentPipeline
 
     pipe = MultiSourceLatentPipeline.from_pretrained(pipeline)

@@ -318,9 +318,17 @@ def build_unet(args, recipe: dict, cfg: dict, kind: ModelKind, num_stems: int, v
     return unet
 
 
-def build_scheduler(cfg: dict, train_set, vae) -> EDMScheduler:
-    """The recipe's scheduler; an unset ``sigma_data`` is the RMS of the training latents."""
+SAMPLING_KEYS = ("sampler", "num_inference_steps", "s_churn")  # what a pipeline's users get by default
+
+
+def build_scheduler(cfg: dict, train_set, vae, init_from=None) -> EDMScheduler:
+    """The recipe's scheduler; an unset ``sigma_data`` is the RMS of the training latents. Continuing a pipeline
+    (``init_from``), its default sampler settings carry over unless the recipe sets them: the continued pipeline
+    is used as the one it continues."""
     scheduler_cfg = dict(cfg.get("scheduler") or {})
+    if init_from:
+        inherited = EDMScheduler.load_config(init_from, subfolder="scheduler")
+        scheduler_cfg = {**{k: inherited[k] for k in SAMPLING_KEYS if k in inherited}, **scheduler_cfg}
     if scheduler_cfg.get("sigma_data") is None:
         scheduler_cfg["sigma_data"] = measure_sigma_data(cfg, train_set, vae, int(cfg["segment_frames"]))
         logger.info("sigma_data = %.4f (the RMS of the training latents)", scheduler_cfg["sigma_data"])
@@ -449,7 +457,7 @@ def set_up(args) -> Training:
     stem_names, mixture_of = diffusion_sources(cfg, kind, stem_names)
     torch.manual_seed(seed)
     unet = build_unet(args, recipe, cfg, kind, len(stem_names), vae)
-    scheduler = build_scheduler(cfg, train_set, vae)
+    scheduler = build_scheduler(cfg, train_set, vae, args.init_from)
     unet, ema, optimizer, lr_schedule = build_optimization(accelerator, cfg, unet)
     training = Training(args, recipe, cfg, kind, accelerator, vae, unet, ema, optimizer, lr_schedule, scheduler,
                         train_set, stem_names, mixture_of)
