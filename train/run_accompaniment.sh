@@ -6,7 +6,8 @@
 #   3. UNet      train/train_msldm.py --config small-cpu-cond --init_from the bundle      UNET_MINUTES (480)
 #   OMP_NUM_THREADS=1 nohup taskset -c 0 bash train/run_accompaniment.sh > runs/cond.log 2>&1 &
 # A later session on a machine that kept RUNS resumes its last checkpoint; on a fresh machine it starts again from
-# INIT_FROM (the bundle, or a shipped conditioned pipeline).
+# INIT_FROM (the bundle, or a shipped conditioned pipeline). Further arguments go to train_msldm.py (a lever:
+#   bash train/run_accompaniment.sh --set msldm.conditioning.total_probability=0.5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
@@ -34,5 +35,5 @@ echo "== 2. latents of $init's VAE: $latents"
 echo "== 3. UNet: $(left "$runs" "$unet_minutes") of $unet_minutes minutes to go"
 "$py" -m accelerate.commands.launch --quiet --num_processes 1 --cpu train/train_msldm.py --config small-cpu-cond \
     --output_dir "$runs" --data_root "$data" --set msldm.vae="$init" --set msldm.latents="$latents" \
-    --init_from "$init" --time_budget_minutes "$(left "$runs" "$unet_minutes")" --resume_from_checkpoint latest
+    --init_from "$init" --time_budget_minutes "$(left "$runs" "$unet_minutes")" --resume_from_checkpoint latest "$@"
 echo "== done: $runs/pipeline"
