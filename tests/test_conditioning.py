@@ -159,3 +159,29 @@ def test_windows_and_continuation_give_a_conditioned_unet_the_known_frames():
     assert masks[1].all() and masks[3].all()  # drums and piano held silent: known throughout
     assert masks[2, 0] == 1 and masks[2, -1] == 0  # the guitar: its take, then its continuation
     assert not masks[0].any()  # the bass: generated throughout
+
+
+def test_guidance_on_the_given_stems():
+    """guidance_scale 1 is the conditioned model itself, 0 the model without its conditioning input (imputation
+    only); other scales extrapolate; a UNet without a conditioning input refuses any other scale."""
+    pipe = tiny_pipeline()
+    with pytest.raises(ValueError, match="guidance_scale 2 needs a UNet trained with given stems"):
+        pipe(stems={"drums": tone(200)}, num_inference_steps=2, guidance_scale=2.0)
+    pipe.unet = conditioned_copy(pipe.unet, scale=0.5)
+    with pytest.raises(ValueError, match="guidance_scale must be a number >= 0"):
+        pipe(stems={"drums": tone(200)}, num_inference_steps=2, guidance_scale=-1.0)
+
+    def run(scale):
+        return pipe(stems={"drums": tone(200)}, num_inference_steps=3, output_type="latent", guidance_scale=scale,
+                    generator=torch.Generator().manual_seed(0)).stems[0, [0, 2, 3]]
+
+    plain, one, none, two = run(None), run(1.0), run(0.0), run(2.0)
+    assert torch.equal(plain, one)
+    weights = pipe.unet.to_cond.weight.data.clone()
+    pipe.unet.to_cond.weight.data.zero_()
+    unconditioned = run(None)
+    pipe.unet.to_cond.weight.data.copy_(weights)
+    torch.testing.assert_close(none, unconditioned, atol=1e-4, rtol=1e-4)
+    assert (two - one).abs().max() > 1e-3 and (none - one).abs().max() > 1e-3
+    out = pipe(stems={"drums": tone(200)}, num_inference_steps=2, guidance_scale=2.0)
+    assert out.sampling["guidance_scale"] == 2.0 and out.sampling["model_evaluations"] == 2

@@ -25,6 +25,8 @@ def add_arguments(parser):
     parser.add_argument("--augment", action="store_true", help="pass the given stem through the augmentation chain")
     parser.add_argument("--sampler", default=None, help="sampler (default: the pipeline's own)")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the pipeline's own)")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="guidance on the given stems (a conditioned pipeline; default 1: none)")
     parser.add_argument("--seed", type=int, default=0, help="chunk choice, augmentation and noise seed")
     parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto")
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
@@ -59,7 +61,8 @@ def run(args) -> int:
     config = AccompanimentConfig(split=args.split, num_clips=args.clips, seconds=args.seconds, seed=args.seed,
                                  given=tuple(args.given) if args.given else None,
                                  levels_dbfs=tuple(args.level) if args.level else (None,), augment=args.augment,
-                                 sampler=args.sampler, num_inference_steps=args.steps)
+                                 sampler=args.sampler, num_inference_steps=args.steps,
+                                 guidance_scale=args.guidance_scale)
     try:
         results = evaluate_accompaniment(pipe, args.data, config)
     except ValueError as error:

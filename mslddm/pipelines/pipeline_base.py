@@ -10,7 +10,6 @@ loaded as the class its ``model_index.json`` names, looked up in :data:`PIPELINE
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import json
 import logging
@@ -31,6 +30,7 @@ from ..hub import PipelineLoadError, model_card, push_folder_to_hub, resolve_pre
 from ..loudness import gain_to_level
 from ..models.unet_1d_multisource import stem_conditioning
 from ..randomness import Generator
+from ..schedulers.sampling import guided
 from ..stems import SILENCE_DBFS, load_stem, unknown_stems_message
 from . import known as known_part
 from .pipeline_output import MultiSourceAudioPipelineOutput
@@ -314,6 +314,18 @@ class MultiSourcePipelineBase(DiffusionPipeline):
             raise ValueError(f"callback_on_step_end_tensor_inputs may hold {self._callback_tensor_inputs}, "
                              f"got {sorted(bad_tensor_inputs)}.")
 
+    def check_guidance_scale(self, guidance_scale: float | None) -> float:
+        """``guidance_scale`` resolved (``None``: 1, no guidance); a sentence for a value guidance cannot use."""
+        if guidance_scale is None:
+            return 1.0
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+                or not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a number >= 0 (1: no guidance), got {guidance_scale!r}.")
+        if guidance_scale != 1 and not self.conditioned:
+            raise ValueError(f"guidance_scale {guidance_scale:g} needs a UNet trained with given stems as its "
+                             "conditioning input; this pipeline's UNet has none (use 1, or a conditioned pipeline).")
+        return float(guidance_scale)
+
     @staticmethod
     def check_batch_arguments(num_samples, generator, output_type, output_types=("np", "pt", "latent")) -> None:
         """The arguments every sampling call shares: the batch, its generators, the output type."""
@@ -452,7 +464,8 @@ class MultiSourcePipelineBase(DiffusionPipeline):
         crossfade = overlap // 4 if crossfade_s is None else to_frames(crossfade_s, "crossfade_s")
         return {"window": window, "overlap": overlap, "crossfade": crossfade}
 
-    def _denoise_window(self, x, known, mask, plan, generator, progress_bar, callback, tensor_inputs, offset: int):
+    def _denoise_window(self, x, known, mask, plan, generator, progress_bar, callback, tensor_inputs, offset: int,
+                        guidance_scale: float = 1.0):
         """Samples one window from its initial noise ``x`` with the sampling ``plan``; where ``mask`` holds, the
         channels and frames of ``known`` are imputed before every model evaluation and restored at the end."""
         timesteps = plan.timesteps
@@ -471,7 +484,7 @@ class MultiSourcePipelineBase(DiffusionPipeline):
             return (result or {}).get("latents")
 
         with self._only_active_sources(known, mask):
-            denoiser = self._denoiser(known, mask, x.shape[0])
+            denoiser = self._denoiser(known, mask, x.shape[0], guidance_scale)
             x = self.scheduler.sample(denoiser, x, plan, generator=generator, impute=impute, callback=on_evaluation)
         return x if known is None else torch.where(mask, known, x)
 
@@ -486,15 +499,20 @@ class MultiSourcePipelineBase(DiffusionPipeline):
             active = [not bool(m) for m in mask.reshape(mask.shape[0], k, -1).all(-1).all(0)]
         return only_sources(active)
 
-    def _denoiser(self, known, mask, batch: int) -> Callable:
+    def _denoiser(self, known, mask, batch: int, guidance_scale: float = 1.0) -> Callable:
         """The scheduler's denoiser of the UNet; a UNet trained with given stems also reads them (clean) as its
-        conditioning input (imputation stays)."""
+        conditioning input (imputation stays), guided by ``guidance_scale``."""
         denoiser = self.scheduler.denoiser(self.unet)
-        if known is not None and getattr(self.unet.config, "conditioning_channels", 0):
+        if known is not None and self.conditioned:
             given = mask[:, ::self.latent_channels].expand(batch, -1, -1)
             conditioning = stem_conditioning(known, given, self.scheduler.config.sigma_data)
-            denoiser = functools.partial(denoiser, conditioning=conditioning)
+            denoiser = guided(denoiser, conditioning, guidance_scale)
         return denoiser
+
+    @property
+    def conditioned(self) -> bool:
+        """Whether the UNet was trained with given stems as its conditioning input."""
+        return bool(getattr(self.unet.config, "conditioning_channels", 0))
 
     # ----------------------------------------------------------------------------------------------------------
     # Generation
@@ -517,6 +535,7 @@ class MultiSourcePipelineBase(DiffusionPipeline):
         window_s: Optional[float] = None,
         overlap_s: Optional[float] = None,
         crossfade_s: Optional[float] = None,
+        guidance_scale: Optional[float] = None,
         output_type: str = "np",
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable[[Any, int, torch.Tensor, Dict], Dict]] = None,
@@ -558,6 +577,10 @@ class MultiSourcePipelineBase(DiffusionPipeline):
             overlap_s: seconds each window shares with the previous one (default: a third of the window).
             crossfade_s: seconds of the overlap over which the previous window's latents are blended into the
                 new one's (default: a quarter of the overlap); the rest of the overlap is imputed.
+            guidance_scale: classifier-free guidance on the given stems, for a UNet trained with them
+                (:attr:`conditioned`): each denoised estimate moves from total generation's by this multiple of
+                the given stems' effect; 1 (the default) is none, larger follows the given stems more closely
+                at twice the model evaluations' cost.
             output_type: ``"np"``, ``"pt"`` or ``"latent"``.
             return_dict: return a :class:`MultiSourceAudioPipelineOutput` rather than a tuple.
             callback_on_step_end: ``fn(pipe, step, timestep, tensors) -> dict`` after each model evaluation
@@ -578,6 +601,7 @@ class MultiSourcePipelineBase(DiffusionPipeline):
         self.check_inputs(stems, generate, audio_length_in_s, num_inference_steps, sampler, s_churn, num_samples,
                           output_type, generator, latents, extend_s, callback_on_step_end_tensor_inputs)
         windows = self.window_settings(window_s, overlap_s, crossfade_s)
+        guidance_scale = self.check_guidance_scale(guidance_scale)
         continuing, device = extend_s is not None, self._execution_device
 
         # 2. Load the given stems (in a continuation, a silent one is held silent, as in the result it came from)
@@ -612,12 +636,15 @@ class MultiSourcePipelineBase(DiffusionPipeline):
             def sample_window(x, window_known, window_mask, index):
                 return self._denoise_window(x, window_known, window_mask, sampling_plan, generator, progress_bar,
                                             callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                            offset=index * len(sampling_plan.timesteps))
+                                            offset=index * len(sampling_plan.timesteps),
+                                            guidance_scale=guidance_scale)
 
             latents = sample_in_windows(plan, latents, known, mask, sampled, sample_window)
         if not torch.isfinite(latents).all():
             raise FloatingPointError("Sampling produced NaN or infinite latents; try float32 or fewer churn.")
         sampling = {**settings.to_dict(), "model_evaluations": self._num_timesteps, "windows": len(sampled)}
+        if guidance_scale != 1:
+            sampling["guidance_scale"] = guidance_scale
 
         # 7. Decode, restore the given stems exactly, and mix
         if output_type == "latent":

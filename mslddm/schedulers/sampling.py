@@ -106,6 +106,23 @@ class Denoiser:
         return denoised if self.clip is None else denoised.clamp(-self.clip, self.clip)
 
 
+def guided(denoiser: Callable, conditioning: torch.Tensor, scale: float) -> Callable:
+    """Classifier-free guidance on a conditioning input (Ho & Salimans, 2022): ``D_u + scale (D_c - D_u)``, where
+    ``D_c`` reads ``conditioning`` and ``D_u`` reads zeros (what training gave its unconditioned items: for the given
+    stems, total generation). Both in one batched evaluation; ``scale`` 1 is ``D_c`` alone, 0 is ``D_u``."""
+    if scale == 1:
+        return lambda x, sigma: denoiser(x, sigma, conditioning=conditioning)
+    both_conditionings = torch.cat([conditioning, torch.zeros_like(conditioning)])
+
+    def guided_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(x.shape[0])
+        with_given, without = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                                       conditioning=both_conditionings).chunk(2)
+        return without + scale * (with_given - without)
+
+    return guided_denoiser
+
+
 def churn_gamma(sigma: torch.Tensor, num_steps: int, s_churn: float, s_tmin: float = 0.0,
                 s_tmax: Optional[float] = None) -> float:
     """Karras et al. (2022), Algorithm 2: ``gamma = min(s_churn / N, sqrt(2) - 1)`` where ``s_tmin <= sigma <=
