@@ -27,6 +27,8 @@ def add_arguments(parser):
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the pipeline's own)")
     parser.add_argument("--guidance-scale", type=float, default=None,
                         help="guidance on the given stems (a conditioned pipeline; default 1: none)")
+    parser.add_argument("--reconstruction-guidance", type=float, default=None,
+                        help="reconstruction guidance weight (any pipeline; default 0: plain imputation)")
     parser.add_argument("--seed", type=int, default=0, help="chunk choice, augmentation and noise seed")
     parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto")
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
@@ -62,7 +64,8 @@ def run(args) -> int:
                                  given=tuple(args.given) if args.given else None,
                                  levels_dbfs=tuple(args.level) if args.level else (None,), augment=args.augment,
                                  sampler=args.sampler, num_inference_steps=args.steps,
-                                 guidance_scale=args.guidance_scale)
+                                 guidance_scale=args.guidance_scale,
+                                 reconstruction_guidance=args.reconstruction_guidance)
     try:
         results = evaluate_accompaniment(pipe, args.data, config)
     except ValueError as error:

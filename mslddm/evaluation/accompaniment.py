@@ -41,6 +41,7 @@ class AccompanimentConfig:
     num_inference_steps: int | None = None
     s_churn: float | None = None
     guidance_scale: float | None = None  # None: no guidance (the pipeline's call default)
+    reconstruction_guidance: float | None = None
     silence_db: float = SILENCE_DBFS
     extra: dict = field(default_factory=dict)
 
@@ -143,7 +144,8 @@ def evaluate_accompaniment(pipe, data_root, config: AccompanimentConfig = Accomp
         given = _given_audio(real[k], level, chain_seed, sr)
         out = pipe(stems={g: given}, audio_length_in_s=config.seconds, sampler=config.sampler,
                    num_inference_steps=config.num_inference_steps, s_churn=config.s_churn,
-                   guidance_scale=config.guidance_scale, generator=torch.Generator().manual_seed(config.seed + n))
+                   guidance_scale=config.guidance_scale, reconstruction_guidance=config.reconstruction_guidance,
+                   generator=torch.Generator().manual_seed(config.seed + n))
         beats = _song_beats(Path(data_root) / config.split / chunks[i].track, chunks[i].start / sr, config.seconds)
         record = accompaniment_clip(given, out.stems[0], real, names, k, sr, reference_beats=beats,
                                     seed=config.seed + n, real_given=real[k])

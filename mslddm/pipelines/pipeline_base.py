@@ -30,7 +30,7 @@ from ..hub import PipelineLoadError, model_card, push_folder_to_hub, resolve_pre
 from ..loudness import gain_to_level
 from ..models.unet_1d_multisource import stem_conditioning
 from ..randomness import Generator
-from ..schedulers.sampling import guided
+from ..schedulers.sampling import guided, reconstruction_guided
 from ..stems import SILENCE_DBFS, load_stem, unknown_stems_message
 from . import known as known_part
 from .pipeline_output import MultiSourceAudioPipelineOutput
@@ -47,6 +47,7 @@ PIPELINE_CLASSES = {
     "MixtureLatentPipeline": "mslddm.pipelines.pipeline_mixture_latent",
     "MultiSourceDiffusionPipeline": "mslddm.pipelines.pipeline_multisource_diffusion",
 }
+NO_GUIDANCE = {"guidance_scale": 1.0, "reconstruction_guidance": 0.0}  # the guidance settings that change nothing
 
 
 def pipeline_class(name: str) -> type:
@@ -314,17 +315,21 @@ class MultiSourcePipelineBase(DiffusionPipeline):
             raise ValueError(f"callback_on_step_end_tensor_inputs may hold {self._callback_tensor_inputs}, "
                              f"got {sorted(bad_tensor_inputs)}.")
 
-    def check_guidance_scale(self, guidance_scale: float | None) -> float:
-        """``guidance_scale`` resolved (``None``: 1, no guidance); a sentence for a value guidance cannot use."""
-        if guidance_scale is None:
-            return 1.0
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
-                or not math.isfinite(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a number >= 0 (1: no guidance), got {guidance_scale!r}.")
-        if guidance_scale != 1 and not self.conditioned:
-            raise ValueError(f"guidance_scale {guidance_scale:g} needs a UNet trained with given stems as its "
-                             "conditioning input; this pipeline's UNet has none (use 1, or a conditioned pipeline).")
-        return float(guidance_scale)
+    def check_guidance(self, guidance_scale: float | None, reconstruction_guidance: float | None) -> dict:
+        """The guidance settings resolved (``None``: none), ``{"guidance_scale", "reconstruction_guidance"}``; a
+        sentence for a value guidance cannot use."""
+        resolved = dict(NO_GUIDANCE)
+        for name, value in (("guidance_scale", guidance_scale), ("reconstruction_guidance", reconstruction_guidance)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0 (no guidance: {resolved[name]:g}), got {value!r}.")
+            resolved[name] = float(value)
+        if resolved["guidance_scale"] != 1 and not self.conditioned:
+            raise ValueError(f"guidance_scale {resolved['guidance_scale']:g} needs a UNet trained with given stems as "
+                             "its conditioning input; this pipeline's UNet has none (use 1, or a conditioned "
+                             "pipeline; reconstruction_guidance works with any).")
+        return resolved
 
     @staticmethod
     def check_batch_arguments(num_samples, generator, output_type, output_types=("np", "pt", "latent")) -> None:
@@ -465,7 +470,7 @@ class MultiSourcePipelineBase(DiffusionPipeline):
         return {"window": window, "overlap": overlap, "crossfade": crossfade}
 
     def _denoise_window(self, x, known, mask, plan, generator, progress_bar, callback, tensor_inputs, offset: int,
-                        guidance_scale: float = 1.0):
+                        guidance: Optional[dict] = None):
         """Samples one window from its initial noise ``x`` with the sampling ``plan``; where ``mask`` holds, the
         channels and frames of ``known`` are imputed before every model evaluation and restored at the end."""
         timesteps = plan.timesteps
@@ -484,7 +489,7 @@ class MultiSourcePipelineBase(DiffusionPipeline):
             return (result or {}).get("latents")
 
         with self._only_active_sources(known, mask):
-            denoiser = self._denoiser(known, mask, x.shape[0], guidance_scale)
+            denoiser = self._denoiser(known, mask, x.shape[0], **(guidance or {}))
             x = self.scheduler.sample(denoiser, x, plan, generator=generator, impute=impute, callback=on_evaluation)
         return x if known is None else torch.where(mask, known, x)
 
@@ -499,14 +504,18 @@ class MultiSourcePipelineBase(DiffusionPipeline):
             active = [not bool(m) for m in mask.reshape(mask.shape[0], k, -1).all(-1).all(0)]
         return only_sources(active)
 
-    def _denoiser(self, known, mask, batch: int, guidance_scale: float = 1.0) -> Callable:
+    def _denoiser(self, known, mask, batch: int, guidance_scale: float = 1.0, reconstruction_guidance: float = 0.0
+                  ) -> Callable:
         """The scheduler's denoiser of the UNet; a UNet trained with given stems also reads them (clean) as its
-        conditioning input (imputation stays), guided by ``guidance_scale``."""
+        conditioning input (imputation stays), guided by ``guidance_scale``; with ``reconstruction_guidance`` the
+        free channels are also drawn towards what the known ones need."""
         denoiser = self.scheduler.denoiser(self.unet)
         if known is not None and self.conditioned:
             given = mask[:, ::self.latent_channels].expand(batch, -1, -1)
             conditioning = stem_conditioning(known, given, self.scheduler.config.sigma_data)
             denoiser = guided(denoiser, conditioning, guidance_scale)
+        if known is not None:
+            denoiser = reconstruction_guided(denoiser, known, mask, reconstruction_guidance)
         return denoiser
 
     @property
@@ -536,6 +545,7 @@ class MultiSourcePipelineBase(DiffusionPipeline):
         overlap_s: Optional[float] = None,
         crossfade_s: Optional[float] = None,
         guidance_scale: Optional[float] = None,
+        reconstruction_guidance: Optional[float] = None,
         output_type: str = "np",
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable[[Any, int, torch.Tensor, Dict], Dict]] = None,
@@ -581,6 +591,10 @@ class MultiSourcePipelineBase(DiffusionPipeline):
                 (:attr:`conditioned`): each denoised estimate moves from total generation's by this multiple of
                 the given stems' effect; 1 (the default) is none, larger follows the given stems more closely
                 at twice the model evaluations' cost.
+            reconstruction_guidance: weight of reconstruction guidance (Ho et al., 2022) in partial generation,
+                continuation and long-form windows, for any UNet: the generated stems are drawn towards what the
+                given ones need of them, at about three times the model evaluations' cost; 0 (the default) is
+                plain imputation.
             output_type: ``"np"``, ``"pt"`` or ``"latent"``.
             return_dict: return a :class:`MultiSourceAudioPipelineOutput` rather than a tuple.
             callback_on_step_end: ``fn(pipe, step, timestep, tensors) -> dict`` after each model evaluation
@@ -601,7 +615,7 @@ class MultiSourcePipelineBase(DiffusionPipeline):
         self.check_inputs(stems, generate, audio_length_in_s, num_inference_steps, sampler, s_churn, num_samples,
                           output_type, generator, latents, extend_s, callback_on_step_end_tensor_inputs)
         windows = self.window_settings(window_s, overlap_s, crossfade_s)
-        guidance_scale = self.check_guidance_scale(guidance_scale)
+        guidance = self.check_guidance(guidance_scale, reconstruction_guidance)
         continuing, device = extend_s is not None, self._execution_device
 
         # 2. Load the given stems (in a continuation, a silent one is held silent, as in the result it came from)
@@ -637,14 +651,13 @@ class MultiSourcePipelineBase(DiffusionPipeline):
                 return self._denoise_window(x, window_known, window_mask, sampling_plan, generator, progress_bar,
                                             callback_on_step_end, callback_on_step_end_tensor_inputs,
                                             offset=index * len(sampling_plan.timesteps),
-                                            guidance_scale=guidance_scale)
+                                            guidance=guidance)
 
             latents = sample_in_windows(plan, latents, known, mask, sampled, sample_window)
         if not torch.isfinite(latents).all():
             raise FloatingPointError("Sampling produced NaN or infinite latents; try float32 or fewer churn.")
         sampling = {**settings.to_dict(), "model_evaluations": self._num_timesteps, "windows": len(sampled)}
-        if guidance_scale != 1:
-            sampling["guidance_scale"] = guidance_scale
+        sampling.update({k: v for k, v in guidance.items() if v != NO_GUIDANCE[k]})  # recorded where used
 
         # 7. Decode, restore the given stems exactly, and mix
         if output_type == "latent":

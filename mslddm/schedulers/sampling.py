@@ -123,6 +123,27 @@ def guided(denoiser: Callable, conditioning: torch.Tensor, scale: float) -> Call
     return guided_denoiser
 
 
+def reconstruction_guided(denoiser: Callable, known: torch.Tensor, mask: torch.Tensor, weight: float) -> Callable:
+    """Reconstruction guidance (Ho et al., 2022, "Video Diffusion Models", eq. 7) for imputation: the estimate of
+    the free channels moves against the gradient of how far the estimate of the known ones is from them,
+    ``D_free - weight / 2 * grad_{x_free} ||known - D_known(x)||^2``, so the generated stems are drawn towards
+    what the given ones need of them rather than only seeing them as noisy input. One backward pass through the
+    network per evaluation (about three times a plain evaluation's cost); ``weight`` 0 is plain imputation."""
+    if weight == 0:
+        return denoiser
+    free = ~mask
+
+    def guided_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            denoised = denoiser(x, sigma)
+            error = torch.where(mask, denoised - known.float(), torch.zeros((), device=x.device)).square().sum()
+            (gradient,) = torch.autograd.grad(error, x)
+        return torch.where(free, denoised.detach() - weight / 2 * gradient, denoised.detach())
+
+    return guided_denoiser
+
+
 def churn_gamma(sigma: torch.Tensor, num_steps: int, s_churn: float, s_tmin: float = 0.0,
                 s_tmax: Optional[float] = None) -> float:
     """Karras et al. (2022), Algorithm 2: ``gamma = min(s_churn / N, sqrt(2) - 1)`` where ``s_tmin <= sigma <=
