@@ -45,8 +45,11 @@ sysdeps-test: sysdeps
 demo: $(VENV)/.stamp-space
 	$(PY) app.py $(if $(PORT),--port $(PORT))
 
+# One pytest-xdist worker per core this process may use (nproc: `taskset -c 0 make test` runs one).
+JOBS   ?= $(shell nproc)
+
 test: sysdeps-test venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(JOBS) --dist worksteal
 
 bench: $(VENV)/.stamp-dev
 	$(PY) benchmarks/benchmark_generation.py

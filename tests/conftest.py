@@ -7,7 +7,13 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# `make test` runs one pytest-xdist worker per free core: each worker then computes on its share of the cores (two
+# workers of two threads each on two cores run several times slower than one thread each).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, len(os.sched_getaffinity(0)) // _WORKERS, torch.get_num_threads()))
+torch.set_num_threads(_THREADS)
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)  # and so do the commands the tests start
 
 STEMS = ["bass", "drums", "guitar", "piano"]
 LATENT = 4
