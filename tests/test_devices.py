@@ -1,5 +1,8 @@
 """The one device and dtype helper: explicit names pass through, "auto" picks what was measured to pay off."""
 
+import os
+
+import pytest
 import torch
 
 from mslddm import devices
@@ -48,3 +51,32 @@ def test_load_pipeline_loads_in_its_dtype_without_cast_warnings(saved_pipeline):
     # The count read off the safetensors headers is the loaded UNet's
     pipe, _, _ = devices.load_pipeline(saved_pipeline, "cpu", "float32")
     assert devices.saved_unet_parameters(saved_pipeline) == sum(p.numel() for p in pipe.unet.parameters())
+
+
+def test_threads_follow_the_idle_cores(monkeypatch):
+    """More threads than idle cores is the slow case (one busy core of two: 278 s against 22 s): by default the
+    CPU threads are the cores idle now, at least one; an explicit OMP_NUM_THREADS or count wins."""
+    import os
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    try:
+        for idle, threads in ((2.0, 2), (1.9, 2), (1.0, 1), (0.3, 1), (0.0, 1), (3.5, 2)):
+            monkeypatch.setattr(devices, "free_cpu_cores", lambda idle=idle: idle)
+            assert devices.use_free_cores() == threads == torch.get_num_threads(), idle
+        assert devices.use_free_cores(3) == 3 == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(2)
+        assert devices.use_free_cores() == 2  # the user's own setting is kept
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            devices.use_free_cores(0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_idle_share_is_read_from_the_kernel():
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc/stat")
+    cores = len(os.sched_getaffinity(0))
+    assert 0.0 <= devices.free_cpu_cores(0.05) <= cores + 0.05
