@@ -18,13 +18,7 @@ latents=${LATENTS:-runs/latents}
 unet_minutes=${UNET_MINUTES:-480}
 mkdir -p "$runs"
 left() {  # minutes of the budget $2 not yet trained in the run folder $1
-    "$py" - "$1" "$2" <<'PY'
-import json, sys
-from mslddm.training.checkpointing import list_checkpoints
-found = list_checkpoints(sys.argv[1])
-done = json.loads((found[-1] / "training_state.json").read_text()).get("timing", {}).get("train_minutes_total", 0) if found else 0
-print(round(max(0.0, float(sys.argv[2]) - done), 2))
-PY
+    "$py" train/minutes_left.py "$1" "$2"
 }
 
 echo "== 1. data: $data"

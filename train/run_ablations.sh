@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Issue 24's ablation table at equal CPU time (docs/ablations.md): each row continues the bundled pipeline for the
+# same single-core minutes with one lever changed, two rows at once (one per core), then scores every row on the
+# model card's protocol (64 clips, the default sampler) and on the accompaniment task, one row per core again.
+#   bash train/run_ablations.sh                        # every row below, MINUTES (30) each
+#   ROWS="continued sigma-lognormal" bash train/run_ablations.sh
+#   OMP_NUM_THREADS=1 nohup bash train/run_ablations.sh > runs/ablations.log 2>&1 &
+# Resumable: a row whose run folder holds its budget's checkpoint trains no further, a scored row is not scored again.
+# Needs the data and the bundle VAE's latents of train/run_accompaniment.sh (steps 1-2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PYTHON:-.venv/bin/python}
+data=${DATA:-data/synth}
+init=${INIT_FROM:-pipelines/mslddm-synth-small}
+latents=${LATENTS:-runs/latents}
+minutes=${MINUTES:-30}
+out=${OUT:-runs/ablations}
+# name: the recipe and its --set overrides (on top of the continuation's learning rate, where the bundle's ended)
+declare -A ROW=(
+    [continued]="small-cpu"
+    [sigma-lognormal]="small-cpu --set msldm.scheduler.training_sigma_distribution=log_normal"
+    [segment-832]="small-cpu --set msldm.segment_frames=832 --set msldm.batch_size=5"
+    [conditioning]="small-cpu-cond"
+)
+rows=(${ROWS:-continued sigma-lognormal segment-832 conditioning})
+for name in "${rows[@]}"; do [ -n "${ROW[$name]:-}" ] || { echo "unknown row '$name': one of ${!ROW[*]}"; exit 2; }; done
+mkdir -p "$out"
+
+train_row() {  # train_row NAME CORE
+    local name=$1 core=$2 recipe extra left
+    read -r recipe extra <<< "${ROW[$name]}"
+    left=$("$py" train/minutes_left.py "$out/$name" "$minutes")
+    [ "$left" = 0.0 ] && [ -d "$out/$name/pipeline-fp16" ] && return 0
+    # shellcheck disable=SC2086
+    OMP_NUM_THREADS=1 taskset -c "$core" "$py" -m accelerate.commands.launch --quiet --num_processes 1 --cpu \
+        train/train_msldm.py --config "$recipe" --output_dir "$out/$name" --data_root "$data" \
+        --set msldm.vae="$init" --set msldm.latents="$latents" --set msldm.learning_rate=1.2e-4 \
+        --set msldm.lr_warmup_steps=0 $extra --init_from "$init" --time_budget_minutes "$left" \
+        --resume_from_checkpoint latest > "$out/$name.train.log" 2>&1
+    "$py" -m mslddm export "$out/$name" --out "$out/$name/pipeline-fp16" --dtype float16 --overwrite \
+        >> "$out/$name.train.log" 2>&1
+}
+score_row() {  # score_row NAME CORE
+    local name=$1 core=$2 pipe="$out/$1/pipeline-fp16"
+    [ -f "$out/$name.eval/results.json" ] || OMP_NUM_THREADS=1 taskset -c "$core" "$py" -m mslddm evaluate \
+        --pipeline "$pipe" --data "$data" --out "$out/$name.eval" --tasks total --num-clips 64 --batch-size 8 \
+        > "$out/$name.eval.log" 2>&1
+    [ -f "$out/$name.acc/accompaniment.json" ] || OMP_NUM_THREADS=1 taskset -c "$core" "$py" -m mslddm accompany \
+        --pipeline "$pipe" --data "$data" --out "$out/$name.acc" --clips 8 --given guitar --given bass \
+        --given piano --level -40 --level -25 --level -10 --augment > "$out/$name.acc.log" 2>&1
+}
+pairwise() {  # pairwise FUNCTION: runs it on the rows two at a time, one per core
+    local fn=$1 i
+    for ((i = 0; i < ${#rows[@]}; i += 2)); do
+        "$fn" "${rows[i]}" 0 & local first=$!
+        [ -z "${rows[i + 1]:-}" ] || "$fn" "${rows[i + 1]}" 1
+        wait "$first"
+    done
+}
+echo "== training ${rows[*]}: $minutes single-core minutes each, from $init"
+pairwise train_row
+echo "== scoring"
+pairwise score_row
+echo "== done: $out/<row>.eval/results.json and $out/<row>.acc/accompaniment.json (docs/ablations.md)"
