@@ -33,6 +33,7 @@ from ..models.unet_1d_multisource import stem_conditioning
 from ..randomness import Generator
 from ..stems import SILENCE_DBFS, load_stem, unknown_stems_message
 from . import known as known_part
+from .lora import MultiSourceLoraLoaderMixin
 from .pipeline_output import MultiSourceAudioPipelineOutput
 from .windows import plan_windows, sample_in_windows, sampled_windows
 
@@ -95,14 +96,15 @@ def unet_class_name(unet) -> str:
     return unet.config.get("_class_name") or type(getattr(unet, "_orig_mod", unet)).__name__
 
 
-class MultiSourcePipelineBase(DiffusionPipeline):
+class MultiSourcePipelineBase(DiffusionPipeline, MultiSourceLoraLoaderMixin):
     r"""Base of the mslddm pipelines: stems (or a mixture) sampled jointly by one ``unet`` under the EDM
     ``scheduler`` in the space of the leaf's :attr:`codec`. ``MultiSourcePipelineBase.from_pretrained(folder)``
     loads a folder of any kind as its own class.
 
     Leaves set ``model_kinds`` (the UNet's class name -> the kind of model, ``"msldm"``, ``"isldm"``, ``"mixldm"``
     or ``"msdm"``), implement :meth:`component_classes` and :attr:`codec`, and register their modules with
-    :meth:`register_pipeline`.
+    :meth:`register_pipeline`. LoRA adapters of the UNet load, fuse and unload as in diffusers
+    (:class:`~mslddm.pipelines.lora.MultiSourceLoraLoaderMixin`).
     """
 
     _callback_tensor_inputs = ["latents", "denoised"]
