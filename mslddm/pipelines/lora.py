@@ -38,6 +38,15 @@ def lora_config(rank: int, alpha: float | None = None, target_modules: Sequence[
                       target_modules=list(target_modules), lora_dropout=float(dropout), init_lora_weights="gaussian")
 
 
+def require_peft() -> None:
+    """LoRA needs ``peft`` (the ``train`` and ``space`` extras); without it, one sentence saying how to get it."""
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        raise ModuleNotFoundError("LoRA adapters need the peft package: pip install 'mslddm[train]' (or peft).",
+                                  name="peft")
+
+
 def adapter_file(path: str | os.PathLike) -> Path:
     """The weights file of an adapter folder (or the file itself); a Hub repo id is downloaded."""
     path = Path(path)
@@ -146,6 +155,7 @@ class MultiSourceLoraLoaderMixin(LoraBaseMixin):
         ``set_adapters`` combines several) at ``scale``, the LoRA's strength (0: the base pipeline, 1: the adapter
         as trained). Returns the adapter's name. An adapter made for other stems or another UNet is refused in
         one sentence, and the pipeline is left as it was."""
+        require_peft()
         source = pretrained_model_name_or_path_or_dict
         shown = "given as a state dict" if isinstance(source, dict) else repr(str(source))
         config = {} if isinstance(source, dict) else read_adapter_config(source)
