@@ -9,8 +9,13 @@ import pytest
 import torch
 from conftest import assert_same_outputs, tiny_pipeline
 
-from mslddm.pipelines.lora import (ADAPTER_CONFIG_NAME, LORA_WEIGHT_NAME, lora_config, read_adapter,
-                                   write_adapter)
+from mslddm.pipelines.lora import (
+    ADAPTER_CONFIG_NAME,
+    LORA_WEIGHT_NAME,
+    lora_config,
+    read_adapter,
+    write_adapter,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "pipelines" / "mslddm-synth-small"
