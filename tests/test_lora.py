@@ -1,13 +1,14 @@
 """LoRA adapters of a pipeline's UNet (mslddm/pipelines/lora.py): saved beside the base in diffusers' format, loaded,
 scaled, fused and unloaded with diffusers' names and semantics; unloading gives the base output back bit for bit."""
 
+import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_outputs, tiny_pipeline
+from conftest import assert_same_outputs, tiny_adapter, tiny_pipeline
 
 from mslddm.pipelines.lora import (
     ADAPTER_CONFIG_NAME,
@@ -21,25 +22,13 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "pipelines" / "mslddm-synth-small"
 
 
-def make_adapter(folder, stem_names=("bass", "drums", "guitar", "piano"), rank=4, seed=0):
-    """An adapter of the tiny pipeline with random (not zero) B matrices, so that it changes the output."""
-    pipe = tiny_pipeline(list(stem_names))
-    pipe.unet.add_adapter(lora_config(rank), adapter_name="made")
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in pipe.unet.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
-    return write_adapter(folder, pipe.unet, "made", base_pipeline="tiny", stem_names=list(stem_names))
-
-
 def sample(pipe):
     return pipe(audio_length_in_s=0.2, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).stems
 
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
-    return make_adapter(tmp_path_factory.mktemp("lora") / "adapter")
+    return tiny_adapter(tmp_path_factory.mktemp("lora") / "adapter")
 
 
 def test_the_adapter_folder_is_diffusers_format_with_a_config_naming_its_base(adapter):
@@ -94,8 +83,24 @@ def test_fuse_is_the_unfused_output_and_unfuse_takes_it_back_out(adapter):
     assert_same_outputs(sample(pipe), base, atol=1e-5)  # W + BA - BA: equal up to rounding, not bit for bit
 
 
+def test_a_pipeline_with_an_adapter_is_saved_fused_or_not_at_all(adapter, tmp_path):
+    from mslddm import MultiSourceLatentPipeline
+
+    pipe = tiny_pipeline()
+    pipe.load_lora_weights(adapter)
+    adapted = sample(pipe)
+    with pytest.raises(ValueError, match=r"holds LoRA adapters: call unload_lora_weights\(\) first, or fuse_lora"):
+        pipe.save_pretrained(tmp_path / "unfused")
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()  # diffusers' way to a fused pipeline: the merged weights stay
+    pipe.save_pretrained(tmp_path / "fused")
+    fused = MultiSourceLatentPipeline.from_pretrained(tmp_path / "fused")
+    fused.set_progress_bar_config(disable=True)
+    assert_same_outputs(sample(fused), adapted, atol=1e-5)
+
+
 def test_an_adapter_of_other_stems_is_refused_and_the_pipeline_is_left_as_it_was(tmp_path, adapter):
-    other = make_adapter(tmp_path / "three", stem_names=("bass", "drums", "keys"))
+    other = tiny_adapter(tmp_path / "three", stem_names=("bass", "drums", "keys"))
     pipe = tiny_pipeline()
     base = sample(pipe)
     with pytest.raises(ValueError, match=r"does not fit this pipeline: it was trained for the stems \['bass', "
@@ -123,3 +128,26 @@ def test_an_adapter_of_the_bundled_pipeline_is_at_most_5_mb(tmp_path):
     size = (folder / LORA_WEIGHT_NAME).stat().st_size
     parameters = json.loads((folder / ADAPTER_CONFIG_NAME).read_text())["parameters"]
     assert parameters == 835_584 and size <= 5_000_000, size  # 1.67 MB: 7 % of the UNet's 11.9 M parameters
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("musicnn") is None, reason="the offline FAD embedder's weights")
+def test_evaluate_and_accompany_sample_with_the_adapter(adapter, saved_pipeline, tmp_path, capsys):
+    """The worked example's commands: `mslddm evaluate --lora` and `mslddm accompany --lora` name the adapter in
+    their results."""
+    from eval_fixtures import write_dataset
+
+    from mslddm.cli import main
+
+    data = write_dataset(tmp_path / "data", num_tracks=2, seconds=4.0)
+    assert main(["evaluate", "--pipeline", str(saved_pipeline), "--lora", str(adapter), "--lora-scale", "0.5",
+                 "--data", str(data), "--out", str(tmp_path / "eval"), "--tasks", "total", "--num-clips", "2",
+                 "--clip-seconds", "2", "--steps", "2", "--sampler", "dpmpp_2m", "--cache-dir", str(tmp_path / "c"),
+                 "--device", "cpu"]) == 0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["protocol"]["pipeline"].endswith(f" + LoRA {adapter} at 0.5"), results["protocol"]
+    assert main(["accompany", "--pipeline", str(saved_pipeline), "--lora", str(adapter), "--data", str(data),
+                 "--out", str(tmp_path / "acc"), "--clips", "1", "--seconds", "2", "--given", "drums",
+                 "--steps", "2"]) == 0
+    assert json.loads((tmp_path / "acc" / "accompaniment.json").read_text())["pipeline"].endswith(
+        f" + LoRA {adapter} at 1")

@@ -128,7 +128,7 @@ def run(args) -> int:
         return 130
 
 
-def _load_lora(pipe, path: str, scale: float) -> None:
+def load_lora(pipe, path: str, scale: float) -> None:
     """The adapter loaded into the pipeline at ``scale``; one that is missing or does not fit is one sentence."""
     import sys
 
@@ -267,7 +267,7 @@ def _run(args) -> int:
     seeds = _seeds(args)
     pipe, device, dtype_name = load_pipeline(args.pipeline, args.device, args.dtype)
     if args.lora:
-        _load_lora(pipe, args.lora, args.lora_scale)
+        load_lora(pipe, args.lora, args.lora_scale)
     kind = kind_of(pipe)
     _check_stem_arguments(pipe, kind, args, given, generate)
     max_seconds = MAX_STEM_SECONDS if args.max_stem_seconds is None else args.max_stem_seconds

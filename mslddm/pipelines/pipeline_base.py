@@ -247,6 +247,9 @@ class MultiSourcePipelineBase(DiffusionPipeline, MultiSourceLoraLoaderMixin):
         """Saves the pipeline folder and, unless one is already there, a model card (``README.md``)."""
         if kwargs.pop("push_to_hub", False):
             raise ValueError("Use pipe.push_to_hub(repo_id) to upload; save_pretrained only writes the folder.")
+        if getattr(self.unet, "peft_config", None):  # its weights would be saved as peft's layers: no pipeline
+            raise ValueError("The UNet holds LoRA adapters: call unload_lora_weights() first, or fuse_lora() then "
+                             "unload_lora_weights() to save the pipeline with the adapter merged into it.")
         super().save_pretrained(save_directory, *args, **kwargs)
         card = os.path.join(save_directory, "README.md")
         if model_card_sections is not None or not os.path.exists(card):
