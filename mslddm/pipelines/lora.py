@@ -107,6 +107,16 @@ def adapter_fits(config: dict, stem_names: Sequence[str], in_channels: int) -> s
     return None
 
 
+def find_adapters(folder: str | os.PathLike | None, stem_names: Sequence[str], in_channels: int) -> dict[str, Path]:
+    """The adapter folders directly under ``folder`` that fit a pipeline with these stems and UNet input, by
+    folder name (``{}`` when ``folder`` is None or missing): what a page offers in its menu."""
+    if not folder or not Path(folder).is_dir():
+        return {}
+    return {sub.name: sub for sub in sorted(Path(folder).iterdir())
+            if (sub / LORA_WEIGHT_NAME).is_file() and adapter_fits(read_adapter_config(sub), stem_names,
+                                                                   in_channels) is None}
+
+
 def write_adapter(folder: str | os.PathLike, unet, adapter_name: str = "default", *,
                   base_pipeline: str | None, stem_names: Sequence[str], dtype: torch.dtype | None = None,
                   extra: dict | None = None) -> Path:
