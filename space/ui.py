@@ -147,12 +147,7 @@ def _layout(studio: Studio, title: str) -> Page:
                                  "the duration is not used)", elem_id="whole-song")
         page.button = gr.Button("Generate", variant="primary", elem_id="generate-button", scale=2)
     page.settings = [duration, steps, sampler, churn, seed, variations, whole_song]
-    if studio.loras:
-        with gr.Row():
-            page.lora = [gr.Dropdown([NO_LORA, *studio.loras], value=NO_LORA, elem_id="lora",
-                                     label="LoRA adapter (none: the pipeline as it is)"),
-                         gr.Slider(0.0, MAX_LORA_SCALE, value=1.0, step=0.05, elem_id="lora-scale",
-                                   label="LoRA strength (0: the pipeline, 1: the adapter as trained)")]
+    page.lora = _lora_row(studio)
     if studio.can_separate:
         gr.Markdown("### Or separate a mixture: this model samples stems whose sum is the mixture (Euler; the "
                     "steps, churn, seed and variations above apply)")
@@ -197,6 +192,17 @@ def _layout(studio: Studio, title: str) -> Page:
     page.spectrogram = gr.Image(label="spectrogram", show_label=False, type="filepath", format="png",
                                 interactive=False, elem_id="spectrogram")
     return page
+
+
+def _lora_row(studio: Studio) -> list:
+    """The adapter menu and its strength slider, in a row of their own; nothing when there is no adapter."""
+    if not studio.loras:
+        return []
+    with gr.Row():
+        return [gr.Dropdown([NO_LORA, *studio.loras], value=NO_LORA, label="LoRA adapter (none: the pipeline as "
+                            "it is)", elem_id="lora"),
+                gr.Slider(0.0, MAX_LORA_SCALE, value=1.0, step=0.05, elem_id="lora-scale",
+                          label="LoRA strength (0: the pipeline, 1: the adapter as trained)")]
 
 
 def _show(page: Page, out: Outputs) -> list:
