@@ -152,6 +152,10 @@ def test_full_finetune_exports_a_pipeline_that_generates(songs, tmp_path):
     card = (out / "pipeline" / "README.md").read_text()
     assert "Fine-tuned from `msldm` (every weight of the UNet)" in card and "Continued from the pipeline" in card
     assert not (out / "lora").exists() and (out / "checkpoint-2" / "unet_ema").is_dir()
+    # the base's scheduler whole: its sigma_data (the preconditioning its UNet learned) and its sampler settings
+    base, tuned = (json.loads((p / "scheduler" / "scheduler_config.json").read_text()) for p in (TINY, out / "pipeline"))
+    assert {k: v for k, v in tuned.items() if not k.startswith("_")} == {k: v for k, v in base.items()
+                                                                          if not k.startswith("_")}
 
 
 @pytest.mark.parametrize("case, sentence", [
