@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most variations per request [env MSLDDM_MAX_VARIATIONS]")
     p.add_argument("--max-queue", type=int, default=_env("MSLDDM_MAX_QUEUE", 16, int),
                    help="requests that may wait in the queue; one samples at a time [env MSLDDM_MAX_QUEUE]")
+    p.add_argument("--lora-dir", default=_env("MSLDDM_LORA_DIR", None),
+                   help="folder of LoRA adapter folders (mslddm finetune's OUT/lora) offered in a menu, those that "
+                        "fit the pipeline; default: a loras/ folder beside a local pipeline folder, if there is one "
+                        "[env MSLDDM_LORA_DIR]")
     p.add_argument("--workdir", default=_env("MSLDDM_WORKDIR", None),
                    help="where a temporary folder for the generated files is made (removed at exit; default: the "
                         "system's temporary folder) [env MSLDDM_WORKDIR]")
@@ -82,6 +86,22 @@ def _port_in_use(host: str, port: int) -> str:
         except OSError as error:
             return error.strerror or str(error)
     return ""
+
+
+def _adapters(args, pipe) -> dict:
+    """The LoRA adapters of ``--lora-dir`` (default: ``loras/`` beside a local pipeline folder) that fit the pipeline,
+    by name."""
+    from mslddm.pipelines.lora import find_adapters
+
+    folder = args.lora_dir
+    if folder is None and Path(str(args.pipeline)).is_dir():
+        folder = Path(str(args.pipeline)).resolve().parent / "loras"
+    elif folder is not None and not Path(folder).is_dir():
+        print(f"--lora-dir {folder} is not a folder: the page offers no LoRA adapter.", file=sys.stderr)
+    found = find_adapters(folder, pipe.stem_names, pipe.unet.config.in_channels)
+    if found:
+        print(f"LoRA adapters from {folder}: {', '.join(found)}", file=sys.stderr)
+    return found
 
 
 def main(argv=None) -> int:
@@ -109,10 +129,11 @@ def main(argv=None) -> int:
               "generate --pipeline ...`.", file=sys.stderr)
         return 2
     pipe.set_progress_bar_config(disable=True)
+    loras = _adapters(args, pipe)
     limits = Limits(max_duration_s=args.max_duration, max_upload_s=args.max_upload, max_song_s=args.max_song,
                     max_steps=args.max_steps,
                     max_variations=args.max_variations, max_file_size=args.max_file_size)
-    studio = Studio(pipe, str(args.pipeline), limits, workdir=args.workdir)
+    studio = Studio(pipe, str(args.pipeline), limits, workdir=args.workdir, loras=loras)
     demo = build_demo(studio, examples_dir=args.examples)
     demo.queue(max_size=args.max_queue, default_concurrency_limit=1)
     # A plain exit on SIGTERM (container stop, CI teardown) so that the temporary files are removed at exit.

@@ -20,6 +20,7 @@ COMMANDS = {
     "compare": "mslddm.commands.compare",
     "accompany": "mslddm.commands.accompany",
     "separate": "mslddm.commands.separate",
+    "finetune": "mslddm.commands.finetune",
     "export": "mslddm.commands.export",
     "convert-original": "mslddm.commands.convert_original",
     "convert-msdm": "mslddm.commands.convert_msdm",
@@ -27,7 +28,7 @@ COMMANDS = {
 
 
 # The extra that installs a command's optional dependencies (pip install "mslddm[EXTRA]").
-EXTRAS = {"make-dataset": "data", "evaluate": "eval", "compare": "eval"}
+EXTRAS = {"make-dataset": "data", "evaluate": "eval", "compare": "eval", "finetune": "train"}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -112,6 +112,53 @@ pip install mslddm
 {sections}"""
 
 
+def adapter_card(*, base_pipeline: str | None, config: Mapping, size_bytes: int,
+                 extra_sections: Mapping[str, str] | None = None) -> str:
+    """Markdown model card (with Hub front matter) of a LoRA adapter of a pipeline's UNet: what it adapts and how
+    to load it (``config`` is its ``adapter_config.json``)."""
+    base = base_pipeline or "path/to/the/base/pipeline"
+    front = {"library_name": "mslddm", "license": "mit", "pipeline_tag": "audio-to-audio",
+             "tags": ["music", "stems", "lora", "mslddm"]}
+    if base_pipeline and "/" in base_pipeline and not Path(base_pipeline).exists():
+        front["base_model"] = base_pipeline  # a Hub id; a local folder means nothing there
+    front_matter = "\n".join(f"{k}: {json.dumps(v)}" for k, v in front.items())
+    sections = "".join(f"\n## {title}\n\n{body.strip()}\n" for title, body in (extra_sections or {}).items())
+    targets = ", ".join(f"`{t}`" for t in config.get("target_modules", []))
+    return f"""---
+{front_matter}
+---
+
+# LoRA adapter of `{base}`
+
+A [mslddm](https://github.com/mslddm/mslddm) LoRA adapter: low-rank updates (rank {config.get("r")}, alpha
+{config.get("lora_alpha")}) of the UNet of the pipeline `{base}` ({", ".join(config.get("stem_names", []))}), on
+{targets}. {config.get("parameters", 0):,} parameters, {size_bytes / 1e6:.2f} MB ({config.get("dtype")}); the
+base pipeline's weights are not in it.
+
+## Usage
+
+```bash
+mslddm generate --pipeline {base} --lora path/to/this/folder --lora-scale 1.0
+```
+
+```python
+from mslddm import MultiSourceLatentPipeline
+
+pipe = MultiSourceLatentPipeline.from_pretrained("{base}")
+pipe.load_lora_weights("path/to/this/folder", scale=1.0)  # strength: 0 is the base pipeline
+out = pipe(audio_length_in_s=12.0)
+pipe.unload_lora_weights()  # the base pipeline again, bit for bit
+```
+{sections}"""
+
+
+def public_name(name_or_path) -> str:
+    """A pipeline as files meant for others name it: a local folder by its name (its full path means nothing
+    elsewhere), a Hub repo id as it is."""
+    path = Path(str(name_or_path))
+    return path.name if path.is_absolute() or path.exists() else str(name_or_path)
+
+
 def push_folder_to_hub(
     folder: str | os.PathLike,
     repo_id: str,

@@ -5,10 +5,12 @@ variation. Every bad input raises ``gr.Error`` with a sentence that says what to
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -51,6 +53,13 @@ def user_error(message: str) -> gr.Error:
 
 
 SAMPLERS = {name: d.label for name, d in SAMPLER_DEFAULTS.items()}  # value -> label; defaults: the scheduler's
+NO_LORA = "none"  # the adapter menu's entry for the base pipeline
+MAX_LORA_SCALE = 2.0  # the strength slider's end
+
+
+def _lora_record(adapter: tuple | None) -> dict:
+    """What a render's settings say about the adapter it was sampled with (nothing for the base)."""
+    return {} if adapter is None else {"lora": adapter[0], "lora_scale": adapter[1]}
 
 
 @dataclass
@@ -98,8 +107,12 @@ class Studio:
     everybody's are removed after ``ttl_s`` and at exit. Gradio serves its own copies of the outputs."""
 
     def __init__(self, pipe, pipeline_name: str = "", limits: Limits | None = None,
-                 workdir: str | None = None, ttl_s: float = 3600.0):
+                 workdir: str | None = None, ttl_s: float = 3600.0, loras: Mapping[str, str] | None = None):
         self.pipe = pipe
+        self.loras = dict(loras or {})  # the LoRA adapters a visitor may pick, by name (mslddm.pipelines.lora)
+        self._lora_names = {name: f"page_{i}" for i, name in enumerate(self.loras)}  # peft's names for them
+        self._lora_lock = threading.Lock()  # one adapter setting per sampling
+        self._loaded: set[str] = set()
         self.pipeline_name = pipeline_name or getattr(pipe, "_name_or_path", "") or "pipeline"
         self.limits = limits or Limits()
         if workdir:
@@ -126,11 +139,12 @@ class Studio:
     def generate(self, uploads: Mapping[str, str | None], generate: Mapping[str, bool], duration_s: float,
                  steps: int, sampler: str, churn: float, seed: str | int | None, variations: int,
                  whole_song: bool = False, mixer: Mixer | None = None, progress: Callable | None = None,
-                 session: str = "api") -> Outputs:
+                 session: str = "api", lora: str | None = None, lora_scale: float = 1.0) -> Outputs:
         """Generates the stems ticked in ``generate`` around the uploaded ones (total generation when nothing is
         uploaded), writes the render and returns what the page shows for its first variation. With
         ``whole_song`` the result is as long as the longest upload (up to ``max_song_s``, in windows) and
-        ``duration_s`` is not used."""
+        ``duration_s`` is not used. ``lora`` names one of :attr:`loras` (None or "none": the base pipeline),
+        sampled at ``lora_scale``."""
         # 1. Check the settings, then the uploads
         given = {name: path for name, path in uploads.items() if path}
         if whole_song and not given:
@@ -139,6 +153,7 @@ class Studio:
         duration_s, sampling, variations = self._check_settings(None if whole_song else duration_s, steps, sampler,
                                                                 churn, variations)
         seeds = self._seeds(seed, variations)
+        adapter = self._check_lora(lora, lora_scale)
         message = unknown_stems_message(uploads, self.stem_names)
         if message:
             raise user_error(message)
@@ -159,20 +174,21 @@ class Studio:
             "num_inference_steps": sampling.num_inference_steps, "sampler": sampling.sampler,
             "s_churn": sampling.s_churn, "num_samples": variations,
             "generator": [torch.Generator().manual_seed(s) for s in seeds],
-        }, progress)
+        }, progress, adapter)
 
         # 3. Write the render
         settings = {
             "pipeline": self.public_pipeline_name, "given": {n: Path(p).name for n, p in given.items()},
-            "silent": [n for n in self.stem_names if n not in given and n not in to_generate],
+            "silent": [n for n in self.stem_names if n not in given and n not in to_generate], **_lora_record(adapter),
         }
         return self._write(result, seeds, settings, seconds, mixer, notes, progress, session)
 
     def extend(self, zip_path: str | None, variation: str | None, extend_s: float, steps: int, sampler: str,
                churn: float, mixer: Mixer | None = None, progress: Callable | None = None,
-               session: str = "api") -> Outputs:
+               session: str = "api", lora: str | None = None, lora_scale: float = 1.0) -> Outputs:
         """Continues the shown variation of a render by ``extend_s`` seconds: its stems are kept and every one
-        that sounds continues after them (a silent one stays silent); the same seed, a new render."""
+        that sounds continues after them (a silent one stays silent); the same seed, a new render (with the LoRA
+        adapter picked now, as :meth:`generate`)."""
         # 1. Check the settings and read the variation back
         render = self._read(zip_path, read_render)
         index = parse_variation(variation, len(render.seeds))
@@ -183,6 +199,7 @@ class Studio:
             raise user_error(f"The result would be {length_s + float(extend_s):.1f} s long; this page makes at most "
                              f"{self.limits.max_song_s:g} s: extend by less.")
         _, sampling, _ = self._check_settings(float(extend_s), steps, sampler, churn, 1, max_duration=math.inf)
+        adapter = self._check_lora(lora, lora_scale)
         if render.stem_names != self.stem_names:
             raise user_error(f"The render has the stems {render.stem_names}, this pipeline {self.stem_names}: "
                              "extend it where it was made.")
@@ -198,12 +215,13 @@ class Studio:
             "input_sample_rate": render.sample_rate, "num_inference_steps": sampling.num_inference_steps,
             "sampler": sampling.sampler, "s_churn": sampling.s_churn, "num_samples": 1,
             "generator": [torch.Generator().manual_seed(seed)],
-        }, progress)
+        }, progress, adapter)
 
         # 3. Write the render
         settings = {
             "pipeline": self.public_pipeline_name, "given": {},
             "silent": [n for n in self.stem_names if n not in sounding], "extended_from_s": round(length_s, 3),
+            **_lora_record(adapter),
         }
         note = f"the first {length_s:.1f} s are the variation you extended, the last {float(extend_s):g} s are new"
         return self._write(result, [seed], settings, seconds, mixer, [note], progress, session)
@@ -332,13 +350,48 @@ class Studio:
             note = f"the {name} upload ({length_s:.1f} s) was padded with silence to {duration_s:g} s"
         return stem, note
 
-    def _timed_sample(self, kwargs: dict, progress: Callable | None):
-        """The pipeline run and its wall-clock seconds. Sampling keeps no state in the pipeline, so calls may
-        overlap; the page's queue (``concurrency_id="sampling"`` in ``ui.py``) still runs one at a time, for the
-        device's memory."""
-        tic = time.perf_counter()
-        result = self._sample(kwargs, progress)
-        return result, time.perf_counter() - tic
+    def _timed_sample(self, kwargs: dict, progress: Callable | None, adapter: tuple | None = None):
+        """The pipeline run (with ``adapter``, ``(name, strength)`` or None: the base) and its wall-clock seconds.
+        Sampling keeps no state in the pipeline, so calls may overlap (calls of a page with adapters take turns:
+        the adapter is set on the pipeline); the page's queue (``concurrency_id="sampling"`` in ``ui.py``) still
+        runs one at a time, for the device's memory."""
+        with self._adapter(adapter):
+            tic = time.perf_counter()
+            result = self._sample(kwargs, progress)
+            return result, time.perf_counter() - tic
+
+    def _check_lora(self, lora: str | None, scale: float | None) -> tuple | None:
+        """``(name, strength)`` of a picked adapter, None for the base; an unknown name or a strength off the
+        slider is one sentence."""
+        if lora in (None, "", NO_LORA):
+            return None
+        if lora not in self.loras:
+            raise user_error(f"Unknown LoRA adapter {lora!r}; this page has {[NO_LORA, *self.loras]}.")
+        if scale is None or not math.isfinite(float(scale)) or not 0 <= float(scale) <= MAX_LORA_SCALE:
+            raise user_error(f"LoRA strength must be between 0 and {MAX_LORA_SCALE:g}, got {scale}.")
+        return lora, float(scale)
+
+    @contextlib.contextmanager
+    def _adapter(self, adapter: tuple | None):
+        """The pipeline with ``adapter`` active (loaded the first time it is picked), or with every adapter off."""
+        if not self.loras:
+            yield
+            return
+        with self._lora_lock:
+            if adapter is None:
+                if self._loaded:
+                    self.pipe.disable_lora()
+            else:
+                name, scale = adapter
+                if name not in self._loaded:
+                    try:
+                        self.pipe.load_lora_weights(self.loras[name], adapter_name=self._lora_names[name])
+                    except (ValueError, OSError, ModuleNotFoundError) as error:
+                        raise user_error(f"The LoRA adapter {name!r} could not be loaded: {error}") from None
+                    self._loaded.add(name)
+                self.pipe.enable_lora()
+                self.pipe.set_adapters(self._lora_names[name], scale)
+            yield
 
     def _write(self, result, seeds, settings, seconds, mixer, notes, progress, session) -> Outputs:
         """Writes a result as a render with the sampling settings it used; what the page shows of it."""
@@ -392,6 +445,8 @@ class Studio:
         generated = ", ".join(settings["generated"])
         given = ", ".join(settings["given"]) or None
         what = f"Generated **{generated}**" + (f" around the uploaded **{given}**" if given else "")
+        if settings.get("lora"):
+            what += f" with the LoRA adapter **{settings['lora']}** at strength {settings['lora_scale']:g}"
         if settings.get("separated_from"):
             what = (f"Separated **{settings['separated_from']}** into **{generated}** ({settings.get('method')} "
                     "separation: the stems sum to the mixture)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from .handlers import SAMPLERS, Outputs, Studio, variation_label
+from .handlers import MAX_LORA_SCALE, NO_LORA, SAMPLERS, Outputs, Studio, variation_label
 from .render import MIX, read_settings
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".m4a")
@@ -59,6 +59,7 @@ class Page:
     gains: dict = field(default_factory=dict)
     mutes: dict = field(default_factory=dict)
     settings: list = field(default_factory=list)  # duration, steps, sampler, churn, seed, variations, whole song
+    lora: list = field(default_factory=list)  # the adapter menu and its strength; none without adapters
     fill_defaults: tuple = ()  # (function, input, outputs) that shows the sampler's default steps and churn
     button: gr.Button | None = None
     extend_s: gr.Number | None = None
@@ -146,6 +147,7 @@ def _layout(studio: Studio, title: str) -> Page:
                                  "the duration is not used)", elem_id="whole-song")
         page.button = gr.Button("Generate", variant="primary", elem_id="generate-button", scale=2)
     page.settings = [duration, steps, sampler, churn, seed, variations, whole_song]
+    page.lora = _lora_row(studio)
     if studio.can_separate:
         gr.Markdown("### Or separate a mixture: this model samples stems whose sum is the mixture (Euler; the "
                     "steps, churn, seed and variations above apply)")
@@ -192,6 +194,17 @@ def _layout(studio: Studio, title: str) -> Page:
     return page
 
 
+def _lora_row(studio: Studio) -> list:
+    """The adapter menu and its strength slider, in a row of their own; nothing when there is no adapter."""
+    if not studio.loras:
+        return []
+    with gr.Row():
+        return [gr.Dropdown([NO_LORA, *studio.loras], value=NO_LORA, label="LoRA adapter (none: the pipeline as "
+                            "it is)", elem_id="lora"),
+                gr.Slider(0.0, MAX_LORA_SCALE, value=1.0, step=0.05, elem_id="lora-scale",
+                          label="LoRA strength (0: the pipeline, 1: the adapter as trained)")]
+
+
 def _show(page: Page, out: Outputs) -> list:
     """An event's result as values for ``page.outputs``: plain values (what the public API returns), the variation
     shown as its label."""
@@ -212,6 +225,16 @@ def show_variations(zip_path):
     return _variation_update(labels, 0)
 
 
+def _lora_values(values) -> dict:
+    """The adapter menu's and strength's values as the handlers' keywords (none on a page without adapters)."""
+    return dict(zip(("lora", "lora_scale"), values))
+
+
+def _lora_defaults(page: Page) -> list:
+    """The API parameters of the adapter menu and its strength, when the page has them."""
+    return [("lora", NO_LORA), ("lora_scale", 1.0)] if page.lora else []
+
+
 def _mixer_values(names: list[str], values) -> dict:
     """``{stem: (gain_db, muted)}`` from the faders' values followed by the mutes'."""
     return {n: (values[k], values[len(names) + k]) for k, n in enumerate(names)}
@@ -224,8 +247,8 @@ def _wire_generate(studio: Studio, page: Page) -> None:
     def run_generate(*args):
         *values, progress, request = args
         out = studio.generate(dict(zip(names, values[:k])), dict(zip(names, values[k:2 * k])),
-                              *values[2 * k:2 * k + 7], mixer=_mixer_values(names, values[2 * k + 7:]),
-                              progress=progress, session=_session(request))
+                              *values[2 * k:2 * k + 7], mixer=_mixer_values(names, values[2 * k + 7:4 * k + 7]),
+                              progress=progress, session=_session(request), **_lora_values(values[4 * k + 7:]))
         return _show(page, out)
 
     # Named parameters (the stems' uploads first), so gradio_client callers can pass keywords. Unset steps and
@@ -235,7 +258,8 @@ def _wire_generate(studio: Studio, page: Page) -> None:
                         page.settings))
     defaults = ([(p, None) for p in params] + [(f"generate_{p}", True) for p in params]
                 + [(n, c.value) for n, c in settings.items()]
-                + [(f"gain_db_{p}", 0.0) for p in params] + [(f"mute_{p}", False) for p in params])
+                + [(f"gain_db_{p}", 0.0) for p in params] + [(f"mute_{p}", False) for p in params]
+                + _lora_defaults(page))
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
     run_generate.__signature__ = inspect.Signature(
         [inspect.Parameter(n, positional, default=d) for n, d in defaults]
@@ -246,20 +270,24 @@ def _wire_generate(studio: Studio, page: Page) -> None:
         "Generates the stems that have no upload and generate_<stem> true, around the uploaded ones, and the mix "
         "(with whole_song, as long as the uploads). "
         "Returns a WAV per stem, the mix WAV, the spectrogram PNG, the ZIP (stems, mix, settings.json), a "
-        "Markdown summary with the seeds, and the variation shown.")
+        "Markdown summary with the seeds, and the variation shown."
+        + (" `lora` names a LoRA adapter of the page's menu ('none': the pipeline), `lora_scale` its strength."
+           if page.lora else ""))
     page.button.click(run_generate, list(page.uploads.values()) + list(page.generate.values()) + page.settings
-                      + page.mixer, page.outputs, api_name="generate", concurrency_limit=1,
+                      + page.mixer + page.lora, page.outputs, api_name="generate", concurrency_limit=1,
                       concurrency_id="sampling").success(show_variations, page.zip_file, page.variation,
                                                          api_visibility="private", queue=False)
     def run_extend(*args):
-        zip_path, selected, extend_s, steps, sampler, churn, *mixer, progress, request = args
-        out = studio.extend(zip_path, selected, extend_s, steps, sampler, churn, mixer=_mixer_values(names, mixer),
-                            progress=progress, session=_session(request))
+        zip_path, selected, extend_s, steps, sampler, churn, *rest, progress, request = args
+        out = studio.extend(zip_path, selected, extend_s, steps, sampler, churn,
+                            mixer=_mixer_values(names, rest[:2 * k]), progress=progress, session=_session(request),
+                            **_lora_values(rest[2 * k:]))
         return _show(page, out)
 
     extend_defaults = ([("zip_path", None), ("selected", None), ("extend_s", 10.0), ("steps", None),
                         ("sampler", page.settings[2].value), ("churn", None)]
-                       + [(f"gain_db_{p}", 0.0) for p in params] + [(f"mute_{p}", False) for p in params])
+                       + [(f"gain_db_{p}", 0.0) for p in params] + [(f"mute_{p}", False) for p in params]
+                       + _lora_defaults(page))
     run_extend.__signature__ = inspect.Signature(
         [inspect.Parameter(n, positional, default=d) for n, d in extend_defaults]
         + [inspect.Parameter("progress", positional, default=gr.Progress()),
@@ -273,7 +301,7 @@ def _wire_generate(studio: Studio, page: Page) -> None:
     duration, steps, sampler, churn = page.settings[:4]
     page.variation.change(lambda label: label, page.variation, page.selected, api_visibility="private", queue=False)
     page.extend_button.click(run_extend, [page.zip_file, page.selected, page.extend_s, steps, sampler, churn]
-                             + page.mixer, page.outputs, api_name="extend", concurrency_limit=1,
+                             + page.mixer + page.lora, page.outputs, api_name="extend", concurrency_limit=1,
                              concurrency_id="sampling").success(show_variations, page.zip_file, page.variation,
                                                                 api_visibility="private", queue=False)
     page.settings[-1].change(lambda whole: gr.Slider(interactive=not whole), page.settings[-1], duration,

@@ -56,6 +56,20 @@ def tiny_pipeline(stem_names=STEMS):
     return pipe
 
 
+def tiny_adapter(folder, stem_names=STEMS, rank=4, seed=0):
+    """A LoRA adapter folder of the tiny pipeline with random (not zero) B matrices, so that it changes the output."""
+    from mslddm.pipelines.lora import lora_config, write_adapter
+
+    pipe = tiny_pipeline(list(stem_names))
+    pipe.unet.add_adapter(lora_config(rank), adapter_name="made")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return write_adapter(folder, pipe.unet, "made", base_pipeline="tiny", stem_names=list(stem_names))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def few_bootstrap_draws():
     """Evaluations in tests resample their clips 20 times for FAD and KAD intervals, not 200: the tests check what

@@ -46,7 +46,8 @@ def test_help_imports_neither_torch_nor_diffusers():
 
     code = ("import sys\nfrom mslddm.cli import main\n"
             "for argv in (['--help'], ['generate', '--help'], ['evaluate', '--help'], ['separate', '--help'],\n"
-            "             ['compare', '--help'], ['accompany', '--help'], ['export', '--help']):\n"
+            "             ['compare', '--help'], ['accompany', '--help'], ['export', '--help'],\n"
+            "             ['finetune', '--help']):\n"
             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
             "print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

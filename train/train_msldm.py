@@ -7,14 +7,18 @@ SourceVAE latents (pre-encoded with `mslddm encode-latents`, or encoded on the f
 The recipe's ``model`` picks what is trained (docs/baselines.md): ``msldm`` (default; one UNet over all stems),
 ``isldm`` (the paper's baseline of independent per-stem UNets, one IndependentSourceUNet1DModel), ``mixldm``
 (the baseline of one UNet on the latent of the mix: a MixtureVAE and `encode-latents --mix` latents) or ``msdm``
-(MSDM: the UNet on the stems' waveforms, no VAE; ``segment_frames`` are then samples; docs/msdm.md).
+(MSDM: the UNet on the stems' waveforms, no VAE; ``segment_frames`` are then samples; docs/msdm.md). With
+``msldm.lora`` (and ``--init_from``) only a LoRA adapter on the continued pipeline's frozen UNet trains, as in
+diffusers' LoRA scripts (docs/finetune.md; ``mslddm finetune`` runs this script so).
 
-Writes ``OUTPUT/checkpoint-N`` (resumable; ``vae/``, ``unet/``, ``unet_ema/``, ``scheduler/`` inside) and, at the
-end, the complete pipeline folder ``OUTPUT/pipeline`` (EMA weights) with a model card.
+Writes ``OUTPUT/checkpoint-N`` (resumable; ``vae/``, ``unet/``, ``unet_ema/``, ``scheduler/`` inside; a LoRA run:
+``lora/`` instead of the UNets) and, at the end, the complete pipeline folder ``OUTPUT/pipeline`` (EMA weights)
+with a model card, or a LoRA run's adapter folder ``OUTPUT/lora``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from dataclasses import dataclass, field
@@ -38,7 +42,9 @@ from mslddm.schedulers.scheduling_edm import sample_training_sigmas
 from mslddm.stems import DEFAULT_STEMS, SILENCE_DBFS
 from mslddm.training import losses
 from mslddm.training.recipes import load_recipe
-from mslddm.training.checkpointing import STATE_FILE, export_pipeline, list_checkpoints, save_checkpoint
+from mslddm.hub import public_name
+from mslddm.training.checkpointing import (STATE_FILE, export_adapter, export_pipeline, list_checkpoints,
+                                           save_checkpoint)
 from mslddm.training.runner import (clip_grad, common_arguments, load_run_recipe, log_audio, logger, lr_multiplier,
                                     make_accelerator, resume_step, stop_if_not_finite, tensorboard,
                                     TimeBudget, check_storage, run_main, write_data_report)
@@ -133,9 +139,9 @@ def parameter_groups(unet, cfg: dict) -> list[dict]:
     """The optimizer's parameter groups: one, or with ``msldm.conditioning.learning_rate`` the (new, zero-initialised)
     conditioning input apart at its own rate, so that it learns while the rest continues gently."""
     rate = (cfg.get("conditioning") or {}).get("learning_rate")
+    named = {n: p for n, p in unet.named_parameters() if p.requires_grad}  # a LoRA run: the adapter's only
     if rate is None:
-        return [{"params": list(unet.parameters())}]
-    named = dict(unet.named_parameters())
+        return [{"params": list(named.values())}]
     cond = [p for n, p in named.items() if n.startswith("to_cond.")]
     return [{"params": [p for n, p in named.items() if not n.startswith("to_cond.")]},
             {"params": cond, "lr": float(rate)}]
@@ -315,20 +321,44 @@ def build_unet(args, recipe: dict, cfg: dict, kind: ModelKind, num_stems: int, v
                          f"{unet.length_multiple}.")
     if cfg.get("gradient_checkpointing"):
         unet.enable_gradient_checkpointing()
+    if cfg.get("lora"):
+        unet = with_lora(args, cfg, unet)
     return unet
 
 
-SAMPLING_KEYS = ("sampler", "num_inference_steps", "s_churn")  # what a pipeline's users get by default
+LORA_ADAPTER = "default"  # the adapter's name inside the UNet while it trains (peft's default)
+
+
+def with_lora(args, cfg: dict, unet):
+    """The UNet frozen, with a trainable LoRA adapter on the recipe's target modules (diffusers' LoRA training:
+    ``LoraConfig`` through ``add_adapter``; B starts at zero, so the adapter starts as the pipeline itself)."""
+    from mslddm.pipelines.lora import DEFAULT_TARGET_MODULES, lora_config
+
+    if not args.init_from:
+        raise ValueError("msldm.lora trains an adapter on a pipeline's UNet: pass --init_from PIPELINE.")
+    if cfg.get("use_ema", True) or cfg.get("conditioning"):
+        raise ValueError("msldm.lora trains the adapter alone: set msldm.use_ema false and leave "
+                         "msldm.conditioning unset.")
+    options = cfg["lora"]
+    config = lora_config(int(options.get("rank", 16)), options.get("alpha"),
+                         options.get("target_modules") or DEFAULT_TARGET_MODULES, float(options.get("dropout", 0.0)))
+    unet.requires_grad_(False)
+    unet.add_adapter(config, adapter_name=LORA_ADAPTER)
+    logger.info("LoRA rank %d, alpha %g on %s: %d trainable parameters of %d", config.r, config.lora_alpha,
+                sorted(config.target_modules), unet.num_parameters(only_trainable=True), unet.num_parameters())
+    return unet
 
 
 def build_scheduler(cfg: dict, train_set, vae, init_from=None) -> EDMScheduler:
-    """The recipe's scheduler; an unset ``sigma_data`` is the RMS of the training latents. Continuing a pipeline
-    (``init_from``), its default sampler settings carry over unless the recipe sets them: the continued pipeline
-    is used as the one it continues."""
+    """The recipe's scheduler; a ``sigma_data`` set to null is the RMS of the training latents. Continuing a
+    pipeline (``init_from``), every setting the recipe leaves out carries over (its default sampler, steps and
+    churn; with no ``msldm.scheduler`` section at all, its ``sigma_data`` too: the preconditioning its UNet
+    learned, which a fine-tune on other music keeps): the continued pipeline is used as the one it continues."""
     scheduler_cfg = dict(cfg.get("scheduler") or {})
     if init_from:
         inherited = EDMScheduler.load_config(init_from, subfolder="scheduler")
-        scheduler_cfg = {**{k: inherited[k] for k in SAMPLING_KEYS if k in inherited}, **scheduler_cfg}
+        names = [n for n in inspect.signature(EDMScheduler.__init__).parameters if n != "self"]
+        scheduler_cfg = {**{k: inherited[k] for k in names if k in inherited}, **scheduler_cfg}
     if scheduler_cfg.get("sigma_data") is None:
         scheduler_cfg["sigma_data"] = measure_sigma_data(cfg, train_set, vae, int(cfg["segment_frames"]))
         logger.info("sigma_data = %.4f (the RMS of the training latents)", scheduler_cfg["sigma_data"])
@@ -407,6 +437,11 @@ class Training:
     def seed(self) -> int:
         return int(self.recipe.get("seed", 0))
 
+    @property
+    def lora(self) -> dict | None:
+        """The recipe's LoRA settings when only an adapter trains, else None."""
+        return self.cfg.get("lora") or None
+
     def ema_unet(self):
         """A UNet holding the EMA weights (a clean config: EMAModel.save_pretrained adds its own keys)."""
         model = self.kind.unet_class().from_config(self.accelerator.unwrap_model(self.unet).config)
@@ -427,13 +462,21 @@ class Training:
         """``training_state.json``: how the weights were made (export writes the model card from it)."""
         return {"kind": self.kind.name, "recipe": self.recipe, "stem_names": self.stem_names,
                 "mixture_of": self.mixture_of, "stem_levels_dbfs": self.levels, "validation": validation,
-                "data": self.data_info, "vae_training": self.vae_state, "timing": timing}
+                "data": self.data_info, "vae_training": self.vae_state, "timing": timing,
+                "init_from": public_name(self.args.init_from) if self.args.init_from else None}
 
     def save_models(self, folder: Path):
+        """The checkpoint's model folders: the VAE, the scheduler, and the UNets (a LoRA run: its adapter)."""
         if self.kind.uses_vae:
             self.vae.save_pretrained(folder / "vae")
-        self.accelerator.unwrap_model(self.unet).save_pretrained(folder / "unet")
         self.scheduler.save_pretrained(folder / "scheduler")
+        if self.lora:
+            from mslddm.pipelines.lora import write_adapter
+
+            write_adapter(folder / "lora", self.accelerator.unwrap_model(self.unet), LORA_ADAPTER,
+                          base_pipeline=public_name(self.args.init_from), stem_names=self.stem_names)
+            return
+        self.accelerator.unwrap_model(self.unet).save_pretrained(folder / "unet")
         if self.ema is not None:
             self.ema_unet().save_pretrained(folder / "unet_ema")
 
@@ -548,7 +591,8 @@ def train_loop(t: Training) -> None:
             logs = {"train/loss": accelerator.gather(loss.detach()[None]).mean().item(), "train/grad_norm": grad_norm,
                     "train/lr": t.lr_schedule.get_last_lr()[0]}
             accelerator.log(logs, step=step)
-            logger.info("step %d: %s", step, " ".join(f"{k[6:]}={v:.4g}" for k, v in logs.items()))
+            logger.info("step %d: %s; %s", step, " ".join(f"{k[6:]}={v:.4g}" for k, v in logs.items()),
+                        budget.progress(step, max_steps))
         if step % int(cfg.get("validate_every", 500)) == 0 or last:
             if accelerator.is_main_process:
                 validation = run_validation(t, step)
@@ -564,15 +608,22 @@ def train_loop(t: Training) -> None:
 # 3. Export the complete pipeline (EMA weights) with its model card
 # ----------------------------------------------------------------------------------------------------------------
 def export(args, accelerator) -> None:
-    """``OUTPUT/pipeline`` from the newest checkpoint (and the Hub upload asked for); main process only."""
+    """``OUTPUT/pipeline`` (a LoRA run: ``OUTPUT/lora``) from the newest checkpoint (and the Hub upload asked for);
+    main process only."""
     if not accelerator.is_main_process:
         return
     checkpoints = list_checkpoints(args.output_dir)
     if checkpoints:
-        out = Path(args.output_dir) / "pipeline"
         repo = args.hub_model_id if args.push_to_hub else None
         if args.push_to_hub and not repo:
             raise ValueError("--push_to_hub needs --hub_model_id owner/name.")
+        if (checkpoints[-1] / "lora").is_dir():
+            out = Path(args.output_dir) / "lora"
+            export_adapter(checkpoints[-1], out, push_to_hub=repo)
+            logger.info("Exported the LoRA adapter to %s (load it with pipe.load_lora_weights, or mslddm "
+                        "generate --lora)", out)
+            return
+        out = Path(args.output_dir) / "pipeline"
         export_pipeline(checkpoints[-1], out, ema=True, push_to_hub=repo)
         logger.info("Exported the pipeline to %s", out)
 

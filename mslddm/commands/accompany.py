@@ -14,6 +14,9 @@ HELP = "score how the generated band follows a given stem (rhythm, beats, level)
 
 def add_arguments(parser):
     parser.add_argument("--pipeline", required=True, help="pipeline folder or Hub id")
+    parser.add_argument("--lora", default=None, metavar="PATH",
+                        help="with this LoRA adapter of the pipeline (mslddm finetune's OUT/lora)")
+    parser.add_argument("--lora-scale", type=float, default=1.0, help="the adapter's strength")
     parser.add_argument("--data", required=True, help="dataset root: DATA/<split>/TrackNNNNN/<stem>.wav (+ metadata.json)")
     parser.add_argument("--out", required=True, help="output folder for accompaniment.json")
     parser.add_argument("--split", default="test", help="split of DATA to draw chunks from")
@@ -57,6 +60,10 @@ def run(args) -> int:
     if args.clips < 1:
         raise SystemExit("--clips must be at least 1.")
     pipe, _, _ = load_pipeline(args.pipeline, args.device, args.dtype)
+    if args.lora:
+        from mslddm.commands.generate import load_lora
+
+        load_lora(pipe, args.lora, args.lora_scale)
     if not getattr(pipe, "generates_stems", True):
         raise SystemExit(f"{args.pipeline!r} generates a mixture: the accompaniment task needs a stem model.")
     pipe.set_progress_bar_config(disable=True)
@@ -70,7 +77,7 @@ def run(args) -> int:
         results = evaluate_accompaniment(pipe, args.data, config)
     except ValueError as error:
         raise SystemExit(str(error)) from None
-    results["pipeline"] = str(args.pipeline)
+    results["pipeline"] = str(args.pipeline) + (f" + LoRA {args.lora} at {args.lora_scale:g}" if args.lora else "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "accompaniment.json").write_text(json.dumps(results, indent=1, default=float))

@@ -23,6 +23,9 @@ def add_arguments(parser):
     )
     parser.add_argument("--data", required=True, help="dataset root: DATA/<split>/TrackNNNNN/<stem>.wav")
     parser.add_argument("--out", required=True, help="output folder: results, charts, generated audio, state")
+    parser.add_argument("--lora", default=None, metavar="PATH",
+                        help="evaluate the pipeline with this LoRA adapter (mslddm finetune's OUT/lora)")
+    parser.add_argument("--lora-scale", type=float, default=1.0, help="the adapter's strength")
     add_protocol_arguments(parser)
 
 
@@ -230,6 +233,8 @@ def evaluate_one(args, pipeline: str, out, reuse: bool = False) -> dict:
 
     tasks = check_protocol_arguments(args)
     device = resolve_device(args.device)
+    lora, scale = getattr(args, "lora", None), getattr(args, "lora_scale", 1.0)  # `mslddm compare` has none
+    shown = str(pipeline) + (f" + LoRA {lora} at {scale:g}" if lora else "")  # what results.json names
     try:
         config = _resolved_config(args, tasks, pipeline, out)
     except ValueError as error:
@@ -242,7 +247,7 @@ def evaluate_one(args, pipeline: str, out, reuse: bool = False) -> dict:
         import json
 
         wanted = json.loads(json.dumps({**config.describe(), "embedder": embedder.identity(),
-                                        "data": str(Path(args.data).resolve()), "pipeline": str(pipeline)}))
+                                        "data": str(Path(args.data).resolve()), "pipeline": shown}))
         stored = _stored_results(out, wanted)
         if stored is not None:
             print(f"{out}: results.json of the same protocol found; reused (delete it to evaluate again).")
@@ -251,7 +256,10 @@ def evaluate_one(args, pipeline: str, out, reuse: bool = False) -> dict:
     def load_pipeline():
         from mslddm import MultiSourceLatentPipeline
 
-        return MultiSourceLatentPipeline.from_pretrained(pipeline, dtype=getattr(torch, args.dtype)).to(device)
+        pipe = MultiSourceLatentPipeline.from_pretrained(pipeline, dtype=getattr(torch, args.dtype)).to(device)
+        if lora:
+            pipe.load_lora_weights(lora, scale=scale)
+        return pipe
 
     try:
         result = evaluate(
@@ -263,7 +271,7 @@ def evaluate_one(args, pipeline: str, out, reuse: bool = False) -> dict:
             cache_dir=None if args.no_cache else Path(args.cache_dir).expanduser(),
             progress=lambda it, **kw: tqdm(it, **kw),
             log=lambda msg: tqdm.write(msg),
-            pipeline_name="" if pipeline.lower() == "none" else str(pipeline),
+            pipeline_name="" if pipeline.lower() == "none" else shown,
         )
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(str(error)) from None

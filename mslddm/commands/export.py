@@ -1,6 +1,7 @@
 """Export a diffusion training checkpoint (OUTPUT/checkpoint-N of train/train_msldm.py) as a complete pipeline
 folder (vae/, unet/, scheduler/, model_index.json) with a model card recording the recipe, data, steps and
-validation numbers; loadable with MultiSourceLatentPipeline.from_pretrained. See docs/training.md."""
+validation numbers; loadable with MultiSourceLatentPipeline.from_pretrained. A LoRA run's checkpoint exports as its
+adapter folder (pipe.load_lora_weights, mslddm generate --lora). See docs/training.md and docs/finetune.md."""
 
 from __future__ import annotations
 
@@ -42,9 +43,11 @@ def check_target(out, checkpoint, overwrite: bool) -> None:
     entries = [p.name for p in out.iterdir()]
     if not entries:
         return
-    if (out / "model_index.json").is_file():
+    held = ("a pipeline" if (out / "model_index.json").is_file() else
+            "a LoRA adapter" if (out / "pytorch_lora_weights.safetensors").is_file() else None)
+    if held:
         if not overwrite:
-            raise SystemExit(f"--out {str(out)!r} already holds a pipeline: pass --overwrite to replace it, or "
+            raise SystemExit(f"--out {str(out)!r} already holds {held}: pass --overwrite to replace it, or "
                              "choose a new folder.")
         return
     raise SystemExit(f"--out {str(out)!r} is a folder of other files ({', '.join(sorted(entries)[:3])}"
@@ -82,10 +85,14 @@ def run(args) -> int:
 
 def _export(checkpoint, args) -> None:
     """The export itself, with a full or read-only disk said in one sentence."""
-    from mslddm.training.checkpointing import export_pipeline
+    from mslddm.training.checkpointing import export_adapter, export_pipeline
     from mslddm.training.storage import free_bytes, human_bytes, storage_problem
 
     try:
+        if (checkpoint / "lora").is_dir():  # a LoRA run: its adapter (float16 unless --dtype says otherwise)
+            export_adapter(checkpoint, args.out, dtype=args.dtype or "float16", push_to_hub=args.push_to_hub,
+                           description=args.description)
+            return
         export_pipeline(checkpoint, args.out, ema=args.ema, dtype=args.dtype, push_to_hub=args.push_to_hub,
                         description=args.description)
     except ValueError as error:

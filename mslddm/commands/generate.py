@@ -40,6 +40,10 @@ def add_arguments(parser):
                         help=f"euler: the paper's churned Euler; heun / dpmpp_2m: few-step samplers ({own})")
     parser.add_argument("--steps", type=int, default=None, help=f"sampler steps ({own})")
     parser.add_argument("--churn", type=float, default=None, help=f"s_churn for euler/heun ({own})")
+    parser.add_argument("--lora", default=None, metavar="PATH",
+                        help="a LoRA adapter of the pipeline (a folder written by `mslddm finetune`, or a Hub id)")
+    parser.add_argument("--lora-scale", type=float, default=1.0,
+                        help="the adapter's strength: 0 is the base pipeline, 1 the adapter as trained")
     parser.add_argument("--no-match-levels", dest="match_levels", action="store_false", default=None,
                         help="encode given stems at their own level (default: set them to the pipeline's training "
                              "levels first and give the band back at their level, when the pipeline records them)")
@@ -124,6 +128,17 @@ def run(args) -> int:
         return 130
 
 
+def load_lora(pipe, path: str, scale: float) -> None:
+    """The adapter loaded into the pipeline at ``scale``; one that is missing or does not fit is one sentence."""
+    import sys
+
+    try:
+        pipe.load_lora_weights(path, scale=scale)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as error:
+        raise SystemExit(str(error)) from None
+    print(f"LoRA adapter {path} at strength {scale:g}.", file=sys.stderr, flush=True)
+
+
 def _parse_stem_arguments(args) -> tuple[dict, list | None]:
     """``(given, generate)``: the ``--stem NAME=FILE`` paths by name, and the ``--generate`` names (None: all)."""
     given = {}
@@ -152,6 +167,10 @@ def _check_numbers(args) -> None:
         raise SystemExit(f"--overlap must be zero or a positive number of seconds, got {args.overlap:g}.")
     if args.num_samples is not None and args.num_samples < 1:
         raise SystemExit(f"--num-samples must be at least 1, got {args.num_samples}.")
+    if not math.isfinite(args.lora_scale):
+        raise SystemExit(f"--lora-scale must be a finite number, got {args.lora_scale:g}.")
+    if args.lora is None and args.lora_scale != 1.0:
+        raise SystemExit("--lora-scale is the strength of a LoRA adapter: give the adapter with --lora PATH.")
 
 
 def _seeds(args) -> list[int]:
@@ -209,10 +228,13 @@ def _settings(args, kind, result, j: int, seed: int, names: dict, gain: float, d
         "given": {n: Path(p).name for n, p in names.items()}, **sampling_record(result),
         "extended_by_s": args.extend, "gain_applied": gain, "device": device,
         "level_gain_db": _sample_levels(result.sampling.get("levels"), j),
+        "lora": None if args.lora is None else str(args.lora),
+        "lora_scale": None if args.lora is None else args.lora_scale,
         "dtype": dtype_name,
         "batch_seconds": round(seconds, 3),
     }
     dropped = ("mixture_of",) if kind.generates_stems else ("given", "extended_by_s", "level_gain_db")
+    dropped += ("lora", "lora_scale") if args.lora is None else ()
     return {k: v for k, v in settings.items() if k not in dropped}
 
 
@@ -244,6 +266,8 @@ def _run(args) -> int:
     given, generate = _parse_stem_arguments(args)
     seeds = _seeds(args)
     pipe, device, dtype_name = load_pipeline(args.pipeline, args.device, args.dtype)
+    if args.lora:
+        load_lora(pipe, args.lora, args.lora_scale)
     kind = kind_of(pipe)
     _check_stem_arguments(pipe, kind, args, given, generate)
     max_seconds = MAX_STEM_SECONDS if args.max_stem_seconds is None else args.max_stem_seconds

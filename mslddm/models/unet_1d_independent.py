@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders.peft import PeftAdapterMixin
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
@@ -24,7 +25,7 @@ from .unet_1d_multisource import MultiSourceUNet1DModel, UNet1DOutput
 __all__ = ["IndependentSourceUNet1DModel"]
 
 
-class IndependentSourceUNet1DModel(ModelMixin, ConfigMixin):
+class IndependentSourceUNet1DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     r"""
     ``num_sources`` independent 1-D UNets, one per stem (ISLDM), behind the interface of
     :class:`MultiSourceUNet1DModel`.

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders.peft import PeftAdapterMixin
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_1d import UNet1DOutput
 from torch import nn
@@ -416,10 +417,12 @@ class Bottleneck1d(CheckpointableBlock):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class MultiSourceUNet1DModel(ModelMixin, ConfigMixin):
+class MultiSourceUNet1DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     r"""
     The 1-D UNet of MSLDM, denoising the joint latent of all stems (stems concatenated on channels). The defaults are
-    the paper's released MSLDM model (364,416,864 parameters); other sizes are named in `mslddm.presets`.
+    the paper's released MSLDM model (364,416,864 parameters); other sizes are named in `mslddm.presets`. LoRA
+    adapters attach through diffusers' `PeftAdapterMixin` (`add_adapter`, `load_lora_adapter`; pipelines load them
+    with `load_lora_weights`, `mslddm.pipelines.lora`).
 
     Parameters:
         in_channels (`int`, defaults to 320): Channels of the input (stems x latent channels: 4 x 80).

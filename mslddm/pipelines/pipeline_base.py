@@ -33,6 +33,7 @@ from ..randomness import Generator
 from ..schedulers.sampling import guided, reconstruction_guided
 from ..stems import SILENCE_DBFS, load_stem, unknown_stems_message
 from . import known as known_part
+from .lora import MultiSourceLoraLoaderMixin
 from .pipeline_output import MultiSourceAudioPipelineOutput
 from .windows import plan_windows, sample_in_windows, sampled_windows
 
@@ -96,14 +97,15 @@ def unet_class_name(unet) -> str:
     return unet.config.get("_class_name") or type(getattr(unet, "_orig_mod", unet)).__name__
 
 
-class MultiSourcePipelineBase(DiffusionPipeline):
+class MultiSourcePipelineBase(DiffusionPipeline, MultiSourceLoraLoaderMixin):
     r"""Base of the mslddm pipelines: stems (or a mixture) sampled jointly by one ``unet`` under the EDM
     ``scheduler`` in the space of the leaf's :attr:`codec`. ``MultiSourcePipelineBase.from_pretrained(folder)``
     loads a folder of any kind as its own class.
 
     Leaves set ``model_kinds`` (the UNet's class name -> the kind of model, ``"msldm"``, ``"isldm"``, ``"mixldm"``
     or ``"msdm"``), implement :meth:`component_classes` and :attr:`codec`, and register their modules with
-    :meth:`register_pipeline`.
+    :meth:`register_pipeline`. LoRA adapters of the UNet load, fuse and unload as in diffusers
+    (:class:`~mslddm.pipelines.lora.MultiSourceLoraLoaderMixin`).
     """
 
     _callback_tensor_inputs = ["latents", "denoised"]
@@ -246,6 +248,9 @@ class MultiSourcePipelineBase(DiffusionPipeline):
         """Saves the pipeline folder and, unless one is already there, a model card (``README.md``)."""
         if kwargs.pop("push_to_hub", False):
             raise ValueError("Use pipe.push_to_hub(repo_id) to upload; save_pretrained only writes the folder.")
+        if getattr(self.unet, "peft_config", None):  # its weights would be saved as peft's layers: no pipeline
+            raise ValueError("The UNet holds LoRA adapters: call unload_lora_weights() first, or fuse_lora() then "
+                             "unload_lora_weights() to save the pipeline with the adapter merged into it.")
         super().save_pretrained(save_directory, *args, **kwargs)
         card = os.path.join(save_directory, "README.md")
         if model_card_sections is not None or not os.path.exists(card):

@@ -198,9 +198,16 @@ def model_card_sections(state: dict, weights: str) -> dict[str, str]:
     import yaml
 
     sections = {}
-    if state.get("description"):
-        sections["About this model"] = state["description"]
+    description = state.get("description") or (state.get("recipe") or {}).get("description")
+    if description:
+        sections["About this model"] = description
     lines = [f"- Weights: {weights}.", f"- Diffusion training steps: {state.get('step')}."]
+    if state.get("init_from"):
+        lines.append(f"- Continued from the pipeline `{state['init_from']}`.")
+    timing = state.get("timing") or {}
+    if timing.get("train_minutes_total") is not None:
+        lines.append(f"- Training time: {timing['train_minutes_total']} minutes (this run's last session: "
+                     f"{timing.get('run_steps')} steps at {timing.get('run_steps_per_second')} steps/s).")
     vae = state.get("vae_training") or {}
     if vae:
         lines.append(f"- SourceVAE training steps: {vae.get('step')}.")
@@ -220,6 +227,41 @@ def model_card_sections(state: dict, weights: str) -> dict[str, str]:
         sections["Validation (measured at the end of training)"] = (
             "| model | metric | value |\n|---|---|---|\n" + "\n".join(rows))
     return sections
+
+
+def export_adapter(checkpoint, out, dtype: str | None = "float16", push_to_hub: str | None = None,
+                   description: str | None = None) -> Path:
+    """Builds the LoRA adapter folder ``out`` from a LoRA run's checkpoint (its ``lora/``): the weights in ``dtype``
+    (default float16: half the size, far below the adapter's own precision), ``adapter_config.json`` and a model
+    card naming the base pipeline, the data and the training numbers; optionally uploads it."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from mslddm.hub import adapter_card, push_folder_to_hub
+    from mslddm.pipelines.lora import ADAPTER_CONFIG_NAME, LORA_WEIGHT_NAME
+
+    checkpoint, source = Path(checkpoint), Path(checkpoint) / "lora"
+    state = read_state(checkpoint)
+    if description:
+        state = {**state, "description": description}
+    with safe_open(str(source / LORA_WEIGHT_NAME), framework="pt") as f:
+        header = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    if dtype:
+        tensors = {k: v.to(getattr(torch, dtype)) for k, v in tensors.items()}
+    config = {**json.loads((source / ADAPTER_CONFIG_NAME).read_text()),
+              "dtype": str(next(iter(tensors.values())).dtype).replace("torch.", "")}
+    with atomic_folder(out) as tmp:
+        save_file(tensors, str(tmp / LORA_WEIGHT_NAME), metadata=header)
+        (tmp / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=1) + "\n")
+        size = (tmp / LORA_WEIGHT_NAME).stat().st_size
+        sections = model_card_sections(state, f"LoRA adapter (rank {config.get('r')}) of the UNet")
+        (tmp / "README.md").write_text(adapter_card(base_pipeline=config.get("base_pipeline"), config=config,
+                                                    size_bytes=size, extra_sections=sections))
+    if push_to_hub:
+        push_folder_to_hub(out, push_to_hub, commit_message="Upload mslddm LoRA adapter")
+    return Path(out)
 
 
 def export_pipeline(checkpoint, out, ema: bool = True, dtype: Optional[str] = None, push_to_hub: Optional[str] = None,

@@ -3,8 +3,9 @@
 after the first step (``checkpointing_steps: 0``, ``batch_size: 0``) is named before any work, in one sentence.
 
 The schema is data: a section is a dict ``key -> check``; a check is a function ``value -> None or a complaint``
-(a phrase that completes "must be ..."), or a nested section. Model-architecture overrides (``model:``) are free
-mappings: the model's constructor checks them.
+(a phrase that completes "must be ..."), or a nested section (an :class:`OptionalSection` may also be null: off,
+as when it is absent). Model-architecture overrides (``model:``) are free mappings: the model's constructor checks
+them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ Check = Callable[[Any], Optional[str]]
 
 class RecipeError(ValueError):
     """A recipe that cannot be trained as written: the message names the file, the key and what it must be."""
+
+
+class OptionalSection(dict):
+    """A section that may also be null: off (a recipe based on one that sets it can turn it off so)."""
 
 
 def _number(value) -> bool:
@@ -125,6 +130,9 @@ def msldm_section() -> dict:
         "validation_sampler": TEXT, "scheduler": _scheduler_section(),
         "conditioning": {"given_probability": PROBABILITY, "total_probability": PROBABILITY,
                          "continuation_probability": PROBABILITY, "learning_rate": optional(real(0.0))},
+        # A LoRA adapter on the --init_from pipeline's frozen UNet (docs/finetune.md); null: every weight trains.
+        "lora": OptionalSection({"rank": integer(1), "alpha": optional(POSITIVE), "dropout": real(0.0, 1.0),
+                                 "target_modules": optional(of_type(list, "a list of module names"))}),
     }
 
 
@@ -152,6 +160,8 @@ def validate(recipe: dict, source: str, schema: Optional[dict] = None, where: st
             hint = f" Did you mean '{where}{near[0]}'?" if near else f" Known keys here: {sorted(schema)}."
             raise RecipeError(f"Recipe {source}: unknown key {path!r}.{hint}")
         check = schema[key]
+        if isinstance(check, OptionalSection) and value is None:
+            continue
         if isinstance(check, dict):
             if not isinstance(value, dict):
                 raise RecipeError(f"Recipe {source}: {path!r} must be a section (a mapping), got {value!r}.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Optional
@@ -111,6 +112,17 @@ class TimeBudget:
         return {"train_minutes_total": round(self.earlier_minutes + minutes, 2), "run_minutes": round(minutes, 2),
                 "run_steps": step - self.start_step,
                 "run_steps_per_second": round((step - self.start_step) / max(minutes * 60, 1e-9), 4)}
+
+    def progress(self, step: int, max_steps: int) -> str:
+        """Where the run is and when it ends at this run's speed: ``"40/3000 steps, 1.2 steps/s, ETA 41.1 min"``
+        (the ETA is the time budget's end when that comes first)."""
+        minutes = self.elapsed_minutes()
+        speed = (step - self.start_step) / max(minutes * 60, 1e-9)
+        left = (max_steps - step) / speed / 60 if speed > 0 else math.inf
+        why = ""
+        if self.minutes is not None and self.minutes - minutes < left:
+            left, why = max(self.minutes - minutes, 0.0), " (the time budget)"
+        return f"{step}/{max_steps} steps, {speed:.3g} steps/s, ETA {left:.1f} min{why}"
 
     def elapsed_minutes(self) -> float:
         import time
