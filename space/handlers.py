@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from mslddm.audio import read_audio, rms_db
+from mslddm.delivery import AudioFormat, Upload, deliver, in_format, output_format, output_length
+from mslddm.pipelines.known import CONTINUATION_FADE_SAMPLES
 from mslddm.records import sampling_record
 from mslddm.schedulers import SAMPLER_DEFAULTS
 from mslddm.stems import MAX_STEM_SECONDS, SILENCE_DBFS, StemError, load_stem, unknown_stems_message
@@ -125,19 +127,18 @@ class Studio:
     # ------------------------------------------------------------------------------------------------------
     def generate(self, uploads: Mapping[str, str | None], generate: Mapping[str, bool], duration_s: float,
                  steps: int, sampler: str, churn: float, seed: str | int | None, variations: int,
-                 whole_song: bool = False, mixer: Mixer | None = None, progress: Callable | None = None,
+                 whole_song: bool = True, mixer: Mixer | None = None, progress: Callable | None = None,
                  session: str = "api") -> Outputs:
         """Generates the stems ticked in ``generate`` around the uploaded ones (total generation when nothing is
-        uploaded), writes the render and returns what the page shows for its first variation. With
-        ``whole_song`` the result is as long as the longest upload (up to ``max_song_s``, in windows) and
-        ``duration_s`` is not used."""
+        uploaded), writes the render and returns what the page shows for its first variation. The result is as
+        long as the longest upload (up to ``max_song_s``, in windows) unless ``whole_song`` is off, or nothing is
+        uploaded: then ``duration_s`` (the CLI's and Python's rule: the uploads' length unless a duration is
+        given). The files are at the uploads' rate and channels (:mod:`mslddm.delivery`)."""
         # 1. Check the settings, then the uploads
         given = {name: path for name, path in uploads.items() if path}
-        if whole_song and not given:
-            raise user_error("'Whole song' makes the result as long as the uploads: upload at least one stem, or "
-                             "untick it and choose a duration.")
-        duration_s, sampling, variations = self._check_settings(None if whole_song else duration_s, steps, sampler,
-                                                                churn, variations)
+        uploads_length = bool(whole_song) and bool(given)
+        duration_s, sampling, variations = self._check_settings(None if uploads_length else duration_s, steps,
+                                                                sampler, churn, variations)
         seeds = self._seeds(seed, variations)
         message = unknown_stems_message(uploads, self.stem_names)
         if message:
@@ -148,9 +149,9 @@ class Studio:
                            "stem you want generated.")
         if not to_generate:
             raise user_error("Nothing to generate: tick 'generate' under at least one stem that has no upload.")
-        stems, notes = {}, []
+        stems, decoded, notes = {}, {}, []
         for name, path in given.items():
-            stems[name], note = self._load_upload(name, path, duration_s)
+            stems[name], decoded[name], note = self._load_upload(name, path, duration_s)
             notes += [note] if note else []
 
         # 2. Sample
@@ -161,12 +162,16 @@ class Studio:
             "generator": [torch.Generator().manual_seed(s) for s in seeds],
         }, progress)
 
-        # 3. Write the render
+        # 3. Put the result in the uploads' format and write the render
+        fmt = output_format(list(decoded.values()), result.sample_rate)
+        length = output_length(list(decoded.values()), fmt, duration_s)
+        audio = deliver(result.stems, result.sample_rate, self.stem_names, fmt, length,
+                        {n: in_format(u, fmt, length) for n, u in decoded.items()})
         settings = {
             "pipeline": self.public_pipeline_name, "given": {n: Path(p).name for n, p in given.items()},
             "silent": [n for n in self.stem_names if n not in given and n not in to_generate],
         }
-        return self._write(result, seeds, settings, seconds, mixer, notes, progress, session)
+        return self._write(result, audio, fmt, seeds, settings, seconds, mixer, notes, progress, session)
 
     def extend(self, zip_path: str | None, variation: str | None, extend_s: float, steps: int, sampler: str,
                churn: float, mixer: Mixer | None = None, progress: Callable | None = None,
@@ -174,7 +179,8 @@ class Studio:
         """Continues the shown variation of a render by ``extend_s`` seconds: its stems are kept and every one
         that sounds continues after them (a silent one stays silent); the same seed, a new render."""
         # 1. Check the settings and read the variation back
-        render = self._read(zip_path, read_render)
+        render = self._read(zip_path, read_render, "Nothing to extend yet: press Generate first (Extend continues "
+                            "a result).")
         index = parse_variation(variation, len(render.seeds))
         if extend_s is None or not math.isfinite(float(extend_s)) or float(extend_s) <= 0:
             raise user_error(f"Extend by must be a positive number of seconds, got {extend_s}.")
@@ -186,8 +192,9 @@ class Studio:
         if render.stem_names != self.stem_names:
             raise user_error(f"The render has the stems {render.stem_names}, this pipeline {self.stem_names}: "
                              "extend it where it was made.")
-        sounding = {name: render.stems[index, k] for k, name in enumerate(self.stem_names)
-                    if rms_db(render.stems[index, k]) >= self.limits.silence_dbfs}  # silent: under it
+        takes = {name: render.stems[index, k] for k, name in enumerate(self.stem_names)}
+        sounding = {name: take.mean(axis=0) for name, take in takes.items()
+                    if rms_db(take.mean(axis=0)) >= self.limits.silence_dbfs}  # silent: under it
         if not sounding:
             raise user_error("Every stem of this variation is silent: there is nothing to continue.")
 
@@ -200,13 +207,19 @@ class Studio:
             "generator": [torch.Generator().manual_seed(seed)],
         }, progress)
 
-        # 3. Write the render
+        # 3. The takes as they were, their continuations in the render's format; write the render
+        fmt = AudioFormat(render.sample_rate, render.stems.shape[2])
+        length = render.stems.shape[-1] + round(float(extend_s) * fmt.sample_rate)
+        end = render.stems.shape[-1]
+        audio = deliver(result.stems, result.sample_rate, self.stem_names, fmt, length,
+                        {n: takes[n] for n in sounding}, dict.fromkeys(sounding, end),
+                        fade_s=CONTINUATION_FADE_SAMPLES / result.sample_rate)
         settings = {
             "pipeline": self.public_pipeline_name, "given": {},
             "silent": [n for n in self.stem_names if n not in sounding], "extended_from_s": round(length_s, 3),
         }
         note = f"the first {length_s:.1f} s are the variation you extended, the last {float(extend_s):g} s are new"
-        return self._write(result, [seed], settings, seconds, mixer, [note], progress, session)
+        return self._write(result, audio, fmt, [seed], settings, seconds, mixer, [note], progress, session)
 
     @property
     def can_separate(self) -> bool:
@@ -243,15 +256,17 @@ class Studio:
         # 3. Write the render
         settings = {"pipeline": self.public_pipeline_name, "given": {}, "silent": [],
                     "separated_from": Path(mixture_path).name, "method": result.sampling["method"]}
-        return self._write(result, seeds, settings, seconds, mixer, [], progress, session)
+        fmt = AudioFormat(result.sample_rate, 1)
+        audio = np.asarray(result.stems, dtype=np.float32)[:, :, None]
+        return self._write(result, audio, fmt, seeds, settings, seconds, mixer, [], progress, session)
 
     def remix(self, zip_path: str | None, variation: str | None, mixer: Mixer,
               session: str = "api") -> Outputs:
         """Re-mixes a render with new gains and mutes without sampling again; writes a new ZIP."""
         render = self._read(zip_path, read_render)
-        files = write_render(render, mixer, self._event_dir(session))
+        files = write_render(render, mixer, self._event_dir(session), stems_from=zip_path)
         index = parse_variation(variation, len(render.seeds))
-        info = self._describe(files.settings, [])
+        info = self._describe(files.settings)
         return self._outputs(files.zip_path, files.variations[index], files.settings, index, info, session)
 
     def show(self, zip_path: str | None, variation: str | None, session: str = "api") -> Outputs:
@@ -260,7 +275,7 @@ class Studio:
         index = parse_variation(variation, len(settings["seeds"]))
         folder = self._event_dir(session)
         players = extract_variation(zip_path, index, folder)
-        return self._outputs(Path(zip_path), players, settings, index, self._describe(settings, []), session,
+        return self._outputs(Path(zip_path), players, settings, index, self._describe(settings), session,
                              folder)
 
     def end_session(self, session: str) -> None:
@@ -312,25 +327,28 @@ class Studio:
 
     def _load_upload(self, name: str, path: str, duration_s: float | None):
         """Reads, checks and converts one uploaded stem (the library's checks and sentences, as in Python and the
-        CLI); returns it at the pipeline's rate, cut to the duration (whole when it is None), and a note or None."""
+        CLI); returns it at the pipeline's rate, cut to the duration (whole when it is None), the upload as decoded
+        (what the result gives back) and a note or None."""
         sr = self.pipe.sample_rate
         longest = self.limits.max_upload_s if duration_s is not None else min(self.limits.max_upload_s,
                                                                                self.limits.max_song_s)
         try:
             audio = load_stem(name, path, sr, use_seconds=duration_s, max_seconds=longest,
                               silence_dbfs=self.limits.silence_dbfs, limit_hint=" Trim it and upload it again.")
-        except StemError as error:
+            decoded = Upload.read(path)
+        except (StemError, ValueError, OSError) as error:
             raise user_error(str(error)) from None
         if duration_s is None:
-            return audio, None
+            return audio, decoded, None
         length_s = len(audio) / sr
         stem = audio[: round(duration_s * sr)]  # resampled whole and cut after: no filter edge at the cut
         note = None
         if length_s > duration_s + 1e-3:
-            note = f"the {name} upload was cut to the first {duration_s:g} s of its {length_s:.1f} s"
+            note = (f"the {name} upload was cut to the first {duration_s:g} s of its {length_s:.1f} s (tick 'As long "
+                    "as the uploads' for all of it)")
         elif length_s < duration_s - 1e-3:
             note = f"the {name} upload ({length_s:.1f} s) was padded with silence to {duration_s:g} s"
-        return stem, note
+        return stem, decoded, note
 
     def _timed_sample(self, kwargs: dict, progress: Callable | None):
         """The pipeline run and its wall-clock seconds. Sampling keeps no state in the pipeline, so calls may
@@ -340,14 +358,16 @@ class Studio:
         result = self._sample(kwargs, progress)
         return result, time.perf_counter() - tic
 
-    def _write(self, result, seeds, settings, seconds, mixer, notes, progress, session) -> Outputs:
-        """Writes a result as a render with the sampling settings it used; what the page shows of it."""
-        settings = {**settings, **sampling_record(result), "seconds": round(seconds, 3)}
-        render = Render(result.stems, list(result.stem_names), int(result.sample_rate), seeds, settings)
+    def _write(self, result, audio, fmt, seeds, settings, seconds, mixer, notes, progress, session) -> Outputs:
+        """Writes a result (``audio``: its stems in the format ``fmt``) as a render with the sampling settings it
+        used; what the page shows of it."""
+        settings = {**settings, **sampling_record(result), "duration_s": audio.shape[-1] / fmt.sample_rate,
+                    "model_sample_rate": int(result.sample_rate), "seconds": round(seconds, 3), "notes": notes}
+        render = Render(audio, list(result.stem_names), fmt.sample_rate, seeds, settings)
         if progress is not None:
             progress(1.0, desc="Writing the files")
         files = write_render(render, mixer or {}, self._event_dir(session))
-        info = self._describe(files.settings, notes)
+        info = self._describe(files.settings)
         return self._outputs(files.zip_path, files.variations[0], files.settings, 0, info, session)
 
     def _run_pipeline(self, kwargs: dict, progress: Callable | None):
@@ -371,9 +391,9 @@ class Studio:
             raise user_error(str(error)) from None
         return result
 
-    def _read(self, zip_path, reader):
+    def _read(self, zip_path, reader, missing: str = "Nothing to re-mix yet: press Generate first."):
         if not zip_path:
-            raise user_error("Nothing to re-mix yet: press Generate first.")
+            raise user_error(missing)
         try:
             return reader(zip_path)
         except (ValueError, KeyError, IndexError, OSError) as error:
@@ -387,7 +407,7 @@ class Studio:
         labels = [variation_label(i, s) for i, s in enumerate(settings["seeds"])]
         return Outputs({n: Path(p) for n, p in players.items()}, picture, Path(zip_path), info, labels, index)
 
-    def _describe(self, settings: dict, notes: list[str]) -> str:
+    def _describe(self, settings: dict) -> str:
         """One Markdown paragraph: what was generated around what, with which settings and seeds."""
         generated = ", ".join(settings["generated"])
         given = ", ".join(settings["given"]) or None
@@ -404,9 +424,8 @@ class Studio:
                 + f", sampler {settings['sampler']}, {settings['steps']} steps "
                 f"({settings['model_evaluations']} model evaluations), churn {settings['s_churn']:g}, "
                 f"in {settings['seconds']:.1f} s. **Seed{'s' if len(settings['seeds']) > 1 else ''}: {seeds}**. "
-                f"Every file is scaled by the same gain ({20 * np.log10(settings['gain_applied']):+.1f} dB) so that "
-                "stems and mix keep their levels.")
-        return text + "".join(f"\n\nNote: {note}." for note in notes)
+                + _levels(settings))
+        return text + "".join(f"\n\nNote: {note}." for note in settings.get("notes", []))
 
     def _event_dir(self, session: str) -> Path:
         """A fresh folder for one event's files, after removing stale ones (see the class docstring)."""
@@ -420,6 +439,18 @@ class Studio:
         folder = self.workdir / _safe(session) / uuid.uuid4().hex[:12]
         folder.mkdir(parents=True)
         return folder
+
+
+def _levels(settings: dict) -> str:
+    """The files' format and gains, as the summary says them."""
+    channels = {1: "mono", 2: "stereo"}.get(settings.get("channels", 1), f"{settings.get('channels')} channels")
+    given = " (the uploads' format)" if settings.get("given") else ""
+    stems_db = 20 * np.log10(settings["gain_applied"])
+    mix_db = 20 * np.log10(settings.get("mix_gain_applied", settings["gain_applied"]))
+    stems = "as made" + (", uploads untouched" if settings.get("given") else "") if stems_db == 0 else \
+        f"all at {stems_db:+.1f} dB (one would clip)"
+    return (f"Files: {settings['sample_rate']} Hz {channels}{given}; stems {stems}, mix at {mix_db:+.1f} dB "
+            "(a re-mix changes only the mix).")
 
 
 def _safe(session: str | None) -> str:

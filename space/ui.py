@@ -114,8 +114,9 @@ def _layout(studio: Studio, title: str) -> Page:
         f"# {title}: multi-source music generation\n"
         f"Upload the stems you have and tick the ones to generate: the model writes the missing stems to fit "
         f"(partial generation), or every stem when nothing is uploaded (total generation). "
-        f"Pipeline `{_short(studio.pipeline_name)}`, stems {', '.join(names)}, {studio.pipe.sample_rate} Hz. "
-        f"Uploads: any format, rate or channel count, up to {lim.max_upload_s:g} s and {lim.max_file_size}; "
+        f"Pipeline `{_short(studio.pipeline_name)}`, stems {', '.join(names)}. "
+        f"Uploads: any format, rate or channel count, up to {lim.max_upload_s:g} s and {lim.max_file_size}; the "
+        f"result comes back at their rate and channels, your stems untouched; "
         f"music longer than the model's window (whole songs up to {lim.max_song_s:g} s, extensions) is generated "
         f"in overlapping windows.")
     gr.Markdown("### Stems: upload the ones you have, tick the ones to generate")
@@ -142,8 +143,9 @@ def _layout(studio: Studio, title: str) -> Page:
         # A Textbox, not a Number: an empty Number is sent as 0, and empty must mean "random".
         seed = gr.Textbox(value="", placeholder="random", label="Seed (empty: random)", max_lines=1, elem_id="seed")
         variations = gr.Slider(1, lim.max_variations, value=1, step=1, label="Variations", elem_id="variations")
-        whole_song = gr.Checkbox(value=False, label=f"Whole song: as long as the uploads (up to {lim.max_song_s:g} s; "
-                                 "the duration is not used)", elem_id="whole-song")
+        # The CLI's and Python's rule: the uploads' length unless a duration is given (here: unticked).
+        whole_song = gr.Checkbox(value=True, label=f"As long as the uploads (up to {lim.max_song_s:g} s); "
+                                 "unticked, or with no upload: the duration", elem_id="whole-song")
         page.button = gr.Button("Generate", variant="primary", elem_id="generate-button", scale=2)
     page.settings = [duration, steps, sampler, churn, seed, variations, whole_song]
     if studio.can_separate:
@@ -270,14 +272,12 @@ def _wire_generate(studio: Studio, page: Page) -> None:
         "`zip_path` by `extend_s` seconds: every sounding stem continues, with the variation's seed. Returns what "
         "/generate returns.")
 
-    duration, steps, sampler, churn = page.settings[:4]
+    steps, sampler, churn = page.settings[1:4]
     page.variation.change(lambda label: label, page.variation, page.selected, api_visibility="private", queue=False)
     page.extend_button.click(run_extend, [page.zip_file, page.selected, page.extend_s, steps, sampler, churn]
                              + page.mixer, page.outputs, api_name="extend", concurrency_limit=1,
                              concurrency_id="sampling").success(show_variations, page.zip_file, page.variation,
                                                                 api_visibility="private", queue=False)
-    page.settings[-1].change(lambda whole: gr.Slider(interactive=not whole), page.settings[-1], duration,
-                             api_visibility="private", queue=False)
     for name in names:  # an upload makes the stem a condition: its "generate" box no longer applies
         page.uploads[name].change(lambda path: gr.Checkbox(value=not path, interactive=not path),
                                   page.uploads[name], page.generate[name], api_visibility="private", queue=False)
@@ -346,7 +346,7 @@ def _wire_examples(studio: Studio, page: Page, examples: list[dict]) -> None:
     def run_example(*values, progress=gr.Progress(), request: gr.Request = None):  # noqa: B008 (Gradio's API)
         *ups, duration_s, seed_ = values
         out = studio.generate(dict(zip(given, ups)), dict.fromkeys(names, True), duration_s, None, None, None, seed_,
-                              1, progress=progress, session=_session(request))
+                              1, whole_song=False, progress=progress, session=_session(request))  # its duration
         return _show(page, out)[:-1]
 
     with warnings.catch_warnings():  # some examples leave some given stems empty: run_example takes None

@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
-SR = 22050
+SR = 22050  # the tiny pipeline's rate
+RATE = 44100  # the uploads' rate: the results' (issue 26 item 8)
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
@@ -202,14 +203,14 @@ def test_page_end_to_end(app_url, page, tmp_path):
     assert names == {"settings.json"} | {f"{f}/{n}.wav" for f in folders for n in STEMS + ["mix"]}
     assert settings["mixer"]["drums"]["gain_db"] == -6 and settings["mixer"]["piano"]["mute"]
     assert settings["given"] == {"bass": "bass.wav"} and settings["seeds"] == [123, 124]
-    gain, pcm = settings["gain_applied"], 2.0 / 32768
+    ratio, pcm = settings["mix_gain_applied"] / settings["gain_applied"], 2.0 / 32768
+    assert (settings["sample_rate"], settings["channels"], settings["duration_s"]) == (44100, 2, 2.0)
     for folder in folders:
         stems = {n: files[f"{folder}/{n}.wav"] for n in STEMS}
-        expected_mix = stems["bass"] + 10 ** (-6 / 20) * stems["drums"] + stems["guitar"]
+        expected_mix = (stems["bass"] + 10 ** (-6 / 20) * stems["drums"] + stems["guitar"]) * ratio
         np.testing.assert_allclose(files[f"{folder}/mix.wav"], expected_mix, atol=4 * pcm)
-        # The uploaded bass keeps its level: the file is the upload times the one gain shared by every file
-        # (to a few 16-bit steps: a re-mix reads the stems back from the 16-bit ZIP).
-        np.testing.assert_allclose(stems["bass"], load_audio(str(bass), SR)[:SR] * gain, atol=6 * pcm)
+        # The uploaded bass comes back as it was uploaded: its length, rate and samples (issue 26 items 7, 8)
+        np.testing.assert_array_equal(stems["bass"], read_audio(str(bass))[0][0])
 
     # An example fills the uploads and shows its (lazily cached) result.
     page.get_by_text("a drum loop").click()
@@ -247,7 +248,7 @@ def test_page_whole_song_then_extend(song_app_url, page, tmp_path):
     assert "3 s in" in info and "overlapping windows" in info
     settings, files = download_zip(page, tmp_path / "song.zip")
     assert settings["duration_s"] == pytest.approx(3.0) and settings["windows"] > 3
-    assert all(len(a) == 3 * SR for a in files.values())
+    assert settings["sample_rate"] == RATE and all(len(a) == 3 * RATE for a in files.values())
 
     # Extend the second variation by 1.5 s: every stem continues, the first 3 s stay as they were.
     mix_href = page.locator("#player-mix a[download]").first.get_attribute("href")
@@ -268,12 +269,13 @@ def test_page_whole_song_then_extend(song_app_url, page, tmp_path):
     for name in STEMS:
         before = files[f"variation_2_seed8/{name}.wav"] / settings["gain_applied"]
         after = longer[f"variation_1_seed8/{name}.wav"] / extended["gain_applied"]
-        assert len(after) == round(4.5 * SR)
+        assert len(after) == round(4.5 * RATE)
         if rms_db(before) < SILENCE_DBFS:  # the untrained model's quiet stems: held silent, as a silent stem is
             assert not after.any(), name
             continue
         continued.append(name)
-        np.testing.assert_allclose(after[:3 * SR - 512], before[:3 * SR - 512],
+        fade = 512 * RATE // SR  # the continuation's crossfade at the result's rate
+        np.testing.assert_allclose(after[:3 * RATE - fade], before[:3 * RATE - fade],
                                    atol=4 * pcm / min(settings["gain_applied"], extended["gain_applied"]))
     assert "guitar" in continued  # the take itself continues
 
@@ -308,9 +310,10 @@ def test_page_separates_an_uploaded_mixture(msdm_app_url, page, tmp_path):
     settings, files = download_zip(page, tmp_path / "separated.zip")
     assert settings["separated_from"] == "song.wav" and settings["method"] == "dirac" and settings["steps"] == 30
     stems = np.stack([files[f"variation_1_seed5/{name}.wav"] for name in STEMS])
+    stems *= settings["mix_gain_applied"] / settings["gain_applied"]  # the mix's own gain
     mix = files["variation_1_seed5/mix.wav"]
     assert stems.shape == (4, round(1.5 * SR))
     assert np.abs(stems.sum(0) - mix).max() < 5e-4 * max(1.0, np.abs(stems).max())
     # the uploaded mixture, at the page's level: the separated mix is the song
-    song = load_audio(mixture, SR) * settings["gain_applied"]
+    song = load_audio(mixture, SR) * settings["mix_gain_applied"]
     assert np.abs(mix - song[: len(mix)]).max() < 5e-3

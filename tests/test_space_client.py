@@ -1,5 +1,6 @@
 """The Space's ``/generate`` endpoint through ``gradio_client``, on a server started in this process."""
 
+import io
 import json
 import socket
 import sys
@@ -43,7 +44,8 @@ def server(tmp_path_factory):
 @pytest.mark.timeout(120)
 def test_generate_from_gradio_client(server, tmp_path, capfd):
     t = np.arange(44100) / 44100
-    sf.write(tmp_path / "drums.flac", 0.3 * np.sign(np.sin(2 * np.pi * 4 * t)) * np.exp(-(t % 0.25) * 30), 44100)
+    hits = 0.3 * np.sign(np.sin(2 * np.pi * 4 * t)) * np.exp(-(t % 0.25) * 30)
+    sf.write(tmp_path / "drums.flac", np.stack([hits, 0.5 * hits], 1), 44100)  # stereo, 44.1 kHz
     client = gradio_client.Client(server, verbose=False)
     result = client.predict(drums=gradio_client.handle_file(str(tmp_path / "drums.flac")), duration=1.0, steps=2,
                             seed="42", variations=2, mute_piano=True, api_name="/generate")
@@ -55,6 +57,11 @@ def test_generate_from_gradio_client(server, tmp_path, capfd):
         settings = json.loads(zf.read("settings.json"))
         assert len([n for n in zf.namelist() if n.endswith(".wav")]) == 2 * (len(STEMS) + 1)
     assert settings["given"] == {"drums": "drums.flac"} and settings["mixer"]["piano"]["mute"] is True
+    # Issue 26 items 7 and 8: the upload's length, rate and channels; the drums come back as decoded
+    assert (settings["sample_rate"], settings["channels"], settings["duration_s"]) == (44100, 2, 1.0)
+    with zipfile.ZipFile(zip_path) as zf:
+        drums, rate = sf.read(io.BytesIO(zf.read("variation_1_seed42/drums.wav")), dtype="int16")
+    assert rate == 44100 and np.array_equal(drums, sf.read(tmp_path / "drums.flac", dtype="int16")[0])
 
     # /extend continues the second variation by 0.5 s, with its seed; only the ZIP and the length are needed
     *players, mix, _, longer_zip, info, variation = client.predict(
