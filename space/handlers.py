@@ -5,6 +5,7 @@ variation. Every bad input raises ``gr.Error`` with a sentence that says what to
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
 import secrets
 import shutil
@@ -21,6 +22,7 @@ import torch
 
 from mslddm.audio import read_audio, rms_db
 from mslddm.delivery import AudioFormat, Upload, deliver, in_format, output_format, output_length
+from mslddm.files import sha256
 from mslddm.pipelines.known import CONTINUATION_FADE_SAMPLES
 from mslddm.records import sampling_record
 from mslddm.schedulers import SAMPLER_DEFAULTS
@@ -108,6 +110,7 @@ class Studio:
             Path(workdir).mkdir(parents=True, exist_ok=True)
         self.workdir = Path(tempfile.mkdtemp(prefix="mslddm-space-", dir=workdir))  # removed by close()
         self.ttl_s = ttl_s
+        self._active: set[Path] = set()  # event folders whose files are being written
         self._sample = gpu(duration=self.limits.gpu_duration_s)(self._run_pipeline)
         atexit.register(self.close)
 
@@ -153,6 +156,8 @@ class Studio:
         for name, path in given.items():
             stems[name], decoded[name], note = self._load_upload(name, path, duration_s)
             notes += [note] if note else []
+            same = [o for o in list(given)[:list(given).index(name)] if _same_file(given[o], path)]
+            notes += [f"the {name} upload is the same file as the {' and '.join(same)} upload"] if same else []
 
         # 2. Sample
         result, seconds = self._timed_sample({
@@ -278,9 +283,32 @@ class Studio:
         return self._outputs(Path(zip_path), players, settings, index, self._describe(settings), session,
                              folder)
 
+    def check_upload(self, name: str, path: str, uploads: Mapping[str, str | None] | None = None) -> str | None:
+        """Checks an upload when it arrives, with the checks Generate makes (readable, not empty, not silent, not
+        too long; the sentence names the file); returns a warning or None. The same file in another slot is a
+        warning: the model would hear one part twice."""
+        try:
+            load_stem(name, path, self.pipe.sample_rate, max_seconds=self.limits.max_upload_s, silence_dbfs=self.limits.silence_dbfs,
+                      limit_hint=" Trim it and upload it again.")
+        except StemError as error:
+            raise user_error(str(error)) from None
+        same = [other for other, p in (uploads or {}).items() if p and other != name and _same_file(p, path)]
+        if same:
+            return (f"the {name} upload ({Path(path).name}) is the same file as the {' and '.join(same)} upload: "
+                    "the model would hear one part twice; upload the part each slot is for.")
+        return None
+
     def end_session(self, session: str) -> None:
-        """Removes a browser session's files (called when the page is closed)."""
-        shutil.rmtree(self.workdir / _safe(session), ignore_errors=True)
+        """Removes a browser session's files (called when the page is closed). An event still writing its files,
+        or just done (Gradio copies its outputs after it returns), keeps its folder; the hourly sweep and exit
+        remove it."""
+        session_dir = self.workdir / _safe(session)
+        now = time.time()
+        for event_dir in list(session_dir.iterdir()) if session_dir.is_dir() else []:
+            if event_dir not in self._active and now - event_dir.stat().st_mtime > 10.0:
+                shutil.rmtree(event_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            session_dir.rmdir()  # only when empty
 
     def close(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -295,8 +323,12 @@ class Studio:
         if duration_s is not None and (not math.isfinite(float(duration_s))
                                        or not 0 < float(duration_s) <= max_duration):
             raise user_error(f"Duration must be between 0 and {max_duration:g} seconds, got {duration_s}.")
-        if steps is not None and (int(steps) != float(steps) or not 1 <= int(steps) <= lim.max_steps):
-            raise user_error(f"Steps must be a whole number from 1 to {lim.max_steps}, got {steps}.")
+        steps, churn = _number(steps, "Steps"), _number(churn, "Churn")
+        if steps is not None and (not math.isfinite(float(steps)) or int(steps) != float(steps)
+                                  or not 1 <= int(steps) <= lim.max_steps):
+            raise user_error(f"Steps must be between 1 and {lim.max_steps} (a whole number), got {steps:g}.")
+        if churn is not None and (not math.isfinite(float(churn)) or not 0 <= float(churn) <= 100):
+            raise user_error(f"Churn must be between 0 and 100, got {churn:g}.")
         if variations is None or int(variations) != float(variations) or not 1 <= int(variations) <= lim.max_variations:
             raise user_error(f"Variations must be a whole number from 1 to {lim.max_variations}, got {variations}.")
         try:  # unset ones: the pipeline's own (its scheduler config), resolved as for every caller
@@ -402,8 +434,11 @@ class Studio:
     def _outputs(self, zip_path, players, settings, index, info, session, folder=None) -> Outputs:
         names = settings["stem_names"]
         folder = folder or Path(players[MIX]).parent
-        tracks = {name: read_audio(players[name])[0][0] for name in names + [MIX]}
-        picture = plot_spectrograms(tracks, int(settings["sample_rate"]), Path(folder) / "spectrogram.png")
+        try:
+            tracks = {name: read_audio(players[name])[0].mean(axis=0) for name in names + [MIX]}
+            picture = plot_spectrograms(tracks, int(settings["sample_rate"]), Path(folder) / "spectrogram.png")
+        finally:  # the event's folder is this one or the one above (a variation's sub-folder)
+            self._active.difference_update({Path(folder), Path(folder).parent})
         labels = [variation_label(i, s) for i, s in enumerate(settings["seeds"])]
         return Outputs({n: Path(p) for n, p in players.items()}, picture, Path(zip_path), info, labels, index)
 
@@ -437,8 +472,26 @@ class Studio:
                 if now - event_dir.stat().st_mtime > (60.0 if mine else self.ttl_s):
                     shutil.rmtree(event_dir, ignore_errors=True)
         folder = self.workdir / _safe(session) / uuid.uuid4().hex[:12]
+        self._active.add(folder)  # until _outputs is done with it
         folder.mkdir(parents=True)
         return folder
+
+
+def _number(value, field: str) -> float | None:
+    """A number field's value (None stays None: the default), or a sentence naming the field."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise user_error(f"{field} must be a number, got {value!r}.") from None
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return Path(a).stat().st_size == Path(b).stat().st_size and sha256(a) == sha256(b)
+    except OSError:
+        return False
 
 
 def _levels(settings: dict) -> str:

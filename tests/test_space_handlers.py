@@ -170,7 +170,9 @@ def test_show_switches_variation(studio):
     ("silent", "is silent"),
     ("too_long", "stems may be at most 3 s"),
     ("duration", "Duration must be between 0 and 4"),
-    ("steps", "Steps must be a whole number from 1 to 10"),
+    ("steps", "Steps must be between 1 and 10"),
+    ("no_steps", r"Steps must be between 1 and 10 \(a whole number\), got 0"),
+    ("churn_range", "Churn must be between 0 and 100, got -1"),
     ("churn", "takes no churn"),
     ("seed", "Seed must be a whole number"),
     ("variations", "Variations must be a whole number"),
@@ -190,6 +192,8 @@ def test_bad_inputs_become_sentences(studio, tmp_path, case, message):
         "too_long": {"uploads": {"bass": tone(tmp_path / "long.wav", seconds=3.5)}, "whole_song": False},
         "duration": {"duration": 5.0},
         "steps": {"steps": 11},
+        "no_steps": {"steps": 0},
+        "churn_range": {"churn": -1.0, "sampler": "euler"},
         "churn": {"churn": 5.0},
         "seed": {"seed": "abc"},
         "variations": {"variations": 9},
@@ -206,10 +210,47 @@ def test_remix_before_generating_and_of_a_foreign_file(studio, tmp_path):
         studio.remix(str(tmp_path / "x.zip"), None, {})
 
 
+def test_uploads_are_checked_when_they_arrive(studio, tmp_path):
+    """Issue 26 item 5: a text file renamed .wav or an empty file is refused at upload, naming the file; the same
+    file in two slots is a warning."""
+    (tmp_path / "notes.wav").write_text("not audio")
+    (tmp_path / "empty.wav").write_bytes(b"")
+    with pytest.raises(gr.Error, match=r"The bass stem \(notes.wav\) could not be read as audio"):
+        studio.check_upload("bass", str(tmp_path / "notes.wav"))
+    with pytest.raises(gr.Error, match=r"empty.wav"):
+        studio.check_upload("drums", str(tmp_path / "empty.wav"))
+    take = tone(tmp_path / "take.wav")
+    assert studio.check_upload("guitar", take, {"guitar": take, "bass": None}) is None
+    copy = tmp_path / "copy" / "take.wav"
+    copy.parent.mkdir()
+    copy.write_bytes(Path(take).read_bytes())
+    warning = studio.check_upload("piano", str(copy), {"guitar": take, "piano": str(copy)})
+    assert "the piano upload (take.wav) is the same file as the guitar upload" in warning
+    out = run(studio, {"guitar": take, "piano": str(copy)})
+    assert "the piano upload is the same file as the guitar upload" in out.info
+
+
+def test_closing_the_page_while_files_are_written(tmp_path):
+    """Issue 26 item 4: the page's unload removed the folder under the event still writing into it
+    (FileNotFoundError: spectrogram.png)."""
+    studio = Studio(tiny_pipeline(), "tiny", workdir=str(tmp_path))
+
+    def close_the_tab(value, desc=None, **_):
+        if desc == "Writing the files":
+            studio.end_session("browser-0")
+
+    out = run(studio, session="browser-0", progress=close_the_tab)
+    assert out.spectrogram.is_file() and out.zip_path.is_file()
+    studio.close()
+
+
 def test_temporary_files_are_removed(tmp_path):
+    import os
+
     studio = Studio(tiny_pipeline(), "tiny", workdir=str(tmp_path))
     out = run(studio, session="browser-1")
     assert out.zip_path.is_file() and str(out.zip_path).startswith(str(studio.workdir / "browser-1"))
+    os.utime(out.zip_path.parent, (0, 0))  # Gradio has long copied the outputs
     studio.end_session("browser-1")
     assert not (studio.workdir / "browser-1").exists()
     run(studio, session="browser-2")
