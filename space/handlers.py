@@ -131,7 +131,7 @@ class Studio:
     def generate(self, uploads: Mapping[str, str | None], generate: Mapping[str, bool], duration_s: float,
                  steps: int, sampler: str, churn: float, seed: str | int | None, variations: int,
                  whole_song: bool = True, mixer: Mixer | None = None, progress: Callable | None = None,
-                 session: str = "api") -> Outputs:
+                 session: str = "api", normalise: bool = False) -> Outputs:
         """Generates the stems ticked in ``generate`` around the uploaded ones (total generation when nothing is
         uploaded), writes the render and returns what the page shows for its first variation. The result is as
         long as the longest upload (up to ``max_song_s``, in windows) unless ``whole_song`` is off, or nothing is
@@ -176,11 +176,12 @@ class Studio:
             "pipeline": self.public_pipeline_name, "given": {n: Path(p).name for n, p in given.items()},
             "silent": [n for n in self.stem_names if n not in given and n not in to_generate],
         }
-        return self._write(result, audio, fmt, seeds, settings, seconds, mixer, notes, progress, session)
+        return self._write(result, audio, fmt, seeds, settings, seconds, mixer, notes, progress, session,
+                           normalise)
 
     def extend(self, zip_path: str | None, variation: str | None, extend_s: float, steps: int, sampler: str,
                churn: float, mixer: Mixer | None = None, progress: Callable | None = None,
-               session: str = "api") -> Outputs:
+               session: str = "api", normalise: bool = False) -> Outputs:
         """Continues the shown variation of a render by ``extend_s`` seconds: its stems are kept and every one
         that sounds continues after them (a silent one stays silent); the same seed, a new render."""
         # 1. Check the settings and read the variation back
@@ -224,7 +225,8 @@ class Studio:
             "silent": [n for n in self.stem_names if n not in sounding], "extended_from_s": round(length_s, 3),
         }
         note = f"the first {length_s:.1f} s are the variation you extended, the last {float(extend_s):g} s are new"
-        return self._write(result, audio, fmt, [seed], settings, seconds, mixer, [note], progress, session)
+        return self._write(result, audio, fmt, [seed], settings, seconds, mixer, [note], progress, session,
+                           normalise)
 
     @property
     def can_separate(self) -> bool:
@@ -233,7 +235,7 @@ class Studio:
 
     def separate(self, mixture_path: str | None, method: str, steps: int, churn: float, seed: str | int | None,
                  variations: int, mixer: Mixer | None = None, progress: Callable | None = None,
-                 session: str = "api") -> Outputs:
+                 session: str = "api", normalise: bool = False) -> Outputs:
         """Separates an uploaded mixture into the pipeline's stems (their sum is the mixture); the same players,
         mixer and ZIP as a generation."""
         # 1. Check the settings and the upload
@@ -263,13 +265,14 @@ class Studio:
                     "separated_from": Path(mixture_path).name, "method": result.sampling["method"]}
         fmt = AudioFormat(result.sample_rate, 1)
         audio = np.asarray(result.stems, dtype=np.float32)[:, :, None]
-        return self._write(result, audio, fmt, seeds, settings, seconds, mixer, [], progress, session)
+        return self._write(result, audio, fmt, seeds, settings, seconds, mixer, [], progress, session, normalise)
 
     def remix(self, zip_path: str | None, variation: str | None, mixer: Mixer,
-              session: str = "api") -> Outputs:
-        """Re-mixes a render with new gains and mutes without sampling again; writes a new ZIP."""
+              session: str = "api", normalise: bool = False) -> Outputs:
+        """Re-mixes a render with new gains and mutes (and the mix at -14 LUFS or not) without sampling again;
+        writes a new ZIP whose stem files are the old ones, byte for byte."""
         render = self._read(zip_path, read_render)
-        files = write_render(render, mixer, self._event_dir(session), stems_from=zip_path)
+        files = write_render(render, mixer, self._event_dir(session), stems_from=zip_path, normalise=normalise)
         index = parse_variation(variation, len(render.seeds))
         info = self._describe(files.settings)
         return self._outputs(files.zip_path, files.variations[index], files.settings, index, info, session)
@@ -390,7 +393,8 @@ class Studio:
         result = self._sample(kwargs, progress)
         return result, time.perf_counter() - tic
 
-    def _write(self, result, audio, fmt, seeds, settings, seconds, mixer, notes, progress, session) -> Outputs:
+    def _write(self, result, audio, fmt, seeds, settings, seconds, mixer, notes, progress, session,
+               normalise=False) -> Outputs:
         """Writes a result (``audio``: its stems in the format ``fmt``) as a render with the sampling settings it
         used; what the page shows of it."""
         settings = {**settings, **sampling_record(result), "duration_s": audio.shape[-1] / fmt.sample_rate,
@@ -398,7 +402,7 @@ class Studio:
         render = Render(audio, list(result.stem_names), fmt.sample_rate, seeds, settings)
         if progress is not None:
             progress(1.0, desc="Writing the files")
-        files = write_render(render, mixer or {}, self._event_dir(session))
+        files = write_render(render, mixer or {}, self._event_dir(session), normalise=normalise)
         info = self._describe(files.settings)
         return self._outputs(files.zip_path, files.variations[0], files.settings, 0, info, session)
 
@@ -502,8 +506,10 @@ def _levels(settings: dict) -> str:
     mix_db = 20 * np.log10(settings.get("mix_gain_applied", settings["gain_applied"]))
     stems = "as made" + (", uploads untouched" if settings.get("given") else "") if stems_db == 0 else \
         f"all at {stems_db:+.1f} dB (one would clip)"
-    return (f"Files: {settings['sample_rate']} Hz {channels}{given}; stems {stems}, mix at {mix_db:+.1f} dB "
-            "(a re-mix changes only the mix).")
+    mix = f"mix at {mix_db:+.1f} dB"
+    if settings.get("normalise_mix") and settings.get("mix_loudness_lufs") is not None:
+        mix = f"mix normalised to {settings['mix_loudness_lufs']:g} LUFS ({mix_db:+.1f} dB)"
+    return f"Files: {settings['sample_rate']} Hz {channels}{given}; stems {stems}, {mix} (a re-mix changes only the mix)."
 
 
 def _safe(session: str | None) -> str:

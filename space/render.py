@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from mslddm.audio import read_audio, write_audio
-from mslddm.delivery import mix_gain, stems_gain
+from mslddm.delivery import HEADROOM_PEAK, mix_gain, stems_gain
+from mslddm.loudness import STREAMING_LUFS, integrated_loudness_lufs
 from mslddm.records import SETTINGS_FILE, write_settings
 
 MIX = "mix"
@@ -91,17 +92,29 @@ def stem_files(names: list[str], suffixes: Mapping[str, str] | None = None) -> d
     return files
 
 
+def normalised_mix_gain(mixes: np.ndarray, sample_rate: int, target_lufs: float = STREAMING_LUFS) -> float | None:
+    """The gain that brings the loudest variation's mix to ``target_lufs``, lowered when a mix would clip; None for
+    mixes too short or quiet to measure (under one 400-ms block)."""
+    loudness = max(integrated_loudness_lufs(m, sample_rate) for m in mixes)
+    if not np.isfinite(loudness):
+        return None
+    gain = 10.0 ** ((target_lufs - loudness) / 20.0)
+    peak = float(np.max(np.abs(mixes)))
+    return min(gain, HEADROOM_PEAK / peak) if peak > 0 else gain
+
+
 def write_render(render: Render, mixer: Mixer, folder: str | Path, *, stems_from: str | Path | None = None,
-                 mix_gain_fn=None) -> RenderFiles:
+                 normalise: bool = False) -> RenderFiles:
     """Writes every variation's stems (at the result's fixed gain) and mix (at its own gain) into ``folder`` and
     zips them with the settings; returns the paths. ``stems_from``: a render ZIP of the same result whose stem
-    files are copied byte for byte (a re-mix). ``mix_gain_fn(mixes, stems_gain)``: the mix's gain (default: the
-    stems', lowered when the mix would clip)."""
+    files are copied byte for byte (a re-mix). ``normalise``: the mix at -14 LUFS (as loud as streaming services
+    play music) instead of the stems' level, lowered when it would clip."""
     folder = Path(folder)
     names = render.stem_names
     mixes = mix(render.stems, linear_gains(mixer, names))
     gain = stems_gain(render.stems) if render.gain is None else float(render.gain)
-    gain_of_mix = (mix_gain_fn or mix_gain)(mixes, gain)
+    gain_of_mix = normalised_mix_gain(mixes, render.sample_rate) if normalise else None
+    gain_of_mix = mix_gain(mixes, gain) if gain_of_mix is None else gain_of_mix
     files = stem_files(names, render.settings.get("stem_file_suffixes"))
     variations = []
     with zipfile.ZipFile(stems_from) if stems_from else contextlib.nullcontext() as old:
@@ -129,6 +142,9 @@ def write_render(render: Render, mixer: Mixer, folder: str | Path, *, stems_from
                          "mute": bool(mixer.get(name, (0.0, False))[1])} for name in names},
         "gain_applied": float(gain),
         "mix_gain_applied": float(gain_of_mix),
+        "normalise_mix": bool(normalise),
+        "mix_loudness_lufs": _rounded(max(integrated_loudness_lufs(m * gain_of_mix, render.sample_rate)
+                                          for m in mixes)),
         "files": {"stems": files, "mix": f"{MIX}.wav",
                   "variations": [variation_folder(i, s) for i, s in enumerate(render.seeds)]},
     }
@@ -140,6 +156,10 @@ def write_render(render: Render, mixer: Mixer, folder: str | Path, *, stems_from
             for path in paths.values():
                 zf.write(path, f"{sub}/{path.name}")
     return RenderFiles(zip_path, variations, settings)
+
+
+def _rounded(value: float) -> float | None:
+    return round(value, 1) if np.isfinite(value) else None
 
 
 def read_settings(zip_path: str | Path) -> dict:
@@ -172,7 +192,8 @@ def read_render(zip_path: str | Path) -> Render:
     length = min(s.shape[-1] for s in stems)
     stems = np.stack([s[..., :length] for s in stems]) / gain
     keep = {k: v for k, v in settings.items() if k not in ("stem_names", "sample_rate", "channels", "seeds", "mixer",
-                                                            "gain_applied", "mix_gain_applied", "files")}
+                                                            "gain_applied", "mix_gain_applied", "files",
+                                                            "normalise_mix", "mix_loudness_lufs")}
     return Render(stems.astype(np.float32), list(names), int(settings["sample_rate"]), list(settings["seeds"]), keep,
                   gain)
 

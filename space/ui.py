@@ -61,6 +61,7 @@ class Page:
     players: dict = field(default_factory=dict)
     gains: dict = field(default_factory=dict)
     mutes: dict = field(default_factory=dict)
+    normalise: gr.Checkbox | None = None  # the mix at -14 LUFS
     settings: list = field(default_factory=list)  # duration, steps, sampler, churn, seed, variations, whole song
     fill_defaults: tuple = ()  # (function, input, outputs) that shows the sampler's default steps and churn
     button: gr.Button | None = None
@@ -92,7 +93,8 @@ class Page:
 
     @property
     def mixer(self) -> list:
-        return [self.gains[n] for n in self.uploads] + [self.mutes[n] for n in self.uploads]
+        """The faders, the mutes, then "normalise mix": what every event reads as the mix."""
+        return [self.gains[n] for n in self.uploads] + [self.mutes[n] for n in self.uploads] + [self.normalise]
 
 
 def build_demo(studio: Studio, examples_dir: str | None = None, title: str = "mslddm") -> gr.Blocks:
@@ -192,12 +194,14 @@ def _layout(studio: Studio, title: str) -> Page:
             with gr.Column(elem_classes="stem-column", min_width=220):
                 page.players[name] = gr.Audio(label=name, type="filepath", format="wav", interactive=False,
                                               elem_id=f"player-{name}")
-                page.gains[name] = gr.Slider(-24, 12, value=0, step=0.5, label=f"{name} gain (dB)",
+                # +-24 dB: generated stems can sit far from an upload's level
+                page.gains[name] = gr.Slider(-24, 24, value=0, step=0.5, label=f"{name} gain (dB)",
                                              elem_id=f"gain-{name}")
                 page.mutes[name] = gr.Checkbox(value=False, label=f"mute {name}", elem_id=f"mute-{name}")
         with gr.Column(elem_classes="stem-column", min_width=220):
             page.players[MIX] = gr.Audio(label="mix", type="filepath", format="wav", interactive=False,
                                          elem_id="player-mix")
+            page.normalise = gr.Checkbox(value=False, label="normalise mix to -14 LUFS", elem_id="normalise")
     with gr.Row():
         page.extend_s = gr.Number(10.0, step=0.5,
                                   label="Extend by (s): every stem of the shown variation continues", elem_id="extend-s")
@@ -282,8 +286,13 @@ def _wire(page: Page, button: gr.Button, fns: tuple[Callable, Callable], inputs:
 
 
 def _mixer_values(names: list[str], values) -> dict:
-    """``{stem: (gain_db, muted)}`` from the faders' values followed by the mutes'."""
+    """``{stem: (gain_db, muted)}`` from the faders' values followed by the mutes' (and "normalise mix")."""
     return {n: (values[k], values[len(names) + k]) for k, n in enumerate(names)}
+
+
+def _normalise(names: list[str], values) -> bool:
+    """The "normalise mix" box, after the faders and mutes (absent: off)."""
+    return bool(values[2 * len(names)]) if len(values) > 2 * len(names) else False
 
 
 def _wire_generate(studio: Studio, page: Page) -> None:
@@ -292,14 +301,16 @@ def _wire_generate(studio: Studio, page: Page) -> None:
 
     def generate(*args):
         *values, progress, request = args
+        mix = values[2 * k + 7:]
         return studio.generate(dict(zip(names, values[:k])), dict(zip(names, values[k:2 * k])),
-                               *values[2 * k:2 * k + 7], mixer=_mixer_values(names, values[2 * k + 7:]),
-                               progress=progress, session=_session(request))
+                               *values[2 * k:2 * k + 7], mixer=_mixer_values(names, mix),
+                               progress=progress, session=_session(request), normalise=_normalise(names, mix))
 
     # Named parameters (the stems' uploads first), so gradio_client callers can pass keywords. Unset steps and
     # churn (None) mean the chosen sampler's defaults, as in Python and the CLI.
     params = api_names(names)
-    mixer = [(f"gain_db_{p}", 0.0) for p in params] + [(f"mute_{p}", False) for p in params]
+    mixer = ([(f"gain_db_{p}", 0.0) for p in params] + [(f"mute_{p}", False) for p in params]
+             + [("normalise_mix", False)])
     settings = dict(zip(("duration", "steps", "sampler", "churn", "seed", "variations", "whole_song"),
                         page.settings))
     defaults = ([(p, None) for p in params] + [(f"generate_{p}", True) for p in params]
@@ -315,7 +326,7 @@ def _wire_generate(studio: Studio, page: Page) -> None:
     def extend(*args):
         zip_path, selected, extend_s, steps, sampler, churn, *gains, progress, request = args
         return studio.extend(zip_path, selected, extend_s, steps, sampler, churn, mixer=_mixer_values(names, gains),
-                             progress=progress, session=_session(request))
+                             progress=progress, session=_session(request), normalise=_normalise(names, gains))
 
     defaults = [("zip_path", None), ("selected", None), ("extend_s", 10.0), ("steps", None),
                 ("sampler", page.settings[2].value), ("churn", None)] + mixer
@@ -360,10 +371,11 @@ def _wire_separate(studio: Studio, page: Page) -> None:
     def separate(*args):
         mixture, method, steps, churn, seed, variations, *mixer, progress, request = args
         return studio.separate(mixture, method, steps, churn, seed, variations, mixer=_mixer_values(names, mixer),
-                               progress=progress, session=_session(request))
+                               progress=progress, session=_session(request), normalise=_normalise(names, mixer))
 
     defaults = ([("mixture", None), ("method", "dirac"), ("steps", None), ("churn", None), ("seed", ""),
-                 ("variations", 1)] + [(f"gain_db_{p}", 0.0) for p in params] + [(f"mute_{p}", False) for p in params])
+                 ("variations", 1)] + [(f"gain_db_{p}", 0.0) for p in params] + [(f"mute_{p}", False) for p in params]
+                + [("normalise_mix", False)])
     _, steps, _, churn, seed, variations, _ = page.settings
     _wire(page, page.separate_button, _endpoint(page, separate, defaults, (
         "Separates the uploaded `mixture` into the pipeline's stems (they sum to it) with the Dirac or Gaussian "
@@ -378,7 +390,8 @@ def _wire_mixer(studio: Studio, page: Page) -> None:
     def remix(zip_path, selected, *values, request: gr.Request = None):
         if not zip_path:  # nothing generated yet: the faders apply to the next generation
             return None
-        return studio.remix(zip_path, selected, _mixer_values(names, values), _session(request))
+        return studio.remix(zip_path, selected, _mixer_values(names, values), _session(request),
+                            normalise=_normalise(names, values))
 
     def show(zip_path, selected, request: gr.Request = None):
         return studio.show(zip_path, selected, _session(request))

@@ -406,3 +406,17 @@ def test_extend_keeps_a_stereo_take_sample_for_sample(song_studio, tmp_path):
     fade = round(512 * 44100 / SR)  # the continuation's crossfade, at the result's rate
     np.testing.assert_array_equal(files["guitar"][:, :44100 - fade], upload.T[:, :44100 - fade])
     assert np.abs(files["guitar"][:, 44100:]).max() > 0
+
+
+def test_normalise_mix_sets_the_mix_to_minus_14_lufs_and_leaves_the_stems(studio, tmp_path):
+    take = tone(tmp_path / "bass.wav", seconds=2.0, amplitude=0.05)
+    first = run(studio, {"bass": take})
+    out = studio.remix(str(first.zip_path), None, {"bass": (24.0, False)}, normalise=True)
+    settings, files = wavs(out.zip_path, "variation_1_seed0", channels=True)
+    assert settings["normalise_mix"] and settings["mix_loudness_lufs"] == pytest.approx(-14.0, abs=0.2)
+    assert "normalised to -14 LUFS" in out.info
+    from mslddm.loudness import integrated_loudness_lufs
+
+    assert integrated_loudness_lufs(files[MIX], 44100) == pytest.approx(-14.0, abs=0.2)
+    old, new = member_bytes(first.zip_path, "variation_1_seed0"), member_bytes(out.zip_path, "variation_1_seed0")
+    assert all(old[n] == new[n] for n in STEMS)  # the stems' files unchanged
