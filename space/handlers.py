@@ -69,6 +69,7 @@ class Limits:
     max_file_size: str = "120mb"  # enforced by Gradio's upload route (10 min of 44.1 kHz stereo WAV: 106 MB)
     silence_dbfs: float = SILENCE_DBFS  # an upload quieter than this (RMS) is rejected as silent
     gpu_duration_s: int = 120  # ZeroGPU time asked for one generation
+    detect_tempo: bool = True  # the results' tempo (madmom, when installed) in the summary and file names
 
 
 @dataclass
@@ -398,13 +399,34 @@ class Studio:
         """Writes a result (``audio``: its stems in the format ``fmt``) as a render with the sampling settings it
         used; what the page shows of it."""
         settings = {**settings, **sampling_record(result), "duration_s": audio.shape[-1] / fmt.sample_rate,
-                    "model_sample_rate": int(result.sample_rate), "seconds": round(seconds, 3), "notes": notes}
+                    "model_sample_rate": int(result.sample_rate), "seconds": round(seconds, 3), "notes": notes,
+                    **self._tempo(audio, list(result.stem_names), fmt.sample_rate)}
         render = Render(audio, list(result.stem_names), fmt.sample_rate, seeds, settings)
         if progress is not None:
             progress(1.0, desc="Writing the files")
         files = write_render(render, mixer or {}, self._event_dir(session), normalise=normalise)
         info = self._describe(files.settings)
         return self._outputs(files.zip_path, files.variations[0], files.settings, 0, info, session)
+
+    def _tempo(self, audio: np.ndarray, names: list[str], sample_rate: int) -> dict:
+        """The detected tempo per variation (``tempo_bpm``, None where not confident) of the drums, or of the mix
+        when there are no sounding drums (``tempo_of``: :func:`~mslddm.evaluation.beats.result_tempo`); when every variation has the same whole-number tempo the
+        stems' file names carry it (``drums_140bpm.wav``), so they drop onto a DAW's grid. Nothing under
+        ``TEMPO_MIN_SECONDS`` (too few beats to be sure) or without madmom (the eval extra)."""
+        try:
+            from mslddm.evaluation.beats import TEMPO_MIN_SECONDS, result_tempo
+        except ImportError:
+            return {}
+        if not self.limits.detect_tempo or audio.shape[-1] < TEMPO_MIN_SECONDS * sample_rate:
+            return {}
+
+        found = [result_tempo(variation, names, sample_rate) for variation in audio]
+        tempos, of = [t for t, _ in found], "drums" if all(o == "drums" for _, o in found) else "mix"
+        record = {"tempo_bpm": [None if t is None else round(t, 1) for t in tempos], "tempo_of": of}
+        whole = {None if t is None else round(t) for t in tempos}
+        if len(whole) == 1 and None not in whole:
+            record["stem_file_suffixes"] = dict.fromkeys(names, f"_{whole.pop()}bpm")
+        return record
 
     def _run_pipeline(self, kwargs: dict, progress: Callable | None):
         """Runs the pipeline (on the GPU under ZeroGPU); the progress bar follows the model evaluations over all
@@ -464,6 +486,10 @@ class Studio:
                 f"({settings['model_evaluations']} model evaluations), churn {settings['s_churn']:g}, "
                 f"in {settings['seconds']:.1f} s. **Seed{'s' if len(settings['seeds']) > 1 else ''}: {seeds}**. "
                 + _levels(settings))
+        tempos = [t for t in settings.get("tempo_bpm", []) if t is not None]
+        if tempos:
+            shown = ", ".join("?" if t is None else f"{t:.0f}" for t in settings["tempo_bpm"])
+            text += f" Tempo ({settings['tempo_of']}): {shown} BPM."
         return text + "".join(f"\n\nNote: {note}." for note in settings.get("notes", []))
 
     def _event_dir(self, session: str) -> Path:

@@ -137,3 +137,20 @@ def test_bad_arguments_fail_with_a_message(saved_pipeline, tmp_path, args, messa
         main(["generate", "--pipeline", str(saved_pipeline), "--steps", "1", "--out", str(tmp_path), *args])
     assert exit.value.code not in (0, None)
     assert message in f"{exit.value.code}\n{capsys.readouterr().err}"
+
+
+def test_the_tempo_of_the_drums_goes_into_settings(saved_pipeline, tmp_path):
+    """Issue 26: the detected tempo in settings.json, so stems drop onto a DAW's grid (madmom: the eval extra)."""
+    from mslddm.evaluation.beats import _madmom
+
+    try:
+        _madmom()
+    except ImportError as error:
+        pytest.skip(str(error))
+    t = np.arange(4 * 44100) / 44100
+    hits = 0.5 * np.exp(-(t % (60 / 140)) * 40) * np.sin(2 * np.pi * 80 * t)
+    write_audio(tmp_path / "drums.wav", np.stack([hits, hits]), 44100)
+    generate("--pipeline", saved_pipeline, "--stem", f"drums={tmp_path / 'drums.wav'}", "--steps", 1, "--out",
+             tmp_path / "out")
+    settings = json.loads((tmp_path / "out" / "sample_000_seed0" / "settings.json").read_text())
+    assert settings["tempo_of"] == "drums" and settings["tempo_bpm"] == pytest.approx(140, abs=2)

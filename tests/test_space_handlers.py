@@ -420,3 +420,29 @@ def test_normalise_mix_sets_the_mix_to_minus_14_lufs_and_leaves_the_stems(studio
     assert integrated_loudness_lufs(files[MIX], 44100) == pytest.approx(-14.0, abs=0.2)
     old, new = member_bytes(first.zip_path, "variation_1_seed0"), member_bytes(out.zip_path, "variation_1_seed0")
     assert all(old[n] == new[n] for n in STEMS)  # the stems' files unchanged
+
+
+def click_track(path, bpm=140.0, seconds=6.0, sr=44100):
+    t = np.arange(int(seconds * sr)) / sr
+    hits = 0.5 * np.exp(-(t % (60 / bpm)) * 40) * np.sin(2 * np.pi * 80 * t)
+    sf.write(path, np.stack([hits, hits], 1), sr)
+    return str(path)
+
+
+def test_the_drums_tempo_is_in_the_summary_settings_and_file_names(studio, tmp_path):
+    from mslddm.evaluation.beats import _madmom
+
+    try:
+        _madmom()
+    except ImportError as error:
+        pytest.skip(str(error))
+    out = run(Studio(studio.pipe, "tiny", Limits(max_upload_s=10), workdir=str(tmp_path)),
+              {"drums": click_track(tmp_path / "drums.wav")})
+    settings, _ = wavs(out.zip_path, "variation_1_seed0")
+    assert settings["tempo_of"] == "drums" and settings["tempo_bpm"][0] == pytest.approx(140, abs=2)
+    bpm = round(settings["tempo_bpm"][0])
+    assert settings["files"]["stems"]["drums"] == f"drums_{bpm}bpm.wav" and "Tempo (drums): 14" in out.info
+    with zipfile.ZipFile(out.zip_path) as zf:
+        assert f"variation_1_seed0/bass_{bpm}bpm.wav" in zf.namelist()
+    again = Studio(studio.pipe, "tiny", workdir=str(tmp_path)).remix(str(out.zip_path), None, {"bass": (-3.0, False)})
+    assert wavs(again.zip_path, "variation_1_seed0")[0]["files"]["stems"]["drums"] == f"drums_{bpm}bpm.wav"

@@ -229,7 +229,7 @@ def _in_upload_format(result, args, uploads: dict):
     return stems, fmt
 
 
-def _settings(args, kind, result, j: int, seed: int, names: dict, gains: tuple[float, float], fmt, stems_length,
+def _settings(args, kind, result, j: int, seed: int, names: dict, gains: tuple[float, float], fmt, stems,
               device, dtype_name, seconds: float) -> dict:
     """settings.json of one sample: every setting, the seed and the gain applied (a mixture-only model's record
     names the stems it mixes instead of given and generated stems)."""
@@ -245,9 +245,24 @@ def _settings(args, kind, result, j: int, seed: int, names: dict, gains: tuple[f
         "batch_seconds": round(seconds, 3),
     }
     if kind.generates_stems:
-        settings["duration_s"] = stems_length / fmt.sample_rate
+        settings.update(_tempo(stems, result.stem_names, fmt.sample_rate))
+    if kind.generates_stems:
+        settings["duration_s"] = stems.shape[-1] / fmt.sample_rate
     dropped = ("mixture_of",) if kind.generates_stems else ("given", "extended_by_s", "level_gain_db")
     return {k: v for k, v in settings.items() if k not in dropped}
+
+
+def _tempo(stems, stem_names, sample_rate: int) -> dict:
+    """``tempo_bpm`` and ``tempo_of`` of a sample (the page's rule); nothing for a short one or without the eval
+    extra (scipy, madmom)."""
+    try:
+        from mslddm.evaluation.beats import TEMPO_MIN_SECONDS, result_tempo
+    except ImportError:
+        return {}
+    if stems.shape[-1] < TEMPO_MIN_SECONDS * sample_rate:
+        return {}
+    tempo, of = result_tempo(stems, stem_names, sample_rate)
+    return {"tempo_bpm": None if tempo is None else round(tempo, 1), "tempo_of": of}
 
 
 def _write_sample(folder: Path, kind, result, j: int, stems=None, sample_rate=None) -> tuple[float, float]:
@@ -324,7 +339,6 @@ def _run(args) -> int:
             with atomic_folder(Path(args.out) / f"sample_{start + j:03d}_seed{seed}") as folder:
                 gains = _write_sample(folder, kind, result, j, None if stems is None else stems[j], fmt.sample_rate)
                 write_settings(folder, _settings(args, kind, result, j, seed, names, gains, fmt,
-                                                 None if stems is None else stems.shape[-1], device, dtype_name,
-                                                 seconds))
+                                                 None if stems is None else stems[j], device, dtype_name, seconds))
             print(f"wrote {Path(args.out) / f'sample_{start + j:03d}_seed{seed}'}")
     return 0
