@@ -334,6 +334,11 @@ def test_a_musicians_visit(song_app_url, page, tmp_path):
     assert second["mixer"]["drums"]["gain_db"] == 12
     stems = [n for n in members if n.endswith(".wav") and not n.endswith("mix.wav")]
     assert len(stems) == 8 and all(again[n] == members[n] for n in stems)  # a stem downloaded twice: one file
+    page.locator("#normalise input").check()  # the mix at -14 LUFS; the stems still the same files
+    zip_href = wait_for_new_href(page, "#zip a", zip_href)
+    third, once_more = zip_members(page, tmp_path / "third.zip")
+    assert third["normalise_mix"] and third["mix_loudness_lufs"] == pytest.approx(-14, abs=0.3)
+    assert all(once_more[n] == members[n] for n in stems)
 
     # Variations, then Extend the second one by 1 s
     mix_href = page.locator("#player-mix a[download]").first.get_attribute("href")
