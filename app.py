@@ -136,10 +136,15 @@ def main(argv=None) -> int:
     studio = Studio(pipe, str(args.pipeline), limits, workdir=args.workdir, loras=loras)
     demo = build_demo(studio, examples_dir=args.examples)
     demo.queue(max_size=args.max_queue, default_concurrency_limit=1)
-    # A plain exit on SIGTERM (container stop, CI teardown) so that the temporary files are removed at exit.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # SIGTERM (container stop, CI teardown) ends the server as Ctrl-C does: Gradio closes it, and its shutdown
+    # deletes the files it made (uploads, copies of outputs: delete_cache); the studio's go at exit.
+    signal.signal(signal.SIGTERM, _interrupt)
     demo.launch(**launch_kwargs(studio, args.host, args.port, args.share, args.examples))
     return 0
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

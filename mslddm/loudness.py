@@ -76,3 +76,18 @@ def check_stem_levels(stem_levels_dbfs: Mapping[str, float], stem_names: Sequenc
     if bad:
         raise ValueError(f"stem_levels_dbfs must hold finite dBFS numbers, got {bad}.")
     return {k: float(v) for k, v in stem_levels_dbfs.items()}
+
+
+STREAMING_LUFS = -14.0  # the loudness streaming services play music at: what "normalise mix" aims for
+
+
+def integrated_loudness_lufs(audio: np.ndarray, sample_rate: int) -> float:
+    """ITU-R BS.1770 integrated loudness (``pyloudnorm``) of ``(samples,)`` or ``(channels, samples)`` audio in
+    LUFS; ``-inf`` for silence or a clip shorter than one 400-ms block."""
+    import pyloudnorm
+
+    audio = np.asarray(audio, dtype=np.float64)
+    data = audio if audio.ndim == 1 else audio.T
+    if data.shape[0] < int(0.4 * sample_rate) or not np.any(data):
+        return float("-inf")
+    return float(pyloudnorm.Meter(sample_rate).integrated_loudness(data))

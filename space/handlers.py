@@ -22,6 +22,9 @@ import numpy as np
 import torch
 
 from mslddm.audio import read_audio, rms_db
+from mslddm.delivery import AudioFormat, Upload, deliver, in_format, output_format, output_length
+from mslddm.files import sha256
+from mslddm.pipelines.known import CONTINUATION_FADE_SAMPLES
 from mslddm.records import sampling_record
 from mslddm.schedulers import SAMPLER_DEFAULTS
 from mslddm.stems import MAX_STEM_SECONDS, SILENCE_DBFS, StemError, load_stem, unknown_stems_message
@@ -74,6 +77,7 @@ class Limits:
     max_file_size: str = "120mb"  # enforced by Gradio's upload route (10 min of 44.1 kHz stereo WAV: 106 MB)
     silence_dbfs: float = SILENCE_DBFS  # an upload quieter than this (RMS) is rejected as silent
     gpu_duration_s: int = 120  # ZeroGPU time asked for one generation
+    detect_tempo: bool = True  # the results' tempo (madmom, when installed) in the summary and file names
 
 
 @dataclass
@@ -119,6 +123,7 @@ class Studio:
             Path(workdir).mkdir(parents=True, exist_ok=True)
         self.workdir = Path(tempfile.mkdtemp(prefix="mslddm-space-", dir=workdir))  # removed by close()
         self.ttl_s = ttl_s
+        self._active: set[Path] = set()  # event folders whose files are being written
         self._sample = gpu(duration=self.limits.gpu_duration_s)(self._run_pipeline)
         atexit.register(self.close)
 
@@ -138,20 +143,20 @@ class Studio:
     # ------------------------------------------------------------------------------------------------------
     def generate(self, uploads: Mapping[str, str | None], generate: Mapping[str, bool], duration_s: float,
                  steps: int, sampler: str, churn: float, seed: str | int | None, variations: int,
-                 whole_song: bool = False, mixer: Mixer | None = None, progress: Callable | None = None,
-                 session: str = "api", lora: str | None = None, lora_scale: float = 1.0) -> Outputs:
+                 whole_song: bool = True, mixer: Mixer | None = None, progress: Callable | None = None,
+                 session: str = "api", normalise: bool = False, lora: str | None = None,
+                 lora_scale: float = 1.0) -> Outputs:
         """Generates the stems ticked in ``generate`` around the uploaded ones (total generation when nothing is
-        uploaded), writes the render and returns what the page shows for its first variation. With
-        ``whole_song`` the result is as long as the longest upload (up to ``max_song_s``, in windows) and
-        ``duration_s`` is not used. ``lora`` names one of :attr:`loras` (None or "none": the base pipeline),
-        sampled at ``lora_scale``."""
+        uploaded), writes the render and returns what the page shows for its first variation. The result is as
+        long as the longest upload (up to ``max_song_s``, in windows) unless ``whole_song`` is off, or nothing is
+        uploaded: then ``duration_s`` (the CLI's and Python's rule: the uploads' length unless a duration is
+        given). The files are at the uploads' rate and channels (:mod:`mslddm.delivery`). ``lora`` names one of
+        :attr:`loras` (None or "none": the base pipeline), sampled at ``lora_scale``."""
         # 1. Check the settings, then the uploads
         given = {name: path for name, path in uploads.items() if path}
-        if whole_song and not given:
-            raise user_error("'Whole song' makes the result as long as the uploads: upload at least one stem, or "
-                             "untick it and choose a duration.")
-        duration_s, sampling, variations = self._check_settings(None if whole_song else duration_s, steps, sampler,
-                                                                churn, variations)
+        uploads_length = bool(whole_song) and bool(given)
+        duration_s, sampling, variations = self._check_settings(None if uploads_length else duration_s, steps,
+                                                                sampler, churn, variations)
         seeds = self._seeds(seed, variations)
         adapter = self._check_lora(lora, lora_scale)
         message = unknown_stems_message(uploads, self.stem_names)
@@ -163,10 +168,12 @@ class Studio:
                            "stem you want generated.")
         if not to_generate:
             raise user_error("Nothing to generate: tick 'generate' under at least one stem that has no upload.")
-        stems, notes = {}, []
+        stems, decoded, notes = {}, {}, []
         for name, path in given.items():
-            stems[name], note = self._load_upload(name, path, duration_s)
+            stems[name], decoded[name], note = self._load_upload(name, path, duration_s)
             notes += [note] if note else []
+            same = [o for o in list(given)[:list(given).index(name)] if _same_file(given[o], path)]
+            notes += [f"the {name} upload is the same file as the {' and '.join(same)} upload"] if same else []
 
         # 2. Sample
         result, seconds = self._timed_sample({
@@ -176,21 +183,28 @@ class Studio:
             "generator": [torch.Generator().manual_seed(s) for s in seeds],
         }, progress, adapter)
 
-        # 3. Write the render
+        # 3. Put the result in the uploads' format and write the render
+        fmt = output_format(list(decoded.values()), result.sample_rate)
+        length = output_length(list(decoded.values()), fmt, duration_s)
+        audio = deliver(result.stems, result.sample_rate, self.stem_names, fmt, length,
+                        {n: in_format(u, fmt, length) for n, u in decoded.items()})
         settings = {
             "pipeline": self.public_pipeline_name, "given": {n: Path(p).name for n, p in given.items()},
             "silent": [n for n in self.stem_names if n not in given and n not in to_generate], **_lora_record(adapter),
         }
-        return self._write(result, seeds, settings, seconds, mixer, notes, progress, session)
+        return self._write(result, audio, fmt, seeds, settings, seconds, mixer, notes, progress, session,
+                           normalise)
 
     def extend(self, zip_path: str | None, variation: str | None, extend_s: float, steps: int, sampler: str,
                churn: float, mixer: Mixer | None = None, progress: Callable | None = None,
-               session: str = "api", lora: str | None = None, lora_scale: float = 1.0) -> Outputs:
+               session: str = "api", normalise: bool = False, lora: str | None = None,
+               lora_scale: float = 1.0) -> Outputs:
         """Continues the shown variation of a render by ``extend_s`` seconds: its stems are kept and every one
         that sounds continues after them (a silent one stays silent); the same seed, a new render (with the LoRA
         adapter picked now, as :meth:`generate`)."""
         # 1. Check the settings and read the variation back
-        render = self._read(zip_path, read_render)
+        render = self._read(zip_path, read_render, "Nothing to extend yet: press Generate first (Extend continues "
+                            "a result).")
         index = parse_variation(variation, len(render.seeds))
         if extend_s is None or not math.isfinite(float(extend_s)) or float(extend_s) <= 0:
             raise user_error(f"Extend by must be a positive number of seconds, got {extend_s}.")
@@ -203,8 +217,9 @@ class Studio:
         if render.stem_names != self.stem_names:
             raise user_error(f"The render has the stems {render.stem_names}, this pipeline {self.stem_names}: "
                              "extend it where it was made.")
-        sounding = {name: render.stems[index, k] for k, name in enumerate(self.stem_names)
-                    if rms_db(render.stems[index, k]) >= self.limits.silence_dbfs}  # silent: under it
+        takes = {name: render.stems[index, k] for k, name in enumerate(self.stem_names)}
+        sounding = {name: take.mean(axis=0) for name, take in takes.items()
+                    if rms_db(take.mean(axis=0)) >= self.limits.silence_dbfs}  # silent: under it
         if not sounding:
             raise user_error("Every stem of this variation is silent: there is nothing to continue.")
 
@@ -217,14 +232,21 @@ class Studio:
             "generator": [torch.Generator().manual_seed(seed)],
         }, progress, adapter)
 
-        # 3. Write the render
+        # 3. The takes as they were, their continuations in the render's format; write the render
+        fmt = AudioFormat(render.sample_rate, render.stems.shape[2])
+        length = render.stems.shape[-1] + round(float(extend_s) * fmt.sample_rate)
+        end = render.stems.shape[-1]
+        audio = deliver(result.stems, result.sample_rate, self.stem_names, fmt, length,
+                        {n: takes[n] for n in sounding}, dict.fromkeys(sounding, end),
+                        fade_s=CONTINUATION_FADE_SAMPLES / result.sample_rate)
         settings = {
             "pipeline": self.public_pipeline_name, "given": {},
             "silent": [n for n in self.stem_names if n not in sounding], "extended_from_s": round(length_s, 3),
             **_lora_record(adapter),
         }
         note = f"the first {length_s:.1f} s are the variation you extended, the last {float(extend_s):g} s are new"
-        return self._write(result, [seed], settings, seconds, mixer, [note], progress, session)
+        return self._write(result, audio, fmt, [seed], settings, seconds, mixer, [note], progress, session,
+                           normalise)
 
     @property
     def can_separate(self) -> bool:
@@ -233,7 +255,7 @@ class Studio:
 
     def separate(self, mixture_path: str | None, method: str, steps: int, churn: float, seed: str | int | None,
                  variations: int, mixer: Mixer | None = None, progress: Callable | None = None,
-                 session: str = "api") -> Outputs:
+                 session: str = "api", normalise: bool = False) -> Outputs:
         """Separates an uploaded mixture into the pipeline's stems (their sum is the mixture); the same players,
         mixer and ZIP as a generation."""
         # 1. Check the settings and the upload
@@ -261,15 +283,18 @@ class Studio:
         # 3. Write the render
         settings = {"pipeline": self.public_pipeline_name, "given": {}, "silent": [],
                     "separated_from": Path(mixture_path).name, "method": result.sampling["method"]}
-        return self._write(result, seeds, settings, seconds, mixer, [], progress, session)
+        fmt = AudioFormat(result.sample_rate, 1)
+        audio = np.asarray(result.stems, dtype=np.float32)[:, :, None]
+        return self._write(result, audio, fmt, seeds, settings, seconds, mixer, [], progress, session, normalise)
 
     def remix(self, zip_path: str | None, variation: str | None, mixer: Mixer,
-              session: str = "api") -> Outputs:
-        """Re-mixes a render with new gains and mutes without sampling again; writes a new ZIP."""
+              session: str = "api", normalise: bool = False) -> Outputs:
+        """Re-mixes a render with new gains and mutes (and the mix at -14 LUFS or not) without sampling again;
+        writes a new ZIP whose stem files are the old ones, byte for byte."""
         render = self._read(zip_path, read_render)
-        files = write_render(render, mixer, self._event_dir(session))
+        files = write_render(render, mixer, self._event_dir(session), stems_from=zip_path, normalise=normalise)
         index = parse_variation(variation, len(render.seeds))
-        info = self._describe(files.settings, [])
+        info = self._describe(files.settings)
         return self._outputs(files.zip_path, files.variations[index], files.settings, index, info, session)
 
     def show(self, zip_path: str | None, variation: str | None, session: str = "api") -> Outputs:
@@ -278,12 +303,35 @@ class Studio:
         index = parse_variation(variation, len(settings["seeds"]))
         folder = self._event_dir(session)
         players = extract_variation(zip_path, index, folder)
-        return self._outputs(Path(zip_path), players, settings, index, self._describe(settings, []), session,
+        return self._outputs(Path(zip_path), players, settings, index, self._describe(settings), session,
                              folder)
 
+    def check_upload(self, name: str, path: str, uploads: Mapping[str, str | None] | None = None) -> str | None:
+        """Checks an upload when it arrives, with the checks Generate makes (readable, not empty, not silent, not
+        too long; the sentence names the file); returns a warning or None. The same file in another slot is a
+        warning: the model would hear one part twice."""
+        try:
+            load_stem(name, path, self.pipe.sample_rate, max_seconds=self.limits.max_upload_s, silence_dbfs=self.limits.silence_dbfs,
+                      limit_hint=" Trim it and upload it again.")
+        except StemError as error:
+            raise user_error(str(error)) from None
+        same = [other for other, p in (uploads or {}).items() if p and other != name and _same_file(p, path)]
+        if same:
+            return (f"the {name} upload ({Path(path).name}) is the same file as the {' and '.join(same)} upload: "
+                    "the model would hear one part twice; upload the part each slot is for.")
+        return None
+
     def end_session(self, session: str) -> None:
-        """Removes a browser session's files (called when the page is closed)."""
-        shutil.rmtree(self.workdir / _safe(session), ignore_errors=True)
+        """Removes a browser session's files (called when the page is closed). An event still writing its files,
+        or just done (Gradio copies its outputs after it returns), keeps its folder; the hourly sweep and exit
+        remove it."""
+        session_dir = self.workdir / _safe(session)
+        now = time.time()
+        for event_dir in list(session_dir.iterdir()) if session_dir.is_dir() else []:
+            if event_dir not in self._active and now - event_dir.stat().st_mtime > 10.0:
+                shutil.rmtree(event_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            session_dir.rmdir()  # only when empty
 
     def close(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -298,8 +346,12 @@ class Studio:
         if duration_s is not None and (not math.isfinite(float(duration_s))
                                        or not 0 < float(duration_s) <= max_duration):
             raise user_error(f"Duration must be between 0 and {max_duration:g} seconds, got {duration_s}.")
-        if steps is not None and (int(steps) != float(steps) or not 1 <= int(steps) <= lim.max_steps):
-            raise user_error(f"Steps must be a whole number from 1 to {lim.max_steps}, got {steps}.")
+        steps, churn = _number(steps, "Steps"), _number(churn, "Churn")
+        if steps is not None and (not math.isfinite(float(steps)) or int(steps) != float(steps)
+                                  or not 1 <= int(steps) <= lim.max_steps):
+            raise user_error(f"Steps must be between 1 and {lim.max_steps} (a whole number), got {steps:g}.")
+        if churn is not None and (not math.isfinite(float(churn)) or not 0 <= float(churn) <= 100):
+            raise user_error(f"Churn must be between 0 and 100, got {churn:g}.")
         if variations is None or int(variations) != float(variations) or not 1 <= int(variations) <= lim.max_variations:
             raise user_error(f"Variations must be a whole number from 1 to {lim.max_variations}, got {variations}.")
         try:  # unset ones: the pipeline's own (its scheduler config), resolved as for every caller
@@ -330,25 +382,28 @@ class Studio:
 
     def _load_upload(self, name: str, path: str, duration_s: float | None):
         """Reads, checks and converts one uploaded stem (the library's checks and sentences, as in Python and the
-        CLI); returns it at the pipeline's rate, cut to the duration (whole when it is None), and a note or None."""
+        CLI); returns it at the pipeline's rate, cut to the duration (whole when it is None), the upload as decoded
+        (what the result gives back) and a note or None."""
         sr = self.pipe.sample_rate
         longest = self.limits.max_upload_s if duration_s is not None else min(self.limits.max_upload_s,
                                                                                self.limits.max_song_s)
         try:
             audio = load_stem(name, path, sr, use_seconds=duration_s, max_seconds=longest,
                               silence_dbfs=self.limits.silence_dbfs, limit_hint=" Trim it and upload it again.")
-        except StemError as error:
+            decoded = Upload.read(path)
+        except (StemError, ValueError, OSError) as error:
             raise user_error(str(error)) from None
         if duration_s is None:
-            return audio, None
+            return audio, decoded, None
         length_s = len(audio) / sr
         stem = audio[: round(duration_s * sr)]  # resampled whole and cut after: no filter edge at the cut
         note = None
         if length_s > duration_s + 1e-3:
-            note = f"the {name} upload was cut to the first {duration_s:g} s of its {length_s:.1f} s"
+            note = (f"the {name} upload was cut to the first {duration_s:g} s of its {length_s:.1f} s (tick 'As long "
+                    "as the uploads' for all of it)")
         elif length_s < duration_s - 1e-3:
             note = f"the {name} upload ({length_s:.1f} s) was padded with silence to {duration_s:g} s"
-        return stem, note
+        return stem, decoded, note
 
     def _timed_sample(self, kwargs: dict, progress: Callable | None, adapter: tuple | None = None):
         """The pipeline run (with ``adapter``, ``(name, strength)`` or None: the base) and its wall-clock seconds.
@@ -393,15 +448,39 @@ class Studio:
                 self.pipe.set_adapters(self._lora_names[name], scale)
             yield
 
-    def _write(self, result, seeds, settings, seconds, mixer, notes, progress, session) -> Outputs:
-        """Writes a result as a render with the sampling settings it used; what the page shows of it."""
-        settings = {**settings, **sampling_record(result), "seconds": round(seconds, 3)}
-        render = Render(result.stems, list(result.stem_names), int(result.sample_rate), seeds, settings)
+    def _write(self, result, audio, fmt, seeds, settings, seconds, mixer, notes, progress, session,
+               normalise=False) -> Outputs:
+        """Writes a result (``audio``: its stems in the format ``fmt``) as a render with the sampling settings it
+        used; what the page shows of it."""
+        settings = {**settings, **sampling_record(result), "duration_s": audio.shape[-1] / fmt.sample_rate,
+                    "model_sample_rate": int(result.sample_rate), "seconds": round(seconds, 3), "notes": notes,
+                    **self._tempo(audio, list(result.stem_names), fmt.sample_rate)}
+        render = Render(audio, list(result.stem_names), fmt.sample_rate, seeds, settings)
         if progress is not None:
             progress(1.0, desc="Writing the files")
-        files = write_render(render, mixer or {}, self._event_dir(session))
-        info = self._describe(files.settings, notes)
+        files = write_render(render, mixer or {}, self._event_dir(session), normalise=normalise)
+        info = self._describe(files.settings)
         return self._outputs(files.zip_path, files.variations[0], files.settings, 0, info, session)
+
+    def _tempo(self, audio: np.ndarray, names: list[str], sample_rate: int) -> dict:
+        """The detected tempo per variation (``tempo_bpm``, None where not confident) of the drums, or of the mix
+        when there are no sounding drums (``tempo_of``: :func:`~mslddm.evaluation.beats.result_tempo`); when every variation has the same whole-number tempo the
+        stems' file names carry it (``drums_140bpm.wav``), so they drop onto a DAW's grid. Nothing under
+        ``TEMPO_MIN_SECONDS`` (too few beats to be sure) or without madmom (the eval extra)."""
+        try:
+            from mslddm.evaluation.beats import TEMPO_MIN_SECONDS, result_tempo
+        except ImportError:
+            return {}
+        if not self.limits.detect_tempo or audio.shape[-1] < TEMPO_MIN_SECONDS * sample_rate:
+            return {}
+
+        found = [result_tempo(variation, names, sample_rate) for variation in audio]
+        tempos, of = [t for t, _ in found], "drums" if all(o == "drums" for _, o in found) else "mix"
+        record = {"tempo_bpm": [None if t is None else round(t, 1) for t in tempos], "tempo_of": of}
+        whole = {None if t is None else round(t) for t in tempos}
+        if len(whole) == 1 and None not in whole:
+            record["stem_file_suffixes"] = dict.fromkeys(names, f"_{whole.pop()}bpm")
+        return record
 
     def _run_pipeline(self, kwargs: dict, progress: Callable | None):
         """Runs the pipeline (on the GPU under ZeroGPU); the progress bar follows the model evaluations over all
@@ -424,9 +503,9 @@ class Studio:
             raise user_error(str(error)) from None
         return result
 
-    def _read(self, zip_path, reader):
+    def _read(self, zip_path, reader, missing: str = "Nothing to re-mix yet: press Generate first."):
         if not zip_path:
-            raise user_error("Nothing to re-mix yet: press Generate first.")
+            raise user_error(missing)
         try:
             return reader(zip_path)
         except (ValueError, KeyError, IndexError, OSError) as error:
@@ -435,12 +514,15 @@ class Studio:
     def _outputs(self, zip_path, players, settings, index, info, session, folder=None) -> Outputs:
         names = settings["stem_names"]
         folder = folder or Path(players[MIX]).parent
-        tracks = {name: read_audio(players[name])[0][0] for name in names + [MIX]}
-        picture = plot_spectrograms(tracks, int(settings["sample_rate"]), Path(folder) / "spectrogram.png")
+        try:
+            tracks = {name: read_audio(players[name])[0].mean(axis=0) for name in names + [MIX]}
+            picture = plot_spectrograms(tracks, int(settings["sample_rate"]), Path(folder) / "spectrogram.png")
+        finally:  # the event's folder is this one or the one above (a variation's sub-folder)
+            self._active.difference_update({Path(folder), Path(folder).parent})
         labels = [variation_label(i, s) for i, s in enumerate(settings["seeds"])]
         return Outputs({n: Path(p) for n, p in players.items()}, picture, Path(zip_path), info, labels, index)
 
-    def _describe(self, settings: dict, notes: list[str]) -> str:
+    def _describe(self, settings: dict) -> str:
         """One Markdown paragraph: what was generated around what, with which settings and seeds."""
         generated = ", ".join(settings["generated"])
         given = ", ".join(settings["given"]) or None
@@ -459,9 +541,12 @@ class Studio:
                 + f", sampler {settings['sampler']}, {settings['steps']} steps "
                 f"({settings['model_evaluations']} model evaluations), churn {settings['s_churn']:g}, "
                 f"in {settings['seconds']:.1f} s. **Seed{'s' if len(settings['seeds']) > 1 else ''}: {seeds}**. "
-                f"Every file is scaled by the same gain ({20 * np.log10(settings['gain_applied']):+.1f} dB) so that "
-                "stems and mix keep their levels.")
-        return text + "".join(f"\n\nNote: {note}." for note in notes)
+                + _levels(settings))
+        tempos = [t for t in settings.get("tempo_bpm", []) if t is not None]
+        if tempos:
+            shown = ", ".join("?" if t is None else f"{t:.0f}" for t in settings["tempo_bpm"])
+            text += f" Tempo ({settings['tempo_of']}): {shown} BPM."
+        return text + "".join(f"\n\nNote: {note}." for note in settings.get("notes", []))
 
     def _event_dir(self, session: str) -> Path:
         """A fresh folder for one event's files, after removing stale ones (see the class docstring)."""
@@ -473,8 +558,40 @@ class Studio:
                 if now - event_dir.stat().st_mtime > (60.0 if mine else self.ttl_s):
                     shutil.rmtree(event_dir, ignore_errors=True)
         folder = self.workdir / _safe(session) / uuid.uuid4().hex[:12]
+        self._active.add(folder)  # until _outputs is done with it
         folder.mkdir(parents=True)
         return folder
+
+
+def _number(value, field: str) -> float | None:
+    """A number field's value (None stays None: the default), or a sentence naming the field."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise user_error(f"{field} must be a number, got {value!r}.") from None
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return Path(a).stat().st_size == Path(b).stat().st_size and sha256(a) == sha256(b)
+    except OSError:
+        return False
+
+
+def _levels(settings: dict) -> str:
+    """The files' format and gains, as the summary says them."""
+    channels = {1: "mono", 2: "stereo"}.get(settings.get("channels", 1), f"{settings.get('channels')} channels")
+    given = " (the uploads' format)" if settings.get("given") else ""
+    stems_db = 20 * np.log10(settings["gain_applied"])
+    mix_db = 20 * np.log10(settings.get("mix_gain_applied", settings["gain_applied"]))
+    stems = "as made" + (", uploads untouched" if settings.get("given") else "") if stems_db == 0 else \
+        f"all at {stems_db:+.1f} dB (one would clip)"
+    mix = f"mix at {mix_db:+.1f} dB"
+    if settings.get("normalise_mix") and settings.get("mix_loudness_lufs") is not None:
+        mix = f"mix normalised to {settings['mix_loudness_lufs']:g} LUFS ({mix_db:+.1f} dB)"
+    return f"Files: {settings['sample_rate']} Hz {channels}{given}; stems {stems}, {mix} (a re-mix changes only the mix)."
 
 
 def _safe(session: str | None) -> str:

@@ -1,21 +1,24 @@
 """The files of one generation: a WAV per stem and the mix for every variation, a ``settings.json``, the ZIP that
 holds them all, and a spectrogram picture.
 
-Every WAV of a render is written with one shared gain (:func:`mslddm.audio.common_gain`), so stems, mixes and
-variations keep their relative levels; the gain is recorded in ``settings.json`` as ``gain_applied``. The ZIP is
-the render's only record: re-mixing and switching variation read the stems back from it, so the page needs no
-server-side state and cached examples behave like fresh generations.
+The WAVs are in the result's format (:mod:`mslddm.delivery`: the uploads' rate and channels). The stems are written
+with one gain fixed for the result (1, so given stems come back as uploaded, unless a stem would clip), recorded as
+``gain_applied``; the mix with its own gain, ``mix_gain_applied`` (the stems' gain, lowered when the mix would clip;
+with *normalise*, set to -14 LUFS). A re-mix writes new mixes and copies the stems' files as they are, so a stem
+downloaded twice is the same file. The ZIP is the render's only record: re-mixing and switching variation read it
+back, so the page needs no server-side state and cached examples behave like fresh generations.
 
 ZIP layout::
 
-    settings.json                       # every setting, the seeds, the mixer, gain_applied, the file names
-    variation_1_seed123/bass.wav        # the stems as generated, x gain_applied (16-bit PCM)
-    variation_1_seed123/mix.wav         # sum of gain(dB) x stem over the unmuted stems, x gain_applied
+    settings.json                       # every setting, the seeds, the mixer, the gains, the file names
+    variation_1_seed123/bass.wav        # the stems as generated (given stems as uploaded), x gain_applied
+    variation_1_seed123/mix.wav         # sum of gain(dB) x stem over the unmuted stems, x mix_gain_applied
     variation_2_seed124/...
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import zipfile
@@ -25,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mslddm.audio import common_gain, read_audio, write_audio
+from mslddm.audio import read_audio, write_audio
+from mslddm.delivery import HEADROOM_PEAK, mix_gain, stems_gain
+from mslddm.loudness import STREAMING_LUFS, integrated_loudness_lufs
 from mslddm.records import SETTINGS_FILE, write_settings
 
 MIX = "mix"
@@ -36,13 +41,14 @@ Mixer = Mapping[str, tuple[float, bool]]  # stem name -> (gain in dB, muted)
 
 @dataclass
 class Render:
-    """One generation: the stems as the pipeline returned them and the settings that made them."""
+    """One generation: the stems in the result's format and the settings that made them."""
 
-    stems: np.ndarray  # (variations, stems, samples) float32, the pipeline's levels
+    stems: np.ndarray  # (variations, stems, channels, samples) float32, the pipeline's levels
     stem_names: list[str]
     sample_rate: int
     seeds: list[int]
     settings: dict = field(default_factory=dict)  # pipeline, sampler, steps, ... (copied into settings.json)
+    gain: float | None = None  # the stems' gain, fixed for the result (None: chosen when first written)
 
 
 @dataclass
@@ -73,36 +79,72 @@ def linear_gains(mixer: Mixer, stem_names: list[str]) -> np.ndarray:
 
 
 def mix(stems: np.ndarray, gains: np.ndarray) -> np.ndarray:
-    """``(variations, stems, samples)`` and one gain per stem -> ``(variations, samples)``."""
-    return np.einsum("nkt,k->nt", stems, gains).astype(np.float32)
+    """``(variations, stems, channels, samples)`` and one gain per stem -> ``(variations, channels, samples)``."""
+    return np.einsum("nkct,k->nct", stems, gains).astype(np.float32)
 
 
-def write_render(render: Render, mixer: Mixer, folder: str | Path) -> RenderFiles:
-    """Writes every variation's stems and mix with one shared gain into ``folder`` and zips them with the
-    settings; returns the paths."""
-    folder = Path(folder)
-    names = render.stem_names
-    gains = linear_gains(mixer, names)
-    mixes = mix(render.stems, gains)
-    gain = common_gain(render.stems, mixes)
-    files = {name: f"{file_name(name)}.wav" for name in names}
+def stem_files(names: list[str], suffixes: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The stems' file names in a variation's folder (``suffixes``: e.g. ``{"drums": "_140bpm"}``)."""
+    suffixes = suffixes or {}
+    files = {name: f"{file_name(name)}{suffixes.get(name, '')}.wav" for name in names}
     if len(set(files.values())) != len(files) or f"{MIX}.wav" in files.values():
         files = {name: f"stem{k}_{file_name(name)}.wav" for k, name in enumerate(names)}
+    return files
+
+
+def normalised_mix_gain(mixes: np.ndarray, sample_rate: int, target_lufs: float = STREAMING_LUFS) -> float | None:
+    """The gain that brings the loudest variation's mix to ``target_lufs``, lowered when a mix would clip; None for
+    mixes too short or quiet to measure (under one 400-ms block)."""
+    loudness = max(integrated_loudness_lufs(m, sample_rate) for m in mixes)
+    if not np.isfinite(loudness):
+        return None
+    gain = 10.0 ** ((target_lufs - loudness) / 20.0)
+    peak = float(np.max(np.abs(mixes)))
+    return min(gain, HEADROOM_PEAK / peak) if peak > 0 else gain
+
+
+def write_render(render: Render, mixer: Mixer, folder: str | Path, *, stems_from: str | Path | None = None,
+                 normalise: bool = False) -> RenderFiles:
+    """Writes every variation's stems (at the result's fixed gain) and mix (at its own gain) into ``folder`` and
+    zips them with the settings; returns the paths. ``stems_from``: a render ZIP of the same result whose stem
+    files are copied byte for byte (a re-mix). ``normalise``: the mix at -14 LUFS (as loud as streaming services
+    play music) instead of the stems' level, lowered when it would clip."""
+    folder = Path(folder)
+    names = render.stem_names
+    mixes = mix(render.stems, linear_gains(mixer, names))
+    gain = stems_gain(render.stems) if render.gain is None else float(render.gain)
+    gain_of_mix = normalised_mix_gain(mixes, render.sample_rate) if normalise else None
+    gain_of_mix = mix_gain(mixes, gain) if gain_of_mix is None else gain_of_mix
+    files = stem_files(names, render.settings.get("stem_file_suffixes"))
     variations = []
-    for i, seed in enumerate(render.seeds):
-        sub = folder / variation_folder(i, seed)
-        paths = {name: write_audio(sub / files[name], render.stems[i, k] * gain, render.sample_rate)
-                 for k, name in enumerate(names)}
-        paths[MIX] = write_audio(sub / f"{MIX}.wav", mixes[i] * gain, render.sample_rate)
-        variations.append(paths)
+    with zipfile.ZipFile(stems_from) if stems_from else contextlib.nullcontext() as old:
+        old_files = read_settings(stems_from)["files"] if stems_from else None
+        for i, seed in enumerate(render.seeds):
+            sub = folder / variation_folder(i, seed)
+            paths = {}
+            for k, name in enumerate(names):
+                if old is not None:
+                    paths[name] = sub / files[name]
+                    sub.mkdir(parents=True, exist_ok=True)
+                    member = f"{old_files['variations'][i]}/{old_files['stems'][name]}"
+                    paths[name].write_bytes(old.read(member))
+                else:
+                    paths[name] = write_audio(sub / files[name], render.stems[i, k] * gain, render.sample_rate)
+            paths[MIX] = write_audio(sub / f"{MIX}.wav", mixes[i] * gain_of_mix, render.sample_rate)
+            variations.append(paths)
     settings = {
         **render.settings,
         "stem_names": names,
         "sample_rate": render.sample_rate,
+        "channels": int(render.stems.shape[2]),
         "seeds": list(render.seeds),
         "mixer": {name: {"gain_db": float(mixer.get(name, (0.0, False))[0]),
                          "mute": bool(mixer.get(name, (0.0, False))[1])} for name in names},
         "gain_applied": float(gain),
+        "mix_gain_applied": float(gain_of_mix),
+        "normalise_mix": bool(normalise),
+        "mix_loudness_lufs": _rounded(max(integrated_loudness_lufs(m * gain_of_mix, render.sample_rate)
+                                          for m in mixes)),
         "files": {"stems": files, "mix": f"{MIX}.wav",
                   "variations": [variation_folder(i, s) for i, s in enumerate(render.seeds)]},
     }
@@ -114,6 +156,10 @@ def write_render(render: Render, mixer: Mixer, folder: str | Path) -> RenderFile
             for path in paths.values():
                 zf.write(path, f"{sub}/{path.name}")
     return RenderFiles(zip_path, variations, settings)
+
+
+def _rounded(value: float) -> float | None:
+    return round(value, 1) if np.isfinite(value) else None
 
 
 def read_settings(zip_path: str | Path) -> dict:
@@ -132,21 +178,24 @@ def read_settings(zip_path: str | Path) -> dict:
 
 
 def read_render(zip_path: str | Path) -> Render:
-    """Reads the stems of a render ZIP back at the pipeline's levels (the WAVs divided by ``gain_applied``)."""
+    """Reads the stems of a render ZIP back at the pipeline's levels (the WAVs divided by ``gain_applied``), with
+    the result's fixed gain."""
     settings = read_settings(zip_path)
     names, files = settings["stem_names"], settings["files"]
     gain = float(settings["gain_applied"])
     stems = []
     with zipfile.ZipFile(zip_path) as zf:
         for sub in files["variations"]:
-            row = [read_audio(zf.read(f"{sub}/{files['stems'][name]}"))[0][0] for name in names]
-            length = min(len(a) for a in row)
-            stems.append(np.stack([a[:length] for a in row]))
+            row = [read_audio(zf.read(f"{sub}/{files['stems'][name]}"))[0] for name in names]
+            length = min(a.shape[-1] for a in row)
+            stems.append(np.stack([a[..., :length] for a in row]))
     length = min(s.shape[-1] for s in stems)
     stems = np.stack([s[..., :length] for s in stems]) / gain
-    keep = {k: v for k, v in settings.items() if k not in ("stem_names", "sample_rate", "seeds", "mixer",
-                                                            "gain_applied", "files")}
-    return Render(stems.astype(np.float32), list(names), int(settings["sample_rate"]), list(settings["seeds"]), keep)
+    keep = {k: v for k, v in settings.items() if k not in ("stem_names", "sample_rate", "channels", "seeds", "mixer",
+                                                            "gain_applied", "mix_gain_applied", "files",
+                                                            "normalise_mix", "mix_loudness_lufs")}
+    return Render(stems.astype(np.float32), list(names), int(settings["sample_rate"]), list(settings["seeds"]), keep,
+                  gain)
 
 
 def extract_variation(zip_path: str | Path, index: int, folder: str | Path) -> dict[str, Path]:

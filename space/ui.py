@@ -4,23 +4,26 @@ the spectrogram and the ZIP, and an extend action on the shown result. ``build_d
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import keyword
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
 
-from .handlers import MAX_LORA_SCALE, NO_LORA, SAMPLERS, Outputs, Studio, variation_label
-from .render import MIX, read_settings
+from .handlers import MAX_LORA_SCALE, NO_LORA, SAMPLERS, Outputs, Studio
+from .render import MIX
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".m4a")
 DEFAULT_DURATION_S = 8.0
 CSS = ".stem-column {min-width: 220px} #generate-button {min-height: 3.2em}"
 USER_EXAMPLES_CACHE = os.environ.get("GRADIO_EXAMPLES_CACHE")  # honoured when set before this module is imported
+USER_TEMP_DIR = os.environ.get("GRADIO_TEMP_DIR")  # likewise
 
 
 def api_names(stem_names: list[str]) -> list[str]:
@@ -58,6 +61,7 @@ class Page:
     players: dict = field(default_factory=dict)
     gains: dict = field(default_factory=dict)
     mutes: dict = field(default_factory=dict)
+    normalise: gr.Checkbox | None = None  # the mix at -14 LUFS
     settings: list = field(default_factory=list)  # duration, steps, sampler, churn, seed, variations, whole song
     lora: list = field(default_factory=list)  # the adapter menu and its strength; none without adapters
     fill_defaults: tuple = ()  # (function, input, outputs) that shows the sampler's default steps and churn
@@ -69,6 +73,7 @@ class Page:
     method: gr.Radio | None = None
     separate_button: gr.Button | None = None
     info: gr.Markdown | None = None
+    status: gr.Markdown | None = None  # the page's one place for errors and warnings (never over a result)
     variation: gr.Radio | None = None
     zip_file: gr.File | None = None
     spectrogram: gr.Image | None = None
@@ -76,14 +81,21 @@ class Page:
     @property
     def outputs(self) -> list:
         """What every event shows, in ``/generate``'s return order."""
-        # The variation shown goes out as its label into a hidden Textbox: the Radio's choices are set after the
-        # event (show_variations), and a value written into a Radio that does not list it yet is an error.
+        # The variation shown goes out as its label into a hidden Textbox: the API returns plain values, and a
+        # label written into a Radio that does not list it yet is an error. The page's own events set the Radio's
+        # choices and value in one update (page_outputs).
         return ([self.players[n] for n in self.uploads] + [self.players[MIX], self.spectrogram, self.zip_file,
                                                             self.info, self.selected])
 
     @property
+    def page_outputs(self) -> list:
+        """What the page's own (private) events show: the API's outputs, the variation selector and the status."""
+        return self.outputs + [self.variation, self.status]
+
+    @property
     def mixer(self) -> list:
-        return [self.gains[n] for n in self.uploads] + [self.mutes[n] for n in self.uploads]
+        """The faders, the mutes, then "normalise mix": what every event reads as the mix."""
+        return [self.gains[n] for n in self.uploads] + [self.mutes[n] for n in self.uploads] + [self.normalise]
 
 
 def build_demo(studio: Studio, examples_dir: str | None = None, title: str = "mslddm") -> gr.Blocks:
@@ -91,6 +103,9 @@ def build_demo(studio: Studio, examples_dir: str | None = None, title: str = "ms
     # Cached example outputs belong to this pipeline and this code: keep them with the studio's files (removed at
     # exit) rather than in Gradio's default ./.gradio, where another pipeline would find them and reuse them.
     os.environ["GRADIO_EXAMPLES_CACHE"] = USER_EXAMPLES_CACHE or str(studio.workdir / "cached_examples")
+    # Gradio's own files (uploads, copies of the outputs) too: they go with the studio's folder at exit, however
+    # the server stops (delete_cache alone left 285 MB behind after a SIGTERM, issue 26 item 14).
+    os.environ["GRADIO_TEMP_DIR"] = USER_TEMP_DIR or str(studio.workdir / "gradio")
     with gr.Blocks(title=title, delete_cache=(1800, 3600)) as demo:
         page = _layout(studio, title)
         _wire_generate(studio, page)
@@ -115,17 +130,20 @@ def _layout(studio: Studio, title: str) -> Page:
         f"# {title}: multi-source music generation\n"
         f"Upload the stems you have and tick the ones to generate: the model writes the missing stems to fit "
         f"(partial generation), or every stem when nothing is uploaded (total generation). "
-        f"Pipeline `{_short(studio.pipeline_name)}`, stems {', '.join(names)}, {studio.pipe.sample_rate} Hz. "
-        f"Uploads: any format, rate or channel count, up to {lim.max_upload_s:g} s and {lim.max_file_size}; "
+        f"Pipeline `{_short(studio.pipeline_name)}`, stems {', '.join(names)}. "
+        f"Uploads: any format, rate or channel count, up to {lim.max_upload_s:g} s and {lim.max_file_size}; the "
+        f"result comes back at their rate and channels, your stems untouched; "
         f"music longer than the model's window (whole songs up to {lim.max_song_s:g} s, extensions) is generated "
         f"in overlapping windows.")
     gr.Markdown("### Stems: upload the ones you have, tick the ones to generate")
     with gr.Row(equal_height=False):
         for name in names:
             with gr.Column(elem_classes="stem-column", min_width=220):
-                page.uploads[name] = gr.Audio(label=f"{name}: upload to keep it", type="filepath",
-                                              sources=["upload"], elem_id=f"upload-{name}")
+                # The box above the upload: a loaded upload grows into a player, and a box under it would leave the
+                # row's line (issue 26 item 13); the short label is not cut in a narrow column.
                 page.generate[name] = gr.Checkbox(value=True, label=f"generate {name}", elem_id=f"generate-{name}")
+                page.uploads[name] = gr.Audio(label=name, type="filepath", sources=["upload"],
+                                              elem_id=f"upload-{name}")
     gr.Markdown("### Sampling")
     start = studio.sampling_defaults()  # the pipeline's sampler and its default steps and churn
     with gr.Row():
@@ -135,16 +153,19 @@ def _layout(studio: Studio, title: str) -> Page:
                               elem_id="sampler")
         # Empty in the page's config (so that an API call that names only a sampler gets that sampler's own
         # defaults, as in Python and the CLI); the page fills in the defaults when it loads and on every change.
-        steps = gr.Number(None, minimum=1, maximum=lim.max_steps, precision=0,
-                          label="Steps (shown: the sampler's default)", elem_id="steps")
-        churn = gr.Number(None, minimum=0, maximum=100, step=0.5, label="Churn (Euler, Heun; shown: the default)",
+        # No minimum / maximum: Gradio's own check says "Value 0 is less than minimum value 1." without naming the
+        # field; the server's says "Steps must be between 1 and N".
+        steps = gr.Number(None, precision=0, label=f"Steps (shown: the sampler's default; 1 to {lim.max_steps})",
+                          elem_id="steps")
+        churn = gr.Number(None, step=0.5, label="Churn (Euler, Heun; shown: the default)",
                           interactive=start.sampler != "dpmpp_2m", elem_id="churn")
     with gr.Row():
         # A Textbox, not a Number: an empty Number is sent as 0, and empty must mean "random".
         seed = gr.Textbox(value="", placeholder="random", label="Seed (empty: random)", max_lines=1, elem_id="seed")
         variations = gr.Slider(1, lim.max_variations, value=1, step=1, label="Variations", elem_id="variations")
-        whole_song = gr.Checkbox(value=False, label=f"Whole song: as long as the uploads (up to {lim.max_song_s:g} s; "
-                                 "the duration is not used)", elem_id="whole-song")
+        # The CLI's and Python's rule: the uploads' length unless a duration is given (here: unticked).
+        whole_song = gr.Checkbox(value=True, label=f"As long as the uploads (up to {lim.max_song_s:g} s); "
+                                 "unticked, or with no upload: the duration", elem_id="whole-song")
         page.button = gr.Button("Generate", variant="primary", elem_id="generate-button", scale=2)
     page.settings = [duration, steps, sampler, churn, seed, variations, whole_song]
     page.lora = _lora_row(studio)
@@ -166,6 +187,7 @@ def _layout(studio: Studio, title: str) -> Page:
     sampler.change(on_sampler, sampler, [steps, churn], api_visibility="private", queue=False)
     page.fill_defaults = (on_sampler, sampler, [steps, churn])
 
+    page.status = gr.Markdown("", elem_id="status", elem_classes="status")
     gr.Markdown("### Result and mixer: the faders re-mix without generating again")
     page.info = gr.Markdown("Press **Generate**. The used seed is shown here.", label="summary", elem_id="info")
     page.variation = gr.Radio(choices=[], label="Variation", visible=False, elem_id="variation")
@@ -174,14 +196,16 @@ def _layout(studio: Studio, title: str) -> Page:
             with gr.Column(elem_classes="stem-column", min_width=220):
                 page.players[name] = gr.Audio(label=name, type="filepath", format="wav", interactive=False,
                                               elem_id=f"player-{name}")
-                page.gains[name] = gr.Slider(-24, 12, value=0, step=0.5, label=f"{name} gain (dB)",
+                # +-24 dB: generated stems can sit far from an upload's level
+                page.gains[name] = gr.Slider(-24, 24, value=0, step=0.5, label=f"{name} gain (dB)",
                                              elem_id=f"gain-{name}")
                 page.mutes[name] = gr.Checkbox(value=False, label=f"mute {name}", elem_id=f"mute-{name}")
         with gr.Column(elem_classes="stem-column", min_width=220):
             page.players[MIX] = gr.Audio(label="mix", type="filepath", format="wav", interactive=False,
                                          elem_id="player-mix")
+            page.normalise = gr.Checkbox(value=False, label="normalise mix to -14 LUFS", elem_id="normalise")
     with gr.Row():
-        page.extend_s = gr.Number(10.0, minimum=0.5, maximum=lim.max_song_s, step=0.5,
+        page.extend_s = gr.Number(10.0, step=0.5,
                                   label="Extend by (s): every stem of the shown variation continues", elem_id="extend-s")
         page.extend_button = gr.Button("Extend", elem_id="extend-button")
         # A Radio input only accepts the choices of its config (empty until a generation), so the API would
@@ -192,17 +216,6 @@ def _layout(studio: Studio, title: str) -> Page:
     page.spectrogram = gr.Image(label="spectrogram", show_label=False, type="filepath", format="png",
                                 interactive=False, elem_id="spectrogram")
     return page
-
-
-def _lora_row(studio: Studio) -> list:
-    """The adapter menu and its strength slider, in a row of their own; nothing when there is no adapter."""
-    if not studio.loras:
-        return []
-    with gr.Row():
-        return [gr.Dropdown([NO_LORA, *studio.loras], value=NO_LORA, label="LoRA adapter (none: the pipeline as "
-                            "it is)", elem_id="lora"),
-                gr.Slider(0.0, MAX_LORA_SCALE, value=1.0, step=0.05, elem_id="lora-scale",
-                          label="LoRA strength (0: the pipeline, 1: the adapter as trained)")]
 
 
 def _show(page: Page, out: Outputs) -> list:
@@ -216,13 +229,73 @@ def _variation_update(labels: list[str], index: int):
     return gr.update(choices=labels, value=labels[index], visible=len(labels) > 1)
 
 
-def show_variations(zip_path):
-    """After a generation or separation (which shows its first variation): the selector lists the render's
-    variations; the API itself returns plain values."""
-    if not zip_path:
-        return gr.skip()
-    labels = [variation_label(i, seed) for i, seed in enumerate(read_settings(zip_path)["seeds"])]
-    return _variation_update(labels, 0)
+def status_message(kind: str, text: str) -> str:
+    """The status area's Markdown: ``kind`` ("Error", "Warning") in bold, then the sentence (Markdown escaped, so a
+    file name such as my_take_2.wav reads as it is)."""
+    escaped = "".join("\\" + c if c in "\\`*_[]<>#|" else c for c in text)
+    return f"**{kind}:** {escaped}"
+
+
+def _page_event(page: Page, call: Callable[..., Outputs], variation: bool = True) -> Callable:
+    """The page's version of an event: the result, the variation selector and a cleared status; a bad request
+    (``gr.Error``) leaves every output as it was and goes to the status area, where it stays until the next
+    action (a raised error would be a toast that goes after 10 s and an "Error" badge over every player)."""
+
+    def handler(*args):
+        try:
+            out = call(*args)
+        except gr.Error as error:
+            skips = len(page.outputs) + (1 if variation else 0)
+            return [gr.skip()] * skips + [status_message("Error", str(error.message))]
+        if out is None:
+            return [gr.skip()] * (len(page.outputs) + (1 if variation else 0) + 1)
+        shown = _show(page, out) + ([_variation_update(out.variation_labels, out.variation)] if variation else [])
+        return shown + [""]
+
+    return handler
+
+
+def _endpoint(page: Page, call: Callable[..., Outputs], defaults: list[tuple[str, object]],
+              doc: str) -> tuple[Callable, Callable]:
+    """``(api, page)`` functions over ``call(*values, progress, request)`` with the named parameters
+    ``defaults`` (what gradio_client shows): the public one returns plain values and raises bad requests (an
+    ``AppError`` for the client); the page's one is :func:`_page_event`'s."""
+
+    def api(*args):
+        return _show(page, call(*args))
+
+    shown = _page_event(page, call)
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    signature = inspect.Signature(
+        [inspect.Parameter(n, positional, default=d) for n, d in defaults]
+        + [inspect.Parameter("progress", positional, default=gr.Progress()),
+           inspect.Parameter("request", positional, default=None, annotation=gr.Request)])
+    for fn in (api, shown):
+        fn.__signature__ = signature
+        fn.__annotations__ = {"request": gr.Request}  # how Gradio finds the request parameter
+    api.__doc__ = doc
+    return api, shown
+
+
+def _wire(page: Page, button: gr.Button, fns: tuple[Callable, Callable], inputs: list, api_name: str) -> None:
+    """The public endpoint on a hidden button (API only) and the page's button on the page's version, one
+    sampling at a time for both."""
+    api, shown = fns
+    gr.Button(visible=False).click(api, inputs, page.outputs, api_name=api_name, concurrency_limit=1,
+                                   concurrency_id="sampling")
+    button.click(shown, inputs, page.page_outputs, api_visibility="private", concurrency_limit=1,
+                 concurrency_id="sampling")
+
+
+def _lora_row(studio: Studio) -> list:
+    """The adapter menu and its strength slider, in a row of their own; nothing when there is no adapter."""
+    if not studio.loras:
+        return []
+    with gr.Row():
+        return [gr.Dropdown([NO_LORA, *studio.loras], value=NO_LORA, label="LoRA adapter (none: the pipeline as "
+                            "it is)", elem_id="lora"),
+                gr.Slider(0.0, MAX_LORA_SCALE, value=1.0, step=0.05, elem_id="lora-scale",
+                          label="LoRA strength (0: the pipeline, 1: the adapter as trained)")]
 
 
 def _lora_values(values) -> dict:
@@ -235,80 +308,89 @@ def _lora_defaults(page: Page) -> list:
     return [("lora", NO_LORA), ("lora_scale", 1.0)] if page.lora else []
 
 
+LORA_DOC = " `lora` names a LoRA adapter of the page's menu ('none': the pipeline), `lora_scale` its strength."
+
+
 def _mixer_values(names: list[str], values) -> dict:
-    """``{stem: (gain_db, muted)}`` from the faders' values followed by the mutes'."""
+    """``{stem: (gain_db, muted)}`` from the faders' values followed by the mutes' (and "normalise mix")."""
     return {n: (values[k], values[len(names) + k]) for k, n in enumerate(names)}
 
 
+def _normalise(names: list[str], values) -> bool:
+    """The "normalise mix" box, after the faders and mutes (absent: off)."""
+    return bool(values[2 * len(names)]) if len(values) > 2 * len(names) else False
+
+
 def _wire_generate(studio: Studio, page: Page) -> None:
-    """The Generate button: the public ``/generate`` endpoint, one sampling at a time."""
+    """Generate and Extend: the public ``/generate`` and ``/extend`` endpoints and the page's buttons."""
     names, k = studio.stem_names, len(studio.stem_names)
 
-    def run_generate(*args):
+    def generate(*args):
         *values, progress, request = args
-        out = studio.generate(dict(zip(names, values[:k])), dict(zip(names, values[k:2 * k])),
-                              *values[2 * k:2 * k + 7], mixer=_mixer_values(names, values[2 * k + 7:4 * k + 7]),
-                              progress=progress, session=_session(request), **_lora_values(values[4 * k + 7:]))
-        return _show(page, out)
+        mix, lora = values[2 * k + 7:4 * k + 8], values[4 * k + 8:]
+        return studio.generate(dict(zip(names, values[:k])), dict(zip(names, values[k:2 * k])),
+                               *values[2 * k:2 * k + 7], mixer=_mixer_values(names, mix),
+                               progress=progress, session=_session(request), normalise=_normalise(names, mix),
+                               **_lora_values(lora))
 
     # Named parameters (the stems' uploads first), so gradio_client callers can pass keywords. Unset steps and
     # churn (None) mean the chosen sampler's defaults, as in Python and the CLI.
     params = api_names(names)
+    mixer = ([(f"gain_db_{p}", 0.0) for p in params] + [(f"mute_{p}", False) for p in params]
+             + [("normalise_mix", False)])
     settings = dict(zip(("duration", "steps", "sampler", "churn", "seed", "variations", "whole_song"),
                         page.settings))
     defaults = ([(p, None) for p in params] + [(f"generate_{p}", True) for p in params]
-                + [(n, c.value) for n, c in settings.items()]
-                + [(f"gain_db_{p}", 0.0) for p in params] + [(f"mute_{p}", False) for p in params]
-                + _lora_defaults(page))
-    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    run_generate.__signature__ = inspect.Signature(
-        [inspect.Parameter(n, positional, default=d) for n, d in defaults]
-        + [inspect.Parameter("progress", positional, default=gr.Progress()),
-           inspect.Parameter("request", positional, default=None, annotation=gr.Request)])
-    run_generate.__annotations__ = {"request": gr.Request}  # how Gradio finds the request parameter
-    run_generate.__doc__ = (
-        "Generates the stems that have no upload and generate_<stem> true, around the uploaded ones, and the mix "
-        "(with whole_song, as long as the uploads). "
+                + [(n, c.value) for n, c in settings.items()] + mixer + _lora_defaults(page))
+    _wire(page, page.button, _endpoint(page, generate, defaults, (
+        "Generates the stems that have no upload and generate_<stem> true, around the uploaded ones, and the mix; "
+        "as long as the uploads unless whole_song is false (or nothing is uploaded): then `duration` seconds. The "
+        "files are at the uploads' sample rate and channels, the uploads untouched. "
         "Returns a WAV per stem, the mix WAV, the spectrogram PNG, the ZIP (stems, mix, settings.json), a "
-        "Markdown summary with the seeds, and the variation shown."
-        + (" `lora` names a LoRA adapter of the page's menu ('none': the pipeline), `lora_scale` its strength."
-           if page.lora else ""))
-    page.button.click(run_generate, list(page.uploads.values()) + list(page.generate.values()) + page.settings
-                      + page.mixer + page.lora, page.outputs, api_name="generate", concurrency_limit=1,
-                      concurrency_id="sampling").success(show_variations, page.zip_file, page.variation,
-                                                         api_visibility="private", queue=False)
-    def run_extend(*args):
-        zip_path, selected, extend_s, steps, sampler, churn, *rest, progress, request = args
-        out = studio.extend(zip_path, selected, extend_s, steps, sampler, churn,
-                            mixer=_mixer_values(names, rest[:2 * k]), progress=progress, session=_session(request),
-                            **_lora_values(rest[2 * k:]))
-        return _show(page, out)
+        "Markdown summary with the seeds, and the variation shown." + (LORA_DOC if page.lora else ""))),
+        list(page.uploads.values()) + list(page.generate.values()) + page.settings + page.mixer + page.lora,
+        "generate")
 
-    extend_defaults = ([("zip_path", None), ("selected", None), ("extend_s", 10.0), ("steps", None),
-                        ("sampler", page.settings[2].value), ("churn", None)]
-                       + [(f"gain_db_{p}", 0.0) for p in params] + [(f"mute_{p}", False) for p in params]
-                       + _lora_defaults(page))
-    run_extend.__signature__ = inspect.Signature(
-        [inspect.Parameter(n, positional, default=d) for n, d in extend_defaults]
-        + [inspect.Parameter("progress", positional, default=gr.Progress()),
-           inspect.Parameter("request", positional, default=None, annotation=gr.Request)])
-    run_extend.__annotations__ = {"request": gr.Request}
-    run_extend.__doc__ = (
+    def extend(*args):
+        zip_path, selected, extend_s, steps, sampler, churn, *rest, progress, request = args
+        gains, lora = rest[:2 * k + 1], rest[2 * k + 1:]
+        return studio.extend(zip_path, selected, extend_s, steps, sampler, churn, mixer=_mixer_values(names, gains),
+                             progress=progress, session=_session(request), normalise=_normalise(names, gains),
+                             **_lora_values(lora))
+
+    defaults = [("zip_path", None), ("selected", None), ("extend_s", 10.0), ("steps", None),
+                ("sampler", page.settings[2].value), ("churn", None)] + mixer + _lora_defaults(page)
+    steps, sampler, churn = page.settings[1:4]
+    page.variation.change(lambda label: label, page.variation, page.selected, api_visibility="private", queue=False)
+    _wire(page, page.extend_button, _endpoint(page, extend, defaults, (
         "Continues variation `selected` (a label such as '1 (seed 42)'; default: the first) of the render ZIP "
         "`zip_path` by `extend_s` seconds: every sounding stem continues, with the variation's seed. Returns what "
-        "/generate returns.")
+        "/generate returns." + (LORA_DOC if page.lora else ""))),
+        [page.zip_file, page.selected, page.extend_s, steps, sampler, churn] + page.mixer + page.lora, "extend")
+    _wire_upload_checks(studio, page)
 
-    duration, steps, sampler, churn = page.settings[:4]
-    page.variation.change(lambda label: label, page.variation, page.selected, api_visibility="private", queue=False)
-    page.extend_button.click(run_extend, [page.zip_file, page.selected, page.extend_s, steps, sampler, churn]
-                             + page.mixer + page.lora, page.outputs, api_name="extend", concurrency_limit=1,
-                             concurrency_id="sampling").success(show_variations, page.zip_file, page.variation,
-                                                                api_visibility="private", queue=False)
-    page.settings[-1].change(lambda whole: gr.Slider(interactive=not whole), page.settings[-1], duration,
-                             api_visibility="private", queue=False)
-    for name in names:  # an upload makes the stem a condition: its "generate" box no longer applies
-        page.uploads[name].change(lambda path: gr.Checkbox(value=not path, interactive=not path),
-                                  page.uploads[name], page.generate[name], api_visibility="private", queue=False)
+
+def _wire_upload_checks(studio: Studio, page: Page) -> None:
+    """An upload is checked when it arrives: a file that cannot be used is named in the status area and its slot
+    cleared; the same file in two slots is a warning. An upload makes its stem a condition (its "generate" box no
+    longer applies); a cleared slot gives the box back."""
+    names = studio.stem_names
+
+    def on_change(name, *paths):
+        path = paths[names.index(name)]
+        if not path:  # cleared (by the visitor, or by a refused upload: keep that message)
+            return gr.skip(), gr.Checkbox(value=True, interactive=True), gr.skip()
+        try:
+            warning = studio.check_upload(name, path, dict(zip(names, paths)))
+        except gr.Error as error:
+            return None, gr.Checkbox(value=True, interactive=True), status_message("Error", str(error.message))
+        status = status_message("Warning", warning) if warning else ""
+        return gr.skip(), gr.Checkbox(value=False, interactive=False), status
+
+    for name in names:
+        page.uploads[name].change(functools.partial(on_change, name), list(page.uploads.values()),
+                                  [page.uploads[name], page.generate[name], page.status], api_visibility="private",
+                                  queue=False)
 
 
 def _wire_separate(studio: Studio, page: Page) -> None:
@@ -316,46 +398,42 @@ def _wire_separate(studio: Studio, page: Page) -> None:
     names = studio.stem_names
     params = api_names(names)
 
-    def run_separate(*args):
+    def separate(*args):
         mixture, method, steps, churn, seed, variations, *mixer, progress, request = args
-        out = studio.separate(mixture, method, steps, churn, seed, variations, mixer=_mixer_values(names, mixer),
-                              progress=progress, session=_session(request))
-        return _show(page, out)
+        return studio.separate(mixture, method, steps, churn, seed, variations, mixer=_mixer_values(names, mixer),
+                               progress=progress, session=_session(request), normalise=_normalise(names, mixer))
 
-    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
     defaults = ([("mixture", None), ("method", "dirac"), ("steps", None), ("churn", None), ("seed", ""),
-                 ("variations", 1)] + [(f"gain_db_{p}", 0.0) for p in params] + [(f"mute_{p}", False) for p in params])
-    run_separate.__signature__ = inspect.Signature(
-        [inspect.Parameter(n, positional, default=d) for n, d in defaults]
-        + [inspect.Parameter("progress", positional, default=gr.Progress()),
-           inspect.Parameter("request", positional, default=None, annotation=gr.Request)])
-    run_separate.__annotations__ = {"request": gr.Request}
-    run_separate.__doc__ = ("Separates the uploaded `mixture` into the pipeline's stems (they sum to it) with the "
-                            "Dirac or Gaussian separator. Returns what /generate returns.")
+                 ("variations", 1)] + [(f"gain_db_{p}", 0.0) for p in params] + [(f"mute_{p}", False) for p in params]
+                + [("normalise_mix", False)])
     _, steps, _, churn, seed, variations, _ = page.settings
-
-    page.separate_button.click(run_separate, [page.mixture, page.method, steps, churn, seed, variations]
-                               + page.mixer, page.outputs, api_name="separate", concurrency_limit=1,
-                               concurrency_id="sampling").success(show_variations, page.zip_file, page.variation,
-                                                                  api_visibility="private", queue=False)
+    _wire(page, page.separate_button, _endpoint(page, separate, defaults, (
+        "Separates the uploaded `mixture` into the pipeline's stems (they sum to it) with the Dirac or Gaussian "
+        "separator. Returns what /generate returns.")),
+        [page.mixture, page.method, steps, churn, seed, variations] + page.mixer, "separate")
 
 
 def _wire_mixer(studio: Studio, page: Page) -> None:
     """Faders, mutes and the variation selector: re-mix or show from the ZIP, without sampling."""
     names = studio.stem_names
 
-    def run_remix(zip_path, selected, *values, request: gr.Request = None):
+    def remix(zip_path, selected, *values, request: gr.Request = None):
         if not zip_path:  # nothing generated yet: the faders apply to the next generation
-            return [gr.skip()] * len(page.outputs)
-        return _show(page, studio.remix(zip_path, selected, _mixer_values(names, values), _session(request)))
+            return None
+        return studio.remix(zip_path, selected, _mixer_values(names, values), _session(request),
+                            normalise=_normalise(names, values))
 
-    def run_show(zip_path, selected, request: gr.Request = None):
-        return _show(page, studio.show(zip_path, selected, _session(request)))
+    def show(zip_path, selected, request: gr.Request = None):
+        return studio.show(zip_path, selected, _session(request))
 
+    run_remix, run_show = _page_event(page, remix, variation=False), _page_event(page, show, variation=False)
+    run_remix.__signature__, run_show.__signature__ = inspect.signature(remix), inspect.signature(show)
+    run_remix.__annotations__ = run_show.__annotations__ = {"request": gr.Request}
     for control in page.mixer:
-        control.change(run_remix, [page.zip_file, page.variation] + page.mixer, page.outputs,
+        control.change(run_remix, [page.zip_file, page.variation] + page.mixer, page.outputs + [page.status],
                        api_visibility="private", trigger_mode="always_last", show_progress="minimal")
-    page.variation.input(run_show, [page.zip_file, page.variation], page.outputs, api_visibility="private")
+    page.variation.input(run_show, [page.zip_file, page.variation], page.outputs + [page.status],
+                         api_visibility="private")
 
 
 def _wire_examples(studio: Studio, page: Page, examples: list[dict]) -> None:
@@ -374,7 +452,7 @@ def _wire_examples(studio: Studio, page: Page, examples: list[dict]) -> None:
     def run_example(*values, progress=gr.Progress(), request: gr.Request = None):  # noqa: B008 (Gradio's API)
         *ups, duration_s, seed_ = values
         out = studio.generate(dict(zip(given, ups)), dict.fromkeys(names, True), duration_s, None, None, None, seed_,
-                              1, progress=progress, session=_session(request))
+                              1, whole_song=False, progress=progress, session=_session(request))  # its duration
         return _show(page, out)[:-1]
 
     with warnings.catch_warnings():  # some examples leave some given stems empty: run_example takes None

@@ -87,6 +87,20 @@ def test_beat_tracking_finds_the_grid_and_only_the_right_one():
     assert len(track_beats(np.zeros(SR * 2, np.float32), SR)) == 0
 
 
+def test_a_results_tempo_only_when_the_pulse_is_steady():
+    """The page's and the CLI's tempo (issue 26): the drums' when they sound, else the mix's; none for noise (the
+    DBN finds a steady path in noise too: the beat network's weak activation rules it out)."""
+    from mslddm.evaluation.beats import result_tempo, steady_tempo_bpm
+
+    drums = clicks(120)
+    assert steady_tempo_bpm(drums, SR) == pytest.approx(120, rel=0.03)
+    noise = 0.1 * np.random.default_rng(0).standard_normal(len(drums)).astype(np.float32)
+    assert steady_tempo_bpm(noise, SR) is None and steady_tempo_bpm(np.zeros(SR * 4, np.float32), SR) is None
+    stems = np.stack([noise, drums])
+    assert result_tempo(stems, ["bass", "drums"], SR) == (pytest.approx(120, rel=0.03), "drums")
+    assert result_tempo(stems, ["bass", "piano"], SR)[1] == "mix"
+
+
 def test_agreement_with_a_given_stem_against_chance():
     given = clicks(100)
     follows, other = clicks(100, freq=60.0), clicks(137, freq=60.0)

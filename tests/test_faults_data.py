@@ -121,11 +121,11 @@ def test_an_interrupted_generate_leaves_only_complete_samples(saved_pipeline, tm
     written = []
     real = generate._write_sample
 
-    def interrupt_second(folder, kind, result, j):
+    def interrupt_second(folder, kind, result, j, *args):
         written.append(folder.name)
         if len(written) == 2:
             raise KeyboardInterrupt
-        return real(folder, kind, result, j)
+        return real(folder, kind, result, j, *args)
 
     monkeypatch.setattr(generate, "_write_sample", interrupt_second)
     out = tmp_path / "out"

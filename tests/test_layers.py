@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mslddm"
 LAYERS = [
     ("audio I/O, shared rules and tables",  # kinds: arch-kinds' registry, class paths resolved on first use
      {"mslddm", "audio", "stems", "loudness", "files", "hub", "presets", "kinds", "randomness", "records",
-      "measures"}),
+      "measures", "delivery"}),
     ("networks and samplers", {"models", "schedulers"}),
     ("pipelines", {"pipelines"}),
     ("assembly of whole pipelines", {"factory", "devices"}),

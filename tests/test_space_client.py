@@ -1,5 +1,6 @@
 """The Space's ``/generate`` endpoint through ``gradio_client``, on a server started in this process."""
 
+import io
 import json
 import socket
 import sys
@@ -42,10 +43,11 @@ def server(tmp_path_factory):
 
 @pytest.mark.timeout(120)
 def test_generate_from_gradio_client(server, tmp_path, capfd):
-    t = np.arange(44100) / 44100
-    sf.write(tmp_path / "drums.flac", 0.3 * np.sign(np.sin(2 * np.pi * 4 * t)) * np.exp(-(t % 0.25) * 30), 44100)
+    t = np.arange(int(1.5 * 44100)) / 44100
+    hits = 0.3 * np.sign(np.sin(2 * np.pi * 4 * t)) * np.exp(-(t % 0.25) * 30)
+    sf.write(tmp_path / "drums.flac", np.stack([hits, 0.5 * hits], 1), 44100)  # stereo, 44.1 kHz
     client = gradio_client.Client(server, verbose=False)
-    result = client.predict(drums=gradio_client.handle_file(str(tmp_path / "drums.flac")), duration=1.0, steps=2,
+    result = client.predict(drums=gradio_client.handle_file(str(tmp_path / "drums.flac")), steps=2,
                             seed="42", variations=2, mute_piano=True, api_name="/generate")
     *players, mix, spectrogram, zip_path, info, variation = result
     assert [Path(p).name for p in players] == [f"{n}.wav" for n in STEMS] and Path(mix).name == "mix.wav"
@@ -55,6 +57,11 @@ def test_generate_from_gradio_client(server, tmp_path, capfd):
         settings = json.loads(zf.read("settings.json"))
         assert len([n for n in zf.namelist() if n.endswith(".wav")]) == 2 * (len(STEMS) + 1)
     assert settings["given"] == {"drums": "drums.flac"} and settings["mixer"]["piano"]["mute"] is True
+    # Issue 26 items 7 and 8: the upload's length, rate and channels; the drums come back as decoded
+    assert (settings["sample_rate"], settings["channels"], settings["duration_s"]) == (44100, 2, 1.5)
+    with zipfile.ZipFile(zip_path) as zf:
+        drums, rate = sf.read(io.BytesIO(zf.read("variation_1_seed42/drums.wav")), dtype="int16")
+    assert rate == 44100 and np.array_equal(drums, sf.read(tmp_path / "drums.flac", dtype="int16")[0])
 
     # /extend continues the second variation by 0.5 s, with its seed; only the ZIP and the length are needed
     *players, mix, _, longer_zip, info, variation = client.predict(
@@ -62,8 +69,8 @@ def test_generate_from_gradio_client(server, tmp_path, capfd):
         api_name="/extend")
     with zipfile.ZipFile(longer_zip) as zf:
         longer = json.loads(zf.read("settings.json"))
-    assert longer["seeds"] == [43] and longer["duration_s"] == pytest.approx(1.5) and "extended" in info
-    assert sf.info(mix).duration == pytest.approx(1.5, abs=1e-3)
+    assert longer["seeds"] == [43] and longer["duration_s"] == pytest.approx(2.0) and "extended" in info
+    assert sf.info(mix).duration == pytest.approx(2.0, abs=1e-3)
     # The server logged no traceback (the variation's label written into a Radio without choices logged one on
     # every generation and extend), and the API names its outputs (the spectrogram was "value_66")
     err = capfd.readouterr().err
@@ -79,3 +86,5 @@ def test_bad_request_is_an_error_message(server):
     client = gradio_client.Client(server, verbose=False)
     with pytest.raises(gradio_client.exceptions.AppError, match="Nothing to generate"):
         client.predict(**{f"generate_{n}": False for n in STEMS}, duration=1.0, steps=2, api_name="/generate")
+    with pytest.raises(gradio_client.exceptions.AppError, match="Steps must be between 1 and 200"):  # item 6
+        client.predict(duration=1.0, steps=0, api_name="/generate")

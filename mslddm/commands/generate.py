@@ -69,25 +69,30 @@ def _sample_levels(levels, j: int):
 
 
 def _load_given(pipe, given: dict, duration, max_seconds) -> dict:
-    """The given stems read, checked and resampled with the library's checks (the page's sentences)."""
+    """The given stems read, checked and resampled with the library's checks (the page's sentences), each with
+    the upload as decoded (what the result gives back)."""
     import sys
 
+    from mslddm.delivery import Upload
     from mslddm.stems import load_stem
 
     loaded = {}
     for name, path in given.items():
         print(f"Reading the {name} stem from {Path(path).name} ...", file=sys.stderr, flush=True)
-        loaded[name] = load_stem(name, path, pipe.sample_rate, use_seconds=duration, max_seconds=max_seconds,
-                                 limit_hint=" (--max-stem-seconds raises the limit)")
-        print(f"  {len(loaded[name]) / pipe.sample_rate:.1f} s at {pipe.sample_rate} Hz", file=sys.stderr, flush=True)
+        audio = load_stem(name, path, pipe.sample_rate, use_seconds=duration, max_seconds=max_seconds,
+                          limit_hint=" (--max-stem-seconds raises the limit)")
+        loaded[name] = audio, Upload.read(path)
+        print(f"  {len(audio) / pipe.sample_rate:.1f} s at {pipe.sample_rate} Hz", file=sys.stderr, flush=True)
     return loaded
 
 
 def _result_stems(pipe, folder) -> dict:
-    """The stems of an earlier result folder, divided by the gain written into its settings.json."""
+    """The stems of an earlier result folder, divided by the gain written into its settings.json: ``{name: (path,
+    audio at the pipeline's rate, the file as an Upload)}``."""
     import math
 
     from mslddm.audio import load_audio, rms_db
+    from mslddm.delivery import Upload
     from mslddm.stems import SILENCE_DBFS
 
     folder = Path(folder)
@@ -110,7 +115,8 @@ def _result_stems(pipe, folder) -> dict:
         if path.is_file():
             audio = load_audio(path, pipe.sample_rate) / gain
             if rms_db(audio) >= SILENCE_DBFS:  # a stem silent there stays silent (the page's Extend's rule)
-                stems[name] = str(path), audio
+                upload = Upload.read(path)
+                stems[name] = str(path), audio, Upload(upload.audio / gain, upload.sample_rate)
     if not stems:
         raise SystemExit(f"--from-result {folder}: no sounding stem WAV of {pipe.stem_names} there.")
     return stems
@@ -203,22 +209,47 @@ def _check_stem_arguments(pipe, kind, args, given: dict, generate) -> None:
         raise SystemExit("Give either --duration or --extend (the result is the given stems' length plus --extend).")
 
 
-def _given_audio(pipe, args, given: dict, max_seconds: float) -> tuple[dict, dict]:
-    """``(names, audio)``: the given stems' file names (what settings.json records) and their audio, with the
-    stems of ``--from-result`` that no ``--stem`` replaces."""
+def _given_audio(pipe, args, given: dict, max_seconds: float) -> tuple[dict, dict, dict]:
+    """``(names, audio, uploads)``: the given stems' file names (what settings.json records), their audio at the
+    pipeline's rate and as decoded, with the stems of ``--from-result`` that no ``--stem`` replaces."""
     names = dict(given)
-    given = _load_given(pipe, given, args.duration, max_seconds)
+    loaded = _load_given(pipe, given, args.duration, max_seconds)
+    given = {n: audio for n, (audio, _) in loaded.items()}
+    uploads = {n: upload for n, (_, upload) in loaded.items()}
     if args.from_result:
-        for name, (path, audio) in _result_stems(pipe, args.from_result).items():
+        for name, (path, audio, upload) in _result_stems(pipe, args.from_result).items():
             if name not in given:
-                names[name], given[name] = path, audio
+                names[name], given[name], uploads[name] = path, audio, upload
     if args.extend is not None and not given:
         raise SystemExit("--extend continues given stems: give them with --stem NAME=FILE or --from-result DIR.")
-    return names, given
+    return names, given, uploads
 
 
-def _settings(args, kind, result, j: int, seed: int, names: dict, gain: float, device, dtype_name,
-              seconds: float) -> dict:
+def _in_upload_format(result, args, uploads: dict):
+    """The stems ``(batch, stems, channels, samples)`` and their rate, in the uploads' format
+    (:mod:`mslddm.delivery`): given stems as decoded, generated ones resampled, continued ones take then
+    continuation."""
+    from mslddm.delivery import deliver, in_format, output_format, output_length
+    from mslddm.pipelines.known import CONTINUATION_FADE_SAMPLES
+
+    listed = list(uploads.values())
+    fmt = output_format(listed, result.sample_rate)
+    if not uploads:
+        return result.stems[:, :, None], fmt
+    if args.extend is not None:  # each take as long as it is, then its continuation
+        length = output_length(listed, fmt, None) + round(args.extend * fmt.sample_rate)
+        given = {n: in_format(u, fmt, output_length([u], fmt, None)) for n, u in uploads.items()}
+    else:
+        length = output_length(listed, fmt, args.duration)
+        given = {n: in_format(u, fmt, length) for n, u in uploads.items()}
+    continued = {n: given[n].shape[-1] for n in given if n in result.generated}
+    stems = deliver(result.stems, result.sample_rate, result.stem_names, fmt, length, given, continued,
+                    fade_s=CONTINUATION_FADE_SAMPLES / result.sample_rate)
+    return stems, fmt
+
+
+def _settings(args, kind, result, j: int, seed: int, names: dict, gains: tuple[float, float], fmt, stems,
+              device, dtype_name, seconds: float) -> dict:
     """settings.json of one sample: every setting, the seed and the gain applied (a mixture-only model's record
     names the stems it mixes instead of given and generated stems)."""
     from mslddm.records import sampling_record
@@ -226,34 +257,60 @@ def _settings(args, kind, result, j: int, seed: int, names: dict, gain: float, d
     settings = {
         "pipeline": str(args.pipeline), "seed": seed, "mixture_of": getattr(result, "mixture_of", None),
         "given": {n: Path(p).name for n, p in names.items()}, **sampling_record(result),
-        "extended_by_s": args.extend, "gain_applied": gain, "device": device,
+        "sample_rate": fmt.sample_rate, "channels": fmt.channels, "model_sample_rate": int(result.sample_rate),
+        "extended_by_s": args.extend, "gain_applied": gains[0], "mix_gain_applied": gains[1], "device": device,
         "level_gain_db": _sample_levels(result.sampling.get("levels"), j),
         "lora": None if args.lora is None else str(args.lora),
         "lora_scale": None if args.lora is None else args.lora_scale,
         "dtype": dtype_name,
         "batch_seconds": round(seconds, 3),
     }
+    if kind.generates_stems:
+        settings.update(_tempo(stems, result.stem_names, fmt.sample_rate))
+    if kind.generates_stems:
+        settings["duration_s"] = stems.shape[-1] / fmt.sample_rate
     dropped = ("mixture_of",) if kind.generates_stems else ("given", "extended_by_s", "level_gain_db")
     dropped += ("lora", "lora_scale") if args.lora is None else ()
     return {k: v for k, v in settings.items() if k not in dropped}
 
 
-def _write_sample(folder: Path, kind, result, j: int) -> float:
-    """The sample's stems (a mixture-only model has none) and mix.wav at one common gain; returns the gain."""
-    from mslddm.audio import common_gain, write_audio
+def _tempo(stems, stem_names, sample_rate: int) -> dict:
+    """``tempo_bpm`` and ``tempo_of`` of a sample (the page's rule); nothing for a short one or without the eval
+    extra (scipy, madmom)."""
+    try:
+        from mslddm.evaluation.beats import TEMPO_MIN_SECONDS, result_tempo
+    except ImportError:
+        return {}
+    if stems.shape[-1] < TEMPO_MIN_SECONDS * sample_rate:
+        return {}
+    tempo, of = result_tempo(stems, stem_names, sample_rate)
+    return {"tempo_bpm": None if tempo is None else round(tempo, 1), "tempo_of": of}
 
-    stems = result.stems[j] if kind.generates_stems else []
-    mix = result.mixture[j]
-    gain = common_gain(mix, *stems)
-    for name, audio in zip(result.stem_names if kind.generates_stems else (), stems):
-        write_audio(folder / f"{name}.wav", audio * gain, result.sample_rate)
-    write_audio(folder / "mix.wav", mix * gain, result.sample_rate)
-    return gain
+
+def _write_sample(folder: Path, kind, result, j: int, stems=None, sample_rate=None) -> tuple[float, float]:
+    """The sample's stems (a mixture-only model has none; ``stems``: ``(stems, channels, samples)`` in the uploads'
+    format) and mix.wav; returns the stems' gain (1 unless one would clip) and the mix's (lower when it would)."""
+    from mslddm.audio import write_audio
+    from mslddm.delivery import mix_gain, stems_gain
+
+    if not kind.generates_stems:
+        gain = stems_gain(result.mixture[j])
+        gain = mix_gain(result.mixture[j], gain)
+        write_audio(folder / "mix.wav", result.mixture[j] * gain, result.sample_rate)
+        return gain, gain
+    mix = stems.sum(axis=0)
+    gain = stems_gain(stems)
+    gain_of_mix = mix_gain(mix, gain)
+    for name, audio in zip(result.stem_names, stems):
+        write_audio(folder / f"{name}.wav", audio * gain, sample_rate)
+    write_audio(folder / "mix.wav", mix * gain_of_mix, sample_rate)
+    return gain, gain_of_mix
 
 
 def _run(args) -> int:
     import torch
 
+    from mslddm.delivery import output_format
     from mslddm.devices import load_pipeline
     from mslddm.kinds import kind_of
     from mslddm.pipelines.pipeline_base import DEFAULT_WINDOW_SECONDS
@@ -271,15 +328,17 @@ def _run(args) -> int:
     kind = kind_of(pipe)
     _check_stem_arguments(pipe, kind, args, given, generate)
     max_seconds = MAX_STEM_SECONDS if args.max_stem_seconds is None else args.max_stem_seconds
-    names, given = _given_audio(pipe, args, given, max_seconds) if kind.generates_stems else ({}, {})
+    names, given, uploads = _given_audio(pipe, args, given, max_seconds) if kind.generates_stems else ({}, {}, {})
     longest = max((len(a) for a in given.values()), default=0) / pipe.sample_rate
     length = longest + args.extend if args.extend is not None else args.duration or longest
     if length > max_seconds:
         raise SystemExit(f"The result would be {length:g} s long; at most {max_seconds:g} s are made "
                          "(--max-stem-seconds raises the limit).")
     files = len(seeds) * (len(pipe.stem_names) + 1 if kind.generates_stems else 1)  # 16-bit WAVs, 5% headroom
+    fmt = output_format(list(uploads.values()), pipe.sample_rate)
     try:
-        check_output_dir(args.out, int(files * (length or DEFAULT_WINDOW_SECONDS) * pipe.sample_rate * 2 * 1.05),
+        check_output_dir(args.out, int(files * (length or DEFAULT_WINDOW_SECONDS) * fmt.sample_rate * fmt.channels
+                                       * 2 * 1.05),
                          flag="--out", needs="the samples' WAVs need")
     except StorageError as error:
         raise SystemExit(str(error)) from None
@@ -288,8 +347,8 @@ def _run(args) -> int:
 
         doing = "continuing them" if args.extend is not None else "sampling the others"
         print(f"Encoding the given stem(s) {', '.join(given)}, then {doing} ...", file=sys.stderr, flush=True)
-    stem_arguments = dict(stems=given or None, input_sample_rate=pipe.sample_rate, generate=generate,
-                          extend_s=args.extend, match_levels=args.match_levels) if kind.generates_stems else {}
+    stem_arguments = {"stems": given or None, "input_sample_rate": pipe.sample_rate, "generate": generate,
+                      "extend_s": args.extend, "match_levels": args.match_levels} if kind.generates_stems else {}
     for start in range(0, len(seeds), args.batch_size):
         batch_seeds = seeds[start:start + args.batch_size]
         tic = time.perf_counter()
@@ -299,10 +358,11 @@ def _run(args) -> int:
             num_samples=len(batch_seeds), generator=[torch.Generator().manual_seed(s) for s in batch_seeds],
         )
         seconds = time.perf_counter() - tic
+        stems, fmt = _in_upload_format(result, args, uploads) if kind.generates_stems else (None, fmt)
         for j, seed in enumerate(batch_seeds):
             with atomic_folder(Path(args.out) / f"sample_{start + j:03d}_seed{seed}") as folder:
-                gain = _write_sample(folder, kind, result, j)
-                write_settings(folder, _settings(args, kind, result, j, seed, names, gain, device, dtype_name,
-                                                 seconds))
+                gains = _write_sample(folder, kind, result, j, None if stems is None else stems[j], fmt.sample_rate)
+                write_settings(folder, _settings(args, kind, result, j, seed, names, gains, fmt,
+                                                 None if stems is None else stems[j], device, dtype_name, seconds))
             print(f"wrote {Path(args.out) / f'sample_{start + j:03d}_seed{seed}'}")
     return 0

