@@ -83,13 +83,13 @@ def test_the_page_has_the_menu_and_the_api_takes_it(studio, loras, tmp_path):
         assert params[-2:] == ["lora", "lora_scale"], endpoint
     generate = next(f for f in demo.fns.values() if f.api_name == "generate").fn
     values = ([None] * 4 + [True] * 4 + [1.0, 2, "dpmpp_2m", 0.0, "3", 1, False] + [0.0] * 4 + [False] * 4
-              + ["band", 0.5])
+              + [False] + ["band", 0.5])  # uploads, boxes, settings, faders, mutes, normalise, adapter
     shown = generate(*values, None, None)
     assert "with the LoRA adapter **band** at strength 0.5" in shown[-2]
     plain = Studio(tiny_pipeline(), "tiny", workdir=str(tmp_path))  # no adapters: no menu, the API as before
     params = [p["parameter_name"] for p in build_demo(plain).get_api_info()["named_endpoints"]["/generate"]
               ["parameters"]]
-    assert "lora" not in params and params[-1] == "mute_piano"
+    assert "lora" not in params and params[-1] == "normalise_mix"
     plain.close()
 
 
