@@ -183,6 +183,13 @@ def test_the_export_is_a_consistency_pipeline_and_the_teacher_is_untouched(runs,
     assert out.stems.shape == (1, 4, SR // 2) and np.isfinite(out.stems).all()
     given = pipe(stems={"bass": out.stems[0, 0]}, generator=torch.Generator().manual_seed(1))
     np.testing.assert_array_equal(given.stems[0, 0], out.stems[0, 0])
+    # `mslddm export` makes the same student from the run (here in float16, as the bundle ships)
+    from mslddm.cli import main
+
+    assert main(["export", str(base / "straight"), "--out", str(base / "half"), "--dtype", "float16"]) == 0
+    weights = load_file(base / "half" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(w.dtype == torch.float16 for w in weights.values())
+    assert MultiSourceLatentPipeline.from_pretrained(base / "half").scheduler.config.sampler == "consistency"
 
 
 def distill_script():
@@ -251,3 +258,15 @@ def test_a_bad_teacher_or_mismatched_latents_is_one_sentence(case, sentence, tmp
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and sentence in last, err
     assert not (tmp_path / "run").exists()  # checked before anything was written
+
+
+def test_the_benchmark_takes_a_students_steps_as_one_spec():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from benchmark_generation import sampler_specs
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    assert sampler_specs(["euler:50", "consistency:1/2/4/8"]) == [
+        ("euler", 50), ("consistency", 1), ("consistency", 2), ("consistency", 4), ("consistency", 8)]
+    with pytest.raises(SystemExit, match="SAMPLER:STEPS"):
+        sampler_specs(["consistency:4/0"])
