@@ -268,7 +268,7 @@ def run_validation(t: Distillation, step: int) -> dict:
         if weights is not None:
             weights.store(raw.parameters())
             weights.copy_to(raw.parameters())
-        generators = {n: step_generator(t.seed, 0, 0, "validation") for n in ("sigma", "noise", "stems")}
+        generators = {n: step_generator(t.seed, i, 0, "validation") for i, n in enumerate(("sigma", "noise", "stems"))}
         # the unwrapped student: only this process validates (a DDP forward would wait for the others)
         validation[name] = float(batch_loss(t, t.val_latents.to(t.accelerator.device), generators, wrapped=False))
         if weights is not None:
