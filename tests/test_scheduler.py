@@ -260,3 +260,16 @@ def test_consistency_draws_each_items_noise_from_its_own_generator():
     alone = sample_consistency(gaussian_denoiser, x[1:2], sigmas, generator=gens(6))
     torch.testing.assert_close(batch[1:2], alone, rtol=0, atol=1e-6)
     assert torch.isfinite(batch).all()
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+def test_consistency_sampling_with_the_exact_consistency_function_draws_the_data_at_any_step_count(steps):
+    """Data ~ N(0, SD^2): f(x, sigma) = x SD / sqrt(SD^2 + sigma^2) maps the ODE's marginal at every sigma to the
+    data, so from the marginal start every step count samples std SD (a plain denoiser shrinks it)."""
+    s = EDMScheduler(initial_noise="marginal")
+    p = plan(s, "consistency", steps)
+    x = torch.randn(1, 1, 200_000, generator=torch.Generator().manual_seed(steps)) * s.init_noise_sigma
+    exact = lambda x, sigma: x * SD / math.sqrt(SD**2 + float(sigma) ** 2)  # noqa: E731
+    out = s.sample(exact, x, p, generator=torch.Generator().manual_seed(0))
+    assert out.std().item() == pytest.approx(SD, rel=0.01)
+    assert s.sample(gaussian_denoiser, x, p, generator=torch.Generator().manual_seed(0)).std().item() < 0.8 * SD
