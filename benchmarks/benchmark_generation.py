@@ -170,6 +170,21 @@ def _loads(module: str) -> bool:
         return False
 
 
+def sampler_specs(specs) -> list[tuple[str, int]]:
+    """``["euler:150", "consistency:1/2/4/8"]`` -> ``[("euler", 150), ("consistency", 1), ("consistency", 2), ...]``;
+    a sampler not in the table, or steps that are not positive integers, stop with one sentence."""
+    from mslddm.schedulers.sampler_table import SAMPLERS
+
+    pairs = []
+    for spec in specs:
+        sampler, _, steps = spec.partition(":")
+        if sampler not in SAMPLERS or not all(s.isdigit() and int(s) > 0 for s in steps.split("/")):
+            raise SystemExit(f"--samplers {spec!r}: expected SAMPLER:STEPS[/STEPS...] with SAMPLER one of "
+                             f"{', '.join(SAMPLERS)}, e.g. consistency:1/2/4/8.")
+        pairs += [(sampler, int(s)) for s in steps.split("/")]
+    return pairs
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["tiny", "small"])
@@ -182,7 +197,8 @@ def main():
     p.add_argument("--compile", action="store_true", help="also rows with torch.compile on the UNet")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1])
     p.add_argument("--samplers", nargs="+", default=["euler:150", "dpmpp_2m:20"],
-                   help="sampler:steps pairs (euler = the paper's sampler)")
+                   help="sampler:steps pairs, several steps separated by / (euler = the paper's sampler; "
+                        "consistency:1/2/4/8 = a distilled student's sampler at 1, 2, 4 and 8 steps)")
     p.add_argument("--seconds", type=float, default=12.0)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
@@ -198,10 +214,9 @@ def main():
         print(json.dumps(fn(**spec)))
         return
     specs = []
-    for spec in args.samplers:
-        sampler, steps = spec.split(":")
+    for sampler, steps in sampler_specs(args.samplers):
         for batch in args.batch_sizes:
-            common = dict(device=args.device, batch=batch, seconds=args.seconds, steps=int(steps),
+            common = dict(device=args.device, batch=batch, seconds=args.seconds, steps=steps,
                           repeats=args.repeats)
             if args.reference and sampler == "euler":
                 specs.append(dict(reference=True, **common))

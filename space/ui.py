@@ -16,6 +16,8 @@ from pathlib import Path
 
 import gradio as gr
 
+from mslddm.schedulers.sampler_table import SAMPLER_DEFAULTS
+
 from .handlers import MAX_LORA_SCALE, NO_LORA, SAMPLERS, Outputs, Studio
 from .render import MIX
 
@@ -158,7 +160,7 @@ def _layout(studio: Studio, title: str) -> Page:
         steps = gr.Number(None, precision=0, label=f"Steps (shown: the sampler's default; 1 to {lim.max_steps})",
                           elem_id="steps")
         churn = gr.Number(None, step=0.5, label="Churn (Euler, Heun; shown: the default)",
-                          interactive=start.sampler != "dpmpp_2m", elem_id="churn")
+                          interactive=SAMPLER_DEFAULTS[start.sampler].takes_churn, elem_id="churn")
     with gr.Row():
         # A Textbox, not a Number: an empty Number is sent as 0, and empty must mean "random".
         seed = gr.Textbox(value="", placeholder="random", label="Seed (empty: random)", max_lines=1, elem_id="seed")
@@ -182,7 +184,7 @@ def _layout(studio: Studio, title: str) -> Page:
     def on_sampler(name):
         d = studio.sampling_defaults(name)
         return (gr.Number(value=min(d.num_inference_steps, lim.max_steps)),
-                gr.Number(value=d.s_churn, interactive=name != "dpmpp_2m"))
+                gr.Number(value=d.s_churn, interactive=SAMPLER_DEFAULTS[name].takes_churn))
 
     sampler.change(on_sampler, sampler, [steps, churn], api_visibility="private", queue=False)
     page.fill_defaults = (on_sampler, sampler, [steps, churn])

@@ -40,7 +40,7 @@ def test_per_sample_seed_reproduces_its_item_in_any_batch(pipe):
     np.testing.assert_allclose(batch.stems[1], alone.stems[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m"])
+@pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m", "consistency"])
 def test_samplers_and_output_types(pipe, sampler):
     out = pipe(audio_length_in_s=0.3, num_inference_steps=2, sampler=sampler, output_type="pt", generator=seeded(0))
     assert isinstance(out.stems, torch.Tensor) and out.stems.shape[:2] == (1, 4)

@@ -113,7 +113,7 @@ def test_every_surface_uses_the_samplers_defaults(sampler, saved_pipeline, studi
     ("silent", "The bass stem (silent.wav) is silent (-120 dBFS RMS): give a stem you can hear, or leave it out to "
                "generate bass."),
     ("long", "The bass stem (long.wav) is 3.5 s long; stems may be at most 3 s."),
-    ("churn", "sampler='dpmpp_2m' is deterministic and takes no churn; pass s_churn=0."),
+    ("churn", "sampler='dpmpp_2m' takes no churn; pass s_churn=0."),
 ])
 def test_every_surface_gives_the_same_sentence(case, first_sentence, files, saved_pipeline, studio, api, tmp_path):
     stem = files / f"{case}.wav" if case != "churn" else None

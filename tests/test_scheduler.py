@@ -9,6 +9,7 @@ from mslddm.schedulers import (
     EDMScheduler,
     edm_scalings,
     get_sigmas_karras,
+    sample_consistency,
     sample_euler,
     sample_training_sigmas,
 )
@@ -95,7 +96,7 @@ def test_higher_order_samplers_beat_euler_at_few_steps():
 
 def test_evaluation_counts():
     s = EDMScheduler()
-    for sampler, n, expected in (("euler", 150, 150), ("heun", 10, 19), ("dpmpp_2m", 10, 10)):
+    for sampler, n, expected in (("euler", 150, 150), ("heun", 10, 19), ("dpmpp_2m", 10, 10), ("consistency", 4, 4)):
         p = plan(s, sampler, n)
         _, evaluations = run(s, p, torch.randn(1, 2, 4) * 3)
         assert evaluations == len(p.timesteps) == len(p) == p.settings.model_evaluations == expected
@@ -143,6 +144,8 @@ def test_bad_arguments_raise_clear_errors():
         s.sampling_settings(num_inference_steps=0)
     with pytest.raises(ValueError, match="churn"):
         s.sampling_settings("dpmpp_2m", 10, 5.0)
+    with pytest.raises(ValueError, match="sampler='consistency' takes no churn"):
+        s.sampling_settings("consistency", 4, 1.0)
     with pytest.raises(ValueError, match="s_churn"):
         s.set_timesteps(10, s_churn=float("nan"))
 
@@ -192,3 +195,81 @@ def test_initial_noise_paper_or_marginal():
         math.sqrt(9 + 0.81))
     with pytest.raises(ValueError, match="initial_noise"):
         EDMScheduler(initial_noise="zeros")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Multistep consistency sampling (Song et al. 2023, Algorithm 1)
+# ------------------------------------------------------------------------------------------------------------------
+def spy(denoiser=gaussian_denoiser):
+    """A denoiser that records the sample and sigma of every evaluation."""
+    seen = []
+
+    def recording(x, sigma):
+        seen.append((x.clone(), float(sigma)))
+        return denoiser(x, sigma)
+
+    return recording, seen
+
+
+def test_consistency_one_step_is_the_denoiser_at_sigma_max():
+    s = EDMScheduler()
+    p = plan(s, "consistency", 1)
+    assert p.settings == s.sampling_settings("consistency", 1) and p.sigmas.tolist() == [3.0, 0.0]
+    x = torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(0)) * 3.0
+    out = s.sample(gaussian_denoiser, x, p, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(out, gaussian_denoiser(x, p.sigmas[0]), rtol=0, atol=0)
+
+
+def test_consistency_steps_renoise_the_estimate_to_each_next_sigma_of_the_plan():
+    s = EDMScheduler()
+    p = plan(s, "consistency")  # the table's default: 4 steps, no churn
+    assert (p.settings.num_inference_steps, p.settings.s_churn) == (4, 0.0)
+    denoiser, seen = spy(lambda x, sigma: torch.zeros_like(x))  # every estimate 0: x_i is sigma_i times fresh noise
+    x = torch.randn(1, 1, 50_000, generator=torch.Generator().manual_seed(0)) * 3.0
+    out = sample_consistency(denoiser, x, p.sigmas, generator=torch.Generator().manual_seed(1))
+    assert [sigma for _, sigma in seen] == pytest.approx(p.sigmas[:-1].tolist())
+    for (sample, sigma), (later, _) in zip(seen[1:], seen[2:]):
+        assert sample.std().item() == pytest.approx(sigma, rel=0.02)
+        assert abs(torch.corrcoef(torch.stack([sample.flatten(), later.flatten()]))[0, 1]) < 0.02  # fresh noise
+    assert torch.equal(out, torch.zeros_like(out))  # the last step ends on the estimate
+
+
+def test_consistency_imputes_before_every_evaluation_and_calls_back_after_it():
+    known = torch.full((1, 2, 6), 0.5)
+    mask = torch.tensor([True, False])[None, :, None].expand(1, 2, 6)
+    imputed_at, called = [], []
+
+    def impute(x, sigma, generator):
+        imputed_at.append(float(sigma))
+        return torch.where(mask, known + sigma * torch.randn(x.shape, generator=generator), x)
+
+    denoiser, seen = spy()
+    sigmas = get_sigmas_karras(4, 0.01, 3.0)
+    sample_consistency(denoiser, torch.randn(1, 2, 6) * 3, sigmas, generator=torch.Generator().manual_seed(0),
+                       impute=impute, callback=lambda info: called.append(info["i"]))
+    assert imputed_at == [sigma for _, sigma in seen] == pytest.approx(sigmas[:-1].tolist()) and called == [0, 1, 2, 3]
+    # the model always saw the known channel at its own noise level around the known value
+    assert all(abs(float(x[0, 0].mean()) - 0.5) < 3 * sigma for x, sigma in seen)
+
+
+def test_consistency_draws_each_items_noise_from_its_own_generator():
+    sigmas = get_sigmas_karras(4, 0.01, 3.0)
+    x = torch.randn(3, 2, 16, generator=torch.Generator().manual_seed(0)) * 3
+    gens = lambda *seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    batch = sample_consistency(gaussian_denoiser, x, sigmas, generator=gens(5, 6, 7))
+    alone = sample_consistency(gaussian_denoiser, x[1:2], sigmas, generator=gens(6))
+    torch.testing.assert_close(batch[1:2], alone, rtol=0, atol=1e-6)
+    assert torch.isfinite(batch).all()
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+def test_consistency_sampling_with_the_exact_consistency_function_draws_the_data_at_any_step_count(steps):
+    """Data ~ N(0, SD^2): f(x, sigma) = x SD / sqrt(SD^2 + sigma^2) maps the ODE's marginal at every sigma to the
+    data, so from the marginal start every step count samples std SD (a plain denoiser shrinks it)."""
+    s = EDMScheduler(initial_noise="marginal")
+    p = plan(s, "consistency", steps)
+    x = torch.randn(1, 1, 200_000, generator=torch.Generator().manual_seed(steps)) * s.init_noise_sigma
+    exact = lambda x, sigma: x * SD / math.sqrt(SD**2 + float(sigma) ** 2)  # noqa: E731
+    out = s.sample(exact, x, p, generator=torch.Generator().manual_seed(0))
+    assert out.std().item() == pytest.approx(SD, rel=0.01)
+    assert s.sample(gaussian_denoiser, x, p, generator=torch.Generator().manual_seed(0)).std().item() < 0.8 * SD

@@ -177,3 +177,17 @@ def test_a_continuation_samples_only_the_windows_it_extends(pipe):
     assert len(calls) == STEPS * longer.sampling["windows"] == longer.sampling["model_evaluations"]
     assert plan.num_windows > longer.sampling["windows"]
     np.testing.assert_array_equal(longer.stems[0, :, : 3 * SR - 512], 10 * first.stems[0, :, : 3 * SR - 512])
+
+
+def test_consistency_sampling_of_partial_and_windowed_generation_per_sample(pipe):
+    """A distilled student's sampler (docs/distillation.md) through the pipeline: given stems kept exactly across
+    windows, each item reproducible from its own seed in any batch, finite results, its default 4 steps."""
+    guitar = tone(330.0, 1.6)
+    kwargs = dict(stems={"guitar": guitar}, sampler="consistency", **WINDOW)
+    out = pipe(num_samples=2, generator=seeded(3, 4), **kwargs)
+    assert out.sampling["num_inference_steps"] == 4 and out.sampling["windows"] >= 2
+    assert out.sampling["model_evaluations"] == 4 * out.sampling["windows"]
+    assert np.isfinite(out.stems).all() and out.generated == ["bass", "drums", "piano"]
+    np.testing.assert_array_equal(out.stems[:, 2], np.stack([guitar, guitar]))
+    alone = pipe(generator=seeded(4), **kwargs)
+    np.testing.assert_allclose(out.stems[1], alone.stems[0], atol=1e-5)

@@ -43,10 +43,9 @@ from mslddm.stems import DEFAULT_STEMS, SILENCE_DBFS
 from mslddm.training import losses
 from mslddm.training.recipes import load_recipe
 from mslddm.hub import public_name
-from mslddm.training.checkpointing import (STATE_FILE, export_adapter, export_pipeline, list_checkpoints,
-                                           save_checkpoint)
-from mslddm.training.runner import (clip_grad, common_arguments, load_run_recipe, log_audio, logger, lr_multiplier,
-                                    make_accelerator, resume_step, stop_if_not_finite, tensorboard,
+from mslddm.training.checkpointing import STATE_FILE, save_checkpoint
+from mslddm.training.runner import (clip_grad, common_arguments, export_run, load_run_recipe, log_audio, logger,
+                                    lr_multiplier, make_accelerator, resume_step, stop_if_not_finite, tensorboard,
                                     TimeBudget, check_storage, run_main, write_data_report)
 from mslddm.training.seeding import step_dataloader, step_generator
 
@@ -145,17 +144,6 @@ def parameter_groups(unet, cfg: dict) -> list[dict]:
     cond = [p for n, p in named.items() if n.startswith("to_cond.")]
     return [{"params": [p for n, p in named.items() if not n.startswith("to_cond.")]},
             {"params": cond, "lr": float(rate)}]
-
-
-def training_conditioning(x0: torch.Tensor, options: dict, num_stems: int, sigma_data: float, generator):
-    """Random given stems (and continuation prefixes) for one batch: the UNet's conditioning input and the loss
-    weight (1 on the generated stems' channels and frames)."""
-    given = losses.draw_given_stems(x0.shape[0], num_stems, float(options.get("given_probability", 0.5)),
-                                    float(options.get("total_probability", 0.25)), generator)
-    frames = losses.draw_given_frames(given, x0.shape[-1], float(options.get("continuation_probability", 0.1)),
-                                      generator).to(x0.device)
-    weight = (~frames).repeat_interleave(x0.shape[1] // num_stems, dim=1)
-    return stem_conditioning(x0, frames, sigma_data), weight
 
 
 @torch.no_grad()
@@ -548,7 +536,7 @@ def training_step(t: Training, batch: torch.Tensor, step: int) -> tuple[torch.Te
     noise = torch.randn(x0.shape, generator=step_generator(t.seed, step, rank, "noise")).to(accelerator.device)
     cond, weight = None, None
     if t.cfg.get("conditioning"):
-        cond, weight = training_conditioning(x0, t.cfg["conditioning"], len(t.stem_names), sigma_data,
+        cond, weight = losses.training_conditioning(x0, t.cfg["conditioning"], len(t.stem_names), sigma_data,
                                              step_generator(t.seed, step, rank, "stems"))
     with accelerator.autocast():
         denoised = losses.edm_denoise(t.unet, x0 + sigma[:, None, None] * noise, sigma, sigma_data,
@@ -607,32 +595,11 @@ def train_loop(t: Training) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # 3. Export the complete pipeline (EMA weights) with its model card
 # ----------------------------------------------------------------------------------------------------------------
-def export(args, accelerator) -> None:
-    """``OUTPUT/pipeline`` (a LoRA run: ``OUTPUT/lora``) from the newest checkpoint (and the Hub upload asked for);
-    main process only."""
-    if not accelerator.is_main_process:
-        return
-    checkpoints = list_checkpoints(args.output_dir)
-    if checkpoints:
-        repo = args.hub_model_id if args.push_to_hub else None
-        if args.push_to_hub and not repo:
-            raise ValueError("--push_to_hub needs --hub_model_id owner/name.")
-        if (checkpoints[-1] / "lora").is_dir():
-            out = Path(args.output_dir) / "lora"
-            export_adapter(checkpoints[-1], out, push_to_hub=repo)
-            logger.info("Exported the LoRA adapter to %s (load it with pipe.load_lora_weights, or mslddm "
-                        "generate --lora)", out)
-            return
-        out = Path(args.output_dir) / "pipeline"
-        export_pipeline(checkpoints[-1], out, ema=True, push_to_hub=repo)
-        logger.info("Exported the pipeline to %s", out)
-
-
 def main(argv=None):
     args = common_arguments(__doc__.splitlines()[0]).parse_args(argv)
     training = set_up(args)
     train_loop(training)
-    export(args, training.accelerator)
+    export_run(args, training.accelerator)
     training.accelerator.end_training()
 
 

@@ -26,7 +26,9 @@ def add_arguments(parser):
     parser.add_argument("--level", action="append", type=float, metavar="DBFS",
                         help="set the given stem to this RMS level (repeat, e.g. -40 -25 -10); default: as recorded")
     parser.add_argument("--augment", action="store_true", help="pass the given stem through the augmentation chain")
-    parser.add_argument("--sampler", default=None, help="sampler (default: the pipeline's own)")
+    from mslddm.schedulers.sampler_table import SAMPLERS
+
+    parser.add_argument("--sampler", choices=SAMPLERS, default=None, help="sampler (default: the pipeline's own)")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the pipeline's own)")
     parser.add_argument("--guidance-scale", type=float, default=None,
                         help="guidance on the given stems (a conditioned pipeline; default 1: none)")

@@ -33,7 +33,7 @@ def add_protocol_arguments(parser):
     """The protocol's options (shared with ``mslddm compare``)."""
     from mslddm.evaluation.embedders import EMBEDDERS
     from mslddm.evaluation.config import TASKS, ProtocolConfig
-    from mslddm.schedulers.sampler_table import SAMPLER_DEFAULTS, SEPARATION_METHODS
+    from mslddm.schedulers.sampler_table import CHURN_SAMPLERS, SAMPLER_DEFAULTS, SAMPLER_HELP, SEPARATION_METHODS
 
     d = ProtocolConfig()
     parser.add_argument("--split", default=d.split, help="dataset split holding the reference tracks")
@@ -72,10 +72,10 @@ def add_protocol_arguments(parser):
         "--sampler",
         choices=tuple(SAMPLER_DEFAULTS),
         default=d.sampler,
-        help=f"euler: the paper's churned Euler; heun / dpmpp_2m: few-step samplers ({own})",
+        help=f"{SAMPLER_HELP} ({own})",
     )
     parser.add_argument("--churn", type=float, default=None,
-                        help=f"s_churn for euler/heun; dpmpp_2m takes none ({own})")
+                        help=f"s_churn for {'/'.join(CHURN_SAMPLERS)}; the others take none ({own})")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="clips generated at once")
     parser.add_argument("--separation-method", choices=SEPARATION_METHODS, default=d.separation_method,
                         help="separation task: dirac (MSDM's) or gaussian")

@@ -33,13 +33,13 @@ def add_arguments(parser):
                         help="window of windowed generation (default: the model's, recorded in its UNet config)")
     parser.add_argument("--overlap", type=float, default=None, metavar="SECONDS",
                         help="seconds each window shares with the one before (default: a third of the window)")
-    from mslddm.schedulers.sampler_table import SAMPLER_DEFAULTS
+    from mslddm.schedulers.sampler_table import CHURN_SAMPLERS, SAMPLER_DEFAULTS, SAMPLER_HELP
 
     own = "default: the pipeline's scheduler config, written to settings.json"
     parser.add_argument("--sampler", choices=tuple(SAMPLER_DEFAULTS), default=None,
-                        help=f"euler: the paper's churned Euler; heun / dpmpp_2m: few-step samplers ({own})")
+                        help=f"{SAMPLER_HELP} ({own})")
     parser.add_argument("--steps", type=int, default=None, help=f"sampler steps ({own})")
-    parser.add_argument("--churn", type=float, default=None, help=f"s_churn for euler/heun ({own})")
+    parser.add_argument("--churn", type=float, default=None, help=f"s_churn for {'/'.join(CHURN_SAMPLERS)} ({own})")
     parser.add_argument("--lora", default=None, metavar="PATH",
                         help="a LoRA adapter of the pipeline (a folder written by `mslddm finetune`, or a Hub id)")
     parser.add_argument("--lora-scale", type=float, default=1.0,

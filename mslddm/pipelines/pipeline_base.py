@@ -570,8 +570,8 @@ class MultiSourcePipelineBase(DiffusionPipeline, MultiSourceLoraLoaderMixin):
                 beyond the window it is generated in overlapping windows.
             num_inference_steps: sampler steps (default: the pipeline's scheduler config for its own sampler, else
                 the sampler's, see ``EDMScheduler.sampling_settings``).
-            sampler: ``"euler"`` (the paper's, churned), ``"heun"`` or ``"dpmpp_2m"`` (few-step); default: the
-                scheduler's.
+            sampler: ``"euler"`` (the paper's, churned), ``"heun"``, ``"dpmpp_2m"`` (few-step) or ``"consistency"``
+                (a distilled student's, 1-8 steps); default: the scheduler's.
             s_churn: churn for Euler/Heun (default: as ``num_inference_steps``).
             num_samples: number of variations generated at once (the batch).
             generator: a ``torch.Generator``, or a list of ``num_samples`` generators: with a list, each sample

@@ -7,8 +7,8 @@ _EXPORTS = {
     **dict.fromkeys(("SAMPLERS", "SAMPLER_DEFAULTS", "SEPARATION_METHODS", "SamplerDefaults"), ".sampler_table"),
     **dict.fromkeys(("EDMScheduler", "SamplingPlan", "edm_loss_weight", "edm_scalings", "get_sigmas_karras",
                      "sample_training_sigmas"), ".scheduling_edm"),
-    **dict.fromkeys(("SAMPLER_FUNCTIONS", "Denoiser", "SamplingSettings", "sample_dpmpp_2m", "sample_euler",
-                     "sample_heun"), ".sampling"),
+    **dict.fromkeys(("SAMPLER_FUNCTIONS", "Denoiser", "SamplingSettings", "sample_consistency", "sample_dpmpp_2m",
+                     "sample_euler", "sample_heun"), ".sampling"),
 }
 
 __all__ = sorted(_EXPORTS)

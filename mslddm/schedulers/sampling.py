@@ -2,8 +2,8 @@
 
 - :class:`Denoiser` holds the EDM preconditioning (Karras et al., 2022, Table 1), the only place where the four
   coefficients are applied: ``D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)``. Training and sampling both use it.
-- ``sample_euler``, ``sample_heun``, ``sample_dpmpp_2m`` take ``(denoiser, x, sigmas, ...)`` and know nothing of the
-  network. ``x`` starts at ``sigmas[0]`` times unit noise; ``sigmas`` ends with 0.
+- ``sample_euler``, ``sample_heun``, ``sample_dpmpp_2m``, ``sample_consistency`` take ``(denoiser, x, sigmas, ...)``
+  and know nothing of the network. ``x`` starts at ``sigmas[0]`` times unit noise; ``sigmas`` ends with 0.
 - **Imputation** (partial generation) is one hook, ``impute(x, sigma, generator) -> x``, that every sampler calls
   right before every model evaluation with the noise level the sample is at (before churn): the pipeline replaces
   the given stems' channels by ``known + sigma * fresh noise`` there. Heun's correction evaluation is imputed at
@@ -247,7 +247,30 @@ def sample_dpmpp_2m(denoiser, x, sigmas, *, generator: Generator = None, impute:
     return x
 
 
-SAMPLER_FUNCTIONS = {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}
+@torch.no_grad()
+def sample_consistency(denoiser, x, sigmas, *, generator: Generator = None, impute: Optional[Impute] = None,
+                       callback: Optional[Callback] = None, **unused) -> torch.Tensor:
+    """Implements Algorithm 1 (multistep consistency sampling) from Song et al. (2023) on the EDM sigmas.
+
+    The denoiser is read as a consistency function (a distilled student maps any point of an ODE trajectory to
+    its end): each step jumps to ``denoised`` and re-noises it to the next sigma with fresh noise. The EDM
+    preconditioning already makes ``D(x; 0) = x``, so the re-noising is ``denoised + sigma_next n`` (the paper's
+    ``sqrt(sigma_next^2 - eps^2)`` with ``eps = 0``). One step is ``D(x; sigma_max)``.
+    """
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        if impute is not None:
+            x = impute(x, sigma, generator)
+        denoised = denoiser(x, sigma)
+        x = denoised
+        if sigma_next > 0:
+            x = denoised + sigma_next * randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = _after(callback, i, x, sigma, sigma, denoised)
+    return x
+
+
+SAMPLER_FUNCTIONS = {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m,
+                     "consistency": sample_consistency}
 
 
 

@@ -3,7 +3,7 @@
 
 The math is kept in small functions (k-diffusion style): :func:`get_sigmas_karras`, :func:`edm_scalings` (in
 :mod:`.sampling`, with the :class:`~.sampling.Denoiser` that applies them), :func:`sample_training_sigmas`, and the
-samplers ``sample_euler``, ``sample_heun``, ``sample_dpmpp_2m``. The scheduler remembers nothing of a run: it
+samplers ``sample_euler``, ``sample_heun``, ``sample_dpmpp_2m``, ``sample_consistency``. The scheduler remembers nothing of a run: it
 resolves the settings and returns what sampling needs, and a pipeline's denoising loop is::
 
     plan = scheduler.sampling_plan(scheduler.sampling_settings(sampler, num_inference_steps, s_churn), device)
@@ -103,9 +103,11 @@ class EDMScheduler(SchedulerMixin, ConfigMixin):
     Args:
         sigma_min, sigma_max, rho: the Karras schedule (paper: 0.01, 3.0, 7).
         sigma_data: the data standard deviation used by the preconditioning (paper: 0.4).
-        sampler: this pipeline's default sampler, one of ``"euler"`` (paper), ``"heun"``, ``"dpmpp_2m"``.
+        sampler: this pipeline's default sampler, one of ``"euler"`` (paper), ``"heun"``, ``"dpmpp_2m"``,
+            ``"consistency"`` (a consistency-distilled student's, docs/distillation.md).
         num_inference_steps, s_churn: this pipeline's defaults for its default ``sampler``; None means the
-            sampler's own from ``SAMPLER_DEFAULTS`` (euler 150 steps churn 20, heun 50 / 0, dpmpp_2m 25 / 0).
+            sampler's own from ``SAMPLER_DEFAULTS`` (euler 150 steps churn 20, heun 50 / 0, dpmpp_2m 25 / 0,
+            consistency 4 / 0).
             Another sampler asked for by name always gets its own defaults.
         s_tmin, s_tmax, s_noise: churn only where ``s_tmin <= sigma <= s_tmax`` (``s_tmax=None``: no upper bound),
             with noise scaled by ``s_noise``.
@@ -179,8 +181,8 @@ class EDMScheduler(SchedulerMixin, ConfigMixin):
         s_churn = float(s_churn)
         if s_churn < 0 or not math.isfinite(s_churn):
             raise ValueError(f"s_churn must be a finite number >= 0, got {s_churn}.")
-        if sampler == "dpmpp_2m" and s_churn > 0:
-            raise ValueError("sampler='dpmpp_2m' is deterministic and takes no churn; pass s_churn=0.")
+        if s_churn > 0 and not defaults.takes_churn:
+            raise ValueError(f"sampler={sampler!r} takes no churn; pass s_churn=0.")
         return SamplingSettings(sampler, num_inference_steps, s_churn)
 
     def separation_settings(self, num_inference_steps: Optional[int] = None,

@@ -201,7 +201,9 @@ def model_card_sections(state: dict, weights: str) -> dict[str, str]:
     description = state.get("description") or (state.get("recipe") or {}).get("description")
     if description:
         sections["About this model"] = description
-    lines = [f"- Weights: {weights}.", f"- Diffusion training steps: {state.get('step')}."]
+    distilled = state.get("distillation") or {}
+    what = "Consistency distillation steps" if distilled else "Diffusion training steps"
+    lines = [f"- Weights: {weights}.", f"- {what}: {state.get('step')}."]
     if state.get("init_from"):
         lines.append(f"- Continued from the pipeline `{state['init_from']}`.")
     timing = state.get("timing") or {}
@@ -211,12 +213,16 @@ def model_card_sections(state: dict, weights: str) -> dict[str, str]:
     vae = state.get("vae_training") or {}
     if vae:
         lines.append(f"- SourceVAE training steps: {vae.get('step')}.")
-    for title, recipe, section in (("Diffusion", state.get("recipe"), "msldm"), ("SourceVAE", vae.get("recipe"), "vae")):
+    unet_run = ("Distillation", "distill") if distilled else ("Diffusion", "msldm")
+    runs = ((unet_run[0], state.get("recipe"), unet_run[1]), ("SourceVAE", vae.get("recipe"), "vae"))
+    for title, recipe, section in runs:
         if recipe:
             shown = {k: recipe[k] for k in ("name", "model", "preset", "seed", "data", section) if k in recipe}
             lines.append(f"- {title} recipe `{recipe.get('name')}` (with its overrides):\n\n```yaml\n"
                          f"{yaml.safe_dump(shown, sort_keys=False, default_flow_style=None).strip()}\n```")
     sections["Training"] = "\n".join(lines)
+    if distilled:
+        sections["Distillation"] = "\n".join(f"- {k}: {_fmt(v)}" for k, v in distilled.items())
     data = state.get("data") or {}
     if data:
         sections["Training data"] = "\n".join(f"- {k}: {_fmt(v)}" for k, v in data.items())

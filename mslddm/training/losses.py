@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mslddm.measures import si_sdr  # noqa: F401  (re-exported: the VAE's validation metric)
+from mslddm.models.unet_1d_multisource import stem_conditioning
 from mslddm.schedulers.sampling import Denoiser
 from mslddm.schedulers.scheduling_edm import edm_loss_weight
 
@@ -151,3 +152,15 @@ def draw_given_frames(given: torch.Tensor, frames: int, continuation_probability
     known = torch.arange(frames)[None, :] < prefix.long()[:, None]
     mask |= (known & continued[:, None])[:, None, :]
     return mask
+
+
+def training_conditioning(x0: torch.Tensor, options: dict, num_stems: int, sigma_data: float, generator):
+    """Random given stems (and continuation prefixes) for one batch of latents ``(B, stems * C, frames)``: the
+    conditioned UNet's input and the loss weight (1 on the generated stems' channels and frames). ``options`` are
+    a recipe's ``conditioning`` probabilities."""
+    given = draw_given_stems(x0.shape[0], num_stems, float(options.get("given_probability", 0.5)),
+                             float(options.get("total_probability", 0.25)), generator)
+    frames = draw_given_frames(given, x0.shape[-1], float(options.get("continuation_probability", 0.1)),
+                               generator).to(x0.device)
+    weight = (~frames).repeat_interleave(x0.shape[1] // num_stems, dim=1)
+    return stem_conditioning(x0, frames, sigma_data), weight

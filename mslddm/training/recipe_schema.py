@@ -136,6 +136,20 @@ def msldm_section() -> dict:
     }
 
 
+def distill_section() -> dict:
+    """What train/distill.py reads: the student is the teacher's architecture (no ``model``)."""
+    training = {key: check for key, check in _TRAINING.items() if key != "model"}
+    return {
+        **training,
+        "teacher": PATH, "latents": PATH, "segment_frames": integer(1), "lr_warmup_steps": integer(0),
+        "ema_decay": real(0.0, 1.0, high_open=True), "num_scales": integer(2),
+        "teacher_solver": choice("heun", "euler"), "distance": choice("pseudo_huber", "l2"), "huber_c": POSITIVE,
+        "weighting": choice("uniform", "inverse_step"), "student_steps": integer(1),
+        "conditioning": {"given_probability": PROBABILITY, "total_probability": PROBABILITY,
+                         "continuation_probability": PROBABILITY},
+    }
+
+
 def recipe_schema() -> dict:
     from mslddm.kinds import KINDS
 
@@ -146,6 +160,7 @@ def recipe_schema() -> dict:
                  "sample_rate": integer(1)},
         "vae": VAE_SECTION,
         "msldm": msldm_section(),
+        "distill": distill_section(),  # train/distill.py
     }
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from mslddm.training.checkpointing import read_state, resolve_checkpoint
+from mslddm.training.checkpointing import (export_adapter, export_pipeline, list_checkpoints, read_state,
+                                           resolve_checkpoint)
 from mslddm.training.lock import FolderInUseError, folder_lock
 from mslddm.training.recipe_schema import RecipeError
 from mslddm.training.storage import storage_problem
@@ -114,15 +114,13 @@ class TimeBudget:
                 "run_steps_per_second": round((step - self.start_step) / max(minutes * 60, 1e-9), 4)}
 
     def progress(self, step: int, max_steps: int) -> str:
-        """Where the run is and when it ends at this run's speed: ``"40/3000 steps, 1.2 steps/s, ETA 41.1 min"``
-        (the ETA is the time budget's end when that comes first)."""
+        """``step N/M, S s/step, ETA m min (max_steps or time budget)``: where the run is and when it ends."""
         minutes = self.elapsed_minutes()
-        speed = (step - self.start_step) / max(minutes * 60, 1e-9)
-        left = (max_steps - step) / speed / 60 if speed > 0 else math.inf
-        why = ""
+        per_step = minutes * 60 / max(step - self.start_step, 1)
+        left, until = (max_steps - step) * per_step / 60, "max_steps"
         if self.minutes is not None and self.minutes - minutes < left:
-            left, why = max(self.minutes - minutes, 0.0), " (the time budget)"
-        return f"{step}/{max_steps} steps, {speed:.3g} steps/s, ETA {left:.1f} min{why}"
+            left, until = max(self.minutes - minutes, 0.0), "time budget"
+        return f"step {step}/{max_steps}, {per_step:.3g} s/step, ETA {left:.1f} min ({until})"
 
     def elapsed_minutes(self) -> float:
         import time
@@ -144,8 +142,6 @@ def stop_if_not_finite(accelerator, step: int, output_dir, **values) -> None:
     """Raises ``FloatingPointError`` on every process together when any process has a NaN or infinite value among
     ``values`` (losses, gradient norms), before the optimizer step and the EMA update touch the weights: the run
     stops with the weights of the last good checkpoint on disk, and says which one."""
-    from mslddm.training.checkpointing import list_checkpoints
-
     bad = [name for name, v in values.items() if not torch.isfinite(torch.as_tensor(v, dtype=torch.float32)).all()]
     flag = torch.tensor([float(bool(bad))], device=accelerator.device)
     if accelerator.num_processes > 1:
@@ -251,6 +247,27 @@ def run_main(main, argv=None) -> None:
     finally:
         threading.excepthook = default_hook
         _held.close()
+
+
+def export_run(args, accelerator, description: Optional[str] = None) -> None:
+    """``OUTPUT/pipeline`` from the run's newest checkpoint (EMA weights), with its model card (``description``
+    opens it), or for a LoRA run ``OUTPUT/lora`` (the adapter), and the Hub upload asked for; main process only."""
+    if not accelerator.is_main_process:
+        return
+    checkpoints = list_checkpoints(args.output_dir)
+    if checkpoints:
+        repo = args.hub_model_id if args.push_to_hub else None
+        if args.push_to_hub and not repo:
+            raise ValueError("--push_to_hub needs --hub_model_id owner/name.")
+        if (checkpoints[-1] / "lora").is_dir():
+            out = Path(args.output_dir) / "lora"
+            export_adapter(checkpoints[-1], out, push_to_hub=repo)
+            logger.info("Exported the LoRA adapter to %s (load it with pipe.load_lora_weights, or mslddm "
+                        "generate --lora)", out)
+            return
+        out = Path(args.output_dir) / "pipeline"
+        export_pipeline(checkpoints[-1], out, ema=True, push_to_hub=repo, description=description)
+        logger.info("Exported the pipeline to %s", out)
 
 
 def _storage_sentence(error: BaseException) -> str:
