@@ -125,6 +125,7 @@ def test_extend_continues_an_earlier_result_in_windows(saved_pipeline, tmp_path)
         (["--stem", "bass"], "NAME=FILE"),
         (["--generate", "flute"], "Unknown stem"),
         (["--seed", "1", "--seed", "2", "--num-samples", "3"], "seeds"),
+        (["--reconstruction-guidance", "-1"], "--reconstruction-guidance must be a number >= 0"),
     ],
 )
 def test_bad_arguments_fail_with_a_message(saved_pipeline, tmp_path, args, message, capsys):

@@ -324,6 +324,8 @@ class MultiSourcePipelineBase(DiffusionPipeline, MultiSourceLoraLoaderMixin):
         """The guidance settings resolved (``None``: none), ``{"guidance_scale", "reconstruction_guidance"}``; a
         sentence for a value guidance cannot use."""
         resolved = dict(NO_GUIDANCE)
+        if reconstruction_guidance is None:  # the pipeline's own default (its scheduler config), else none
+            reconstruction_guidance = self.scheduler.config.get("reconstruction_guidance") or None
         for name, value in (("guidance_scale", guidance_scale), ("reconstruction_guidance", reconstruction_guidance)):
             if value is None:
                 continue
@@ -598,8 +600,8 @@ class MultiSourcePipelineBase(DiffusionPipeline, MultiSourceLoraLoaderMixin):
                 at twice the model evaluations' cost.
             reconstruction_guidance: weight of reconstruction guidance (Ho et al., 2022) in partial generation,
                 continuation and long-form windows, for any UNet: the generated stems are drawn towards what the
-                given ones need of them, at about three times the model evaluations' cost; 0 (the default) is
-                plain imputation.
+                given ones need of them, at about three times the model evaluations' cost; 0 is plain
+                imputation; default: the pipeline's (``scheduler.config.reconstruction_guidance``, else 0).
             output_type: ``"np"``, ``"pt"`` or ``"latent"``.
             return_dict: return a :class:`MultiSourceAudioPipelineOutput` rather than a tuple.
             callback_on_step_end: ``fn(pipe, step, timestep, tensors) -> dict`` after each model evaluation

@@ -117,6 +117,8 @@ class EDMScheduler(SchedulerMixin, ConfigMixin):
         training_sigma_distribution: ``"uniform"`` (MSLDM code) or ``"log_normal"`` (EDM paper).
         training_sigma_min, training_sigma_max: bounds of the uniform training distribution (paper: [0, 3)).
         training_log_normal_mean, training_log_normal_std: parameters of the log-normal option (EDM: -1.2, 1.2).
+        reconstruction_guidance: this pipeline's default weight of reconstruction guidance in partial generation,
+            continuation and later windows (``MultiSourcePipelineBase.__call__``); 0: plain imputation.
         clip_denoised: clamp the denoised estimate to ``[-clip_denoised, clip_denoised]`` in sampling and training
             (MSDM on waveforms: 1.0); None (MSLDM on latents): no clamp.
     """
@@ -143,6 +145,7 @@ class EDMScheduler(SchedulerMixin, ConfigMixin):
         training_log_normal_mean: float = -1.2,
         training_log_normal_std: float = 1.2,
         clip_denoised: Optional[float] = None,
+        reconstruction_guidance: float = 0.0,
     ):
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
