@@ -81,7 +81,7 @@ def _cpu_times(cpus) -> dict[int, tuple[int, int]]:
     return times
 
 
-def free_cpu_cores(interval: float = 0.2) -> float:
+def free_cpu_cores(interval: float = 0.1) -> float:
     """How many of the cores this process may run on are idle now: the idle share of each over ``interval``
     seconds (/proc/stat), summed; where that cannot be read, the cores less the one-minute load average."""
     import os

@@ -23,6 +23,7 @@ import torch
 
 from mslddm.audio import read_audio, rms_db
 from mslddm.delivery import AudioFormat, Upload, deliver, in_format, output_format, output_length
+from mslddm.devices import use_free_cores
 from mslddm.files import sha256
 from mslddm.pipelines.known import CONTINUATION_FADE_SAMPLES
 from mslddm.records import sampling_record
@@ -485,6 +486,9 @@ class Studio:
     def _run_pipeline(self, kwargs: dict, progress: Callable | None):
         """Runs the pipeline (on the GPU under ZeroGPU); the progress bar follows the model evaluations over all
         windows."""
+
+        if self.pipe.device.type == "cpu":  # a long-lived server: the idle cores now, not at its start
+            use_free_cores()
 
         def on_step(pipe, i, t, tensors):
             if progress is not None:
