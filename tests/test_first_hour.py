@@ -1,6 +1,8 @@
 """A musician's first hour (issue 26): the README's Python continuation of a result whose other stems were held
 silent works as the page's Extend does (they stay silent), loading prints no cast warning (tests/test_devices.py)."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -53,3 +55,35 @@ def test_help_imports_neither_torch_nor_diffusers():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_loading_and_generating_print_no_warning(saved_pipeline, tmp_path):
+    """Issue 26's acceptance: a run of `mslddm generate` (total, then partial around a 44.1 kHz stereo take) raises
+    any warning mslddm itself issues (an error filter on its modules) and prints no warning from the libraries
+    under it (diffusers' cast notices, torch's, Gradio's): every stderr line is checked."""
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    rate = 44100
+    t = np.arange(rate) / rate
+    take = np.stack([0.3 * np.sin(2 * np.pi * 220 * t), 0.2 * np.sin(2 * np.pi * 330 * t)], axis=1)
+    sf.write(tmp_path / "take.wav", take.astype(np.float32), rate)
+    code = ("import sys, warnings\n"
+            "warnings.filterwarnings('error', module=r'mslddm(\\.|$)')\n"
+            "from mslddm.cli import main\n"
+            "for extra in ([], ['--stem', 'bass=' + sys.argv[3]]):\n"
+            "    code = main(['generate', '--pipeline', sys.argv[1], '--duration', '1', '--steps', '2', '--out',\n"
+            "                 sys.argv[2] + str(len(extra))] + extra)\n"
+            "    assert code == 0, code\n")
+    run = subprocess.run([sys.executable, "-c", code, str(saved_pipeline), str(tmp_path / "out"),
+                          str(tmp_path / "take.wav")], capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [line.strip() for line in run.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    progress = re.compile(r"^(Loading pipeline components\.\.\.:)?\s*\d+%\|.*\]$")  # tqdm's bars
+    own = ("Reading the ", "Encoding the given stem", "1.0 s at ")  # the command's own messages
+    other = [line for line in lines if not progress.match(line) and not line.startswith(own)]
+    assert not other, "\n".join(other)
+    assert (tmp_path / "out0").is_dir() and (tmp_path / "out2").is_dir()
