@@ -500,6 +500,20 @@ class MultiSourcePipelineBase(DiffusionPipeline, MultiSourceLoraLoaderMixin):
             x = self.scheduler.sample(denoiser, x, plan, generator=generator, impute=impute, callback=on_evaluation)
         return x if known is None else torch.where(mask, known, x)
 
+    def _sample_windows(self, latents, known, mask, plan, sampled, sampling_plan, generator, guidance, callback):
+        """Step 6 of :meth:`__call__`: every window sampled in turn under one progress bar (``callback``:
+        ``(callback_on_step_end, its tensor inputs)``); NaN or infinite latents raise."""
+        with self.progress_bar(total=self._num_timesteps) as progress_bar:
+            def sample_window(x, window_known, window_mask, index):
+                return self._denoise_window(x, window_known, window_mask, sampling_plan, generator, progress_bar,
+                                            *callback, offset=index * len(sampling_plan.timesteps),
+                                            guidance=guidance)
+
+            latents = sample_in_windows(plan, latents, known, mask, sampled, sample_window)
+        if not torch.isfinite(latents).all():
+            raise FloatingPointError("Sampling produced NaN or infinite latents; try float32 or fewer churn.")
+        return latents
+
     def _only_active_sources(self, known, mask):
         """ISLDM: the per-stem UNets of stems known throughout the window are not run (they are not needed)."""
         only_sources = getattr(self.unet, "only_sources", None)
@@ -653,16 +667,8 @@ class MultiSourcePipelineBase(DiffusionPipeline, MultiSourceLoraLoaderMixin):
 
         # 6. Denoising loop, window by window: the scheduler's sampler, imputing before every model evaluation the
         #    known stems and the frames a window shares with what is already generated
-        with self.progress_bar(total=self._num_timesteps) as progress_bar:
-            def sample_window(x, window_known, window_mask, index):
-                return self._denoise_window(x, window_known, window_mask, sampling_plan, generator, progress_bar,
-                                            callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                            offset=index * len(sampling_plan.timesteps),
-                                            guidance=guidance)
-
-            latents = sample_in_windows(plan, latents, known, mask, sampled, sample_window)
-        if not torch.isfinite(latents).all():
-            raise FloatingPointError("Sampling produced NaN or infinite latents; try float32 or fewer churn.")
+        latents = self._sample_windows(latents, known, mask, plan, sampled, sampling_plan, generator, guidance,
+                                       (callback_on_step_end, callback_on_step_end_tensor_inputs))
         sampling = {**settings.to_dict(), "model_evaluations": self._num_timesteps, "windows": len(sampled)}
         sampling.update({k: v for k, v in guidance.items() if v != NO_GUIDANCE[k]})  # recorded where used
 
