@@ -115,3 +115,23 @@ def assert_same_outputs(actual, expected, atol=OUTPUT_ATOL):
     actual, expected = (x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x) for x in (actual, expected))
     scale = max(1.0, float(np.abs(expected).max()))
     np.testing.assert_allclose(actual, expected, rtol=0, atol=atol * scale)
+
+
+def accelerate_launch(script: str, args, processes: int = 1, check: bool = True):
+    """``accelerate launch train/SCRIPT ARGS`` on the CPU in a subprocess (one thread, offline, this checkout on the
+    path), as the training tests run the scripts; raises with the end of stderr when ``check`` and it fails. With
+    ``processes`` > 1, ``--multi_gpu`` starts torchrun processes that accelerate runs as MULTI_CPU (gloo DDP)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu" if processes > 1 else "--cpu",
+           "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend",
+           "no", str(repo / "train" / script), *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stderr[-4000:]}")
+    return result

@@ -6,9 +6,7 @@ teacher or latents made by another VAE."""
 import hashlib
 import json
 import math
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import STEMS, tiny_pipeline
+from conftest import STEMS, accelerate_launch, tiny_pipeline
 from safetensors.torch import load_file
 
 from mslddm.training import consistency
@@ -87,18 +85,11 @@ def test_distances_weights_and_known_channels():
 # ------------------------------------------------------------------------------------------------------------------
 
 def launch(out, teacher, latents, extra=(), sets=(), check=True):
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "train" / "distill.py"),
-           "--config", "distill-tiny", "--output_dir", str(out), "--teacher", str(teacher), "--latents", str(latents),
-           "--set", "distill.checkpointing_steps=2", *extra]
+    args = ["--config", "distill-tiny", "--output_dir", out, "--teacher", teacher, "--latents", latents,
+            "--set", "distill.checkpointing_steps=2", *extra]
     for s in sets:
-        cmd += ["--set", s]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stderr[-4000:]}")
-    return result
+        args += ["--set", s]
+    return accelerate_launch("distill.py", args, check=check)
 
 
 def folder_hash(folder: Path) -> str:

@@ -14,6 +14,8 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
+from conftest import accelerate_launch
+
 pytestmark = pytest.mark.slow  # real subprocesses / servers: seconds each
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,19 +41,10 @@ UNET_SET = [
 
 
 def launch(script, out, data, extra=(), sets=(), processes=1, check=True):
-    # On a machine without GPUs, --multi_gpu starts torchrun processes that accelerate runs as MULTI_CPU (gloo DDP).
-    cmd = ACCELERATE + ["--multi_gpu" if processes > 1 else "--cpu", "--num_processes", str(processes), "--num_machines", "1",
-                        "--mixed_precision", "no", "--dynamo_backend", "no",
-                        str(REPO / "train" / script), "--config", "tiny", "--output_dir", str(out),
-                        "--data_root", str(data), *extra]
+    args = ["--config", "tiny", "--output_dir", out, "--data_root", data, *extra]
     for s in sets:
-        cmd += ["--set", s]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stderr[-4000:]}")
-    return result
+        args += ["--set", s]
+    return accelerate_launch(script, args, processes, check)
 
 
 @pytest.fixture(scope="module")

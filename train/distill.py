@@ -28,10 +28,9 @@ from mslddm.data.latents import read_dataset_header, vae_fingerprint
 from mslddm.kinds import kind_of
 from mslddm.models import load_unet_folder
 from mslddm.training import consistency, losses
-from mslddm.training.checkpointing import save_checkpoint
 from mslddm.training.runner import (TimeBudget, check_storage, clip_grad, common_arguments, export_run,
                                     load_run_recipe, logger, lr_multiplier, make_accelerator, resume_step, run_main,
-                                    stop_if_not_finite, tensorboard)
+                                    stop_if_not_finite, tensorboard, validate_and_checkpoint)
 from mslddm.training.seeding import step_dataloader, step_generator
 
 
@@ -293,13 +292,7 @@ def train_loop(t: Distillation) -> None:
             accelerator.log(logs, step=step)
             logger.info("%s: %s", budget.progress(step, max_steps),
                         " ".join(f"{k[6:]}={v:.4g}" for k, v in logs.items()))
-        if step % int(cfg.get("validate_every", 500)) == 0 or last:
-            if accelerator.is_main_process:
-                validation = run_validation(t, step)
-            accelerator.wait_for_everyone()
-        if step % int(cfg.get("checkpointing_steps", 500)) == 0 or last:
-            save_checkpoint(accelerator, t.args.output_dir, step, t.state(validation, budget.timing(step)),
-                            t.save_models, cfg.get("checkpoints_total_limit"))
+        validation = validate_and_checkpoint(t, step, last, budget, validation, run_validation)
         if last:
             break
 

@@ -43,10 +43,10 @@ from mslddm.stems import DEFAULT_STEMS, SILENCE_DBFS
 from mslddm.training import losses
 from mslddm.training.recipes import load_recipe
 from mslddm.hub import public_name
-from mslddm.training.checkpointing import STATE_FILE, save_checkpoint
+from mslddm.training.checkpointing import STATE_FILE
 from mslddm.training.runner import (clip_grad, common_arguments, export_run, load_run_recipe, log_audio, logger,
                                     lr_multiplier, make_accelerator, resume_step, stop_if_not_finite, tensorboard,
-                                    TimeBudget, check_storage, run_main, write_data_report)
+                                    TimeBudget, check_storage, run_main, validate_and_checkpoint, write_data_report)
 from mslddm.training.seeding import step_dataloader, step_generator
 
 MODELS = kind_names()  # what a recipe's ``model`` may name (mslddm/kinds.py)
@@ -581,13 +581,7 @@ def train_loop(t: Training) -> None:
             accelerator.log(logs, step=step)
             logger.info("step %d: %s; %s", step, " ".join(f"{k[6:]}={v:.4g}" for k, v in logs.items()),
                         budget.progress(step, max_steps))
-        if step % int(cfg.get("validate_every", 500)) == 0 or last:
-            if accelerator.is_main_process:
-                validation = run_validation(t, step)
-            accelerator.wait_for_everyone()
-        if step % int(cfg.get("checkpointing_steps", 500)) == 0 or last:
-            save_checkpoint(accelerator, t.args.output_dir, step, t.state(validation, budget.timing(step)),
-                            t.save_models, cfg.get("checkpoints_total_limit"))
+        validation = validate_and_checkpoint(t, step, last, budget, validation, run_validation)
         if last:
             break
 

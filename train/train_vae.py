@@ -25,11 +25,12 @@ from mslddm.factory import build_vae
 from mslddm.kinds import DEFAULT_KIND, KINDS, MIXTURE_LATENTS
 from mslddm.stems import DEFAULT_STEMS
 from mslddm.training import losses
-from mslddm.training.checkpointing import STATE_FILE, atomic_folder, list_checkpoints, save_checkpoint
+from mslddm.training.checkpointing import STATE_FILE, atomic_folder, list_checkpoints
 from mslddm.training.discriminator import SourceDiscriminator
 from mslddm.training.runner import (clip_grad, common_arguments, load_run_recipe, log_audio, logger,
                                     make_accelerator, resume_step, stop_if_not_finite, tensorboard,
-                                    TimeBudget, check_storage, run_main, write_data_report)
+                                    TimeBudget, check_storage, run_main, validate_and_checkpoint,
+                                    write_data_report)
 from mslddm.training.seeding import step_dataloader, step_generator
 
 
@@ -305,18 +306,18 @@ def train_loop(t: VAETraining) -> None:
             logs = {**{k: float(v) for k, v in numbers.items()}, "train/lr": t.sched_g.get_last_lr()[0]}
             accelerator.log(logs, step=step)
             logger.info("step %d: %s", step, " ".join(f"{k[6:]}={v:.4g}" for k, v in logs.items()))
-        if step % int(cfg.get("validate_every", 500)) == 0 or last:
-            if accelerator.is_main_process:
-                validation = validate(accelerator.unwrap_model(t.model).vae, t.val_segments, t.val_names,
-                                      t.mel_loss, t.writer, step, t.vae.config.sampling_rate)
-                accelerator.log({f"validation/{k}": v for k, v in validation.items()}, step=step)
-                logger.info("validation at step %d: %s", step, validation)
-            accelerator.wait_for_everyone()
-        if step % int(cfg.get("checkpointing_steps", 500)) == 0 or last:
-            save_checkpoint(accelerator, t.args.output_dir, step, t.state(validation, budget.timing(step)),
-                            t.save_models, cfg.get("checkpoints_total_limit"))
+        validation = validate_and_checkpoint(t, step, last, budget, validation, run_validation)
         if last:
             break
+
+
+def run_validation(t, step: int) -> dict:
+    """The mel distance of the VAE's reconstruction on the validation segments, logged."""
+    validation = validate(t.accelerator.unwrap_model(t.model).vae, t.val_segments, t.val_names, t.mel_loss, t.writer,
+                          step, t.vae.config.sampling_rate)
+    t.accelerator.log({f"validation/{k}": v for k, v in validation.items()}, step=step)
+    logger.info("validation at step %d: %s", step, validation)
+    return validation
 
 
 def export(args, accelerator) -> None:

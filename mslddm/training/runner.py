@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from mslddm.training.checkpointing import (export_adapter, export_pipeline, list_checkpoints, read_state,
-                                           resolve_checkpoint)
+                                           resolve_checkpoint, save_checkpoint)
 from mslddm.training.lock import FolderInUseError, folder_lock
 from mslddm.training.recipe_schema import RecipeError
 from mslddm.training.storage import storage_problem
@@ -247,6 +247,21 @@ def run_main(main, argv=None) -> None:
     finally:
         threading.excepthook = default_hook
         _held.close()
+
+
+def validate_and_checkpoint(t, step: int, last: bool, budget: TimeBudget, validation, run_validation):
+    """The end of a training step every script shares: ``run_validation(t, step)`` every ``validate_every`` steps
+    and at the last (main process; the others wait), a checkpoint every ``checkpointing_steps`` and at the last, with
+    ``t.state(validation, timing)``; returns the latest validation."""
+    accelerator, cfg = t.accelerator, t.cfg
+    if step % int(cfg.get("validate_every", 500)) == 0 or last:
+        if accelerator.is_main_process:
+            validation = run_validation(t, step)
+        accelerator.wait_for_everyone()
+    if step % int(cfg.get("checkpointing_steps", 500)) == 0 or last:
+        save_checkpoint(accelerator, t.args.output_dir, step, t.state(validation, budget.timing(step)),
+                        t.save_models, cfg.get("checkpoints_total_limit"))
+    return validation
 
 
 def export_run(args, accelerator, description: Optional[str] = None) -> None:
