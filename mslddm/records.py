@@ -20,6 +20,7 @@ def sampling_record(output) -> dict[str, Any]:
         "steps": sampling["num_inference_steps"], "sampler": sampling["sampler"], "s_churn": sampling["s_churn"],
         "model_evaluations": sampling["model_evaluations"], "windows": sampling["windows"],
     }
+    record.update({k: sampling[k] for k in ("guidance_scale", "reconstruction_guidance") if k in sampling})
     if hasattr(output, "stem_names"):
         record = {"stem_names": list(output.stem_names), "generated": list(output.generated), **record}
     return record

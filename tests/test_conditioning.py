@@ -221,6 +221,9 @@ def test_reconstruction_guidance_draws_the_free_stems_towards_the_given_ones():
     assert np.array_equal(off.stems, run(0.0).stems) and np.isfinite(on.stems).all()
     assert np.abs(on.stems[0, [0, 2, 3]] - off.stems[0, [0, 2, 3]]).max() > 1e-4
     assert on.sampling["reconstruction_guidance"] == 4.0 and "reconstruction_guidance" not in off.sampling
+    from mslddm.records import sampling_record  # what settings.json (CLI, page) records of a run
+
+    assert sampling_record(on)["reconstruction_guidance"] == 4.0 and "reconstruction_guidance" not in sampling_record(off)
     # A pipeline's own default (its scheduler config, saved with it) applies when none is asked for
     pipe.scheduler.register_to_config(reconstruction_guidance=4.0)
     assert np.array_equal(run(None).stems, on.stems) and np.array_equal(run(0.0).stems, off.stems)
