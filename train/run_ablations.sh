@@ -5,6 +5,7 @@
 #   bash train/run_ablations.sh                        # every row below, MINUTES (30) each
 #   ROWS="continued sigma-lognormal" bash train/run_ablations.sh
 #   OMP_NUM_THREADS=1 nohup bash train/run_ablations.sh > runs/ablations.log 2>&1 &
+#   CORES=0 bash train/run_ablations.sh                # one row after the other on core 0 (the other core free)
 # Resumable: a row whose run folder holds its budget's checkpoint trains no further, a scored row is not scored again.
 # Needs the data and the bundle VAE's latents of train/run_accompaniment.sh (steps 1-2).
 set -euo pipefail
@@ -21,6 +22,7 @@ declare -A ROW=(
     [sigma-lognormal]="small-cpu --set msldm.scheduler.training_sigma_distribution=log_normal"
     [segment-832]="small-cpu --set msldm.segment_frames=832 --set msldm.batch_size=5"
     [conditioning]="small-cpu-cond"
+    [full-rate]="small-cpu --set msldm.model.full_rate_channels=128"
 )
 rows=(${ROWS:-continued sigma-lognormal segment-832 conditioning})
 for name in "${rows[@]}"; do [ -n "${ROW[$name]:-}" ] || { echo "unknown row '$name': one of ${!ROW[*]}"; exit 2; }; done
@@ -49,11 +51,16 @@ score_row() {  # score_row NAME CORE
         --pipeline "$pipe" --data "$data" --out "$out/$name.acc" --clips 8 --given guitar --given bass \
         --given piano --level -40 --level -25 --level -10 --augment > "$out/$name.acc.log" 2>&1
 }
-pairwise() {  # pairwise FUNCTION: runs it on the rows two at a time, one per core
+cores=(${CORES:-0 1})
+pairwise() {  # pairwise FUNCTION: runs it on the rows two at a time, one per core (one at a time with CORES=0)
     local fn=$1 i
+    if [ "${#cores[@]}" = 1 ]; then
+        for ((i = 0; i < ${#rows[@]}; i++)); do "$fn" "${rows[i]}" "${cores[0]}"; done
+        return 0
+    fi
     for ((i = 0; i < ${#rows[@]}; i += 2)); do
-        "$fn" "${rows[i]}" 0 & local first=$!
-        [ -z "${rows[i + 1]:-}" ] || "$fn" "${rows[i + 1]}" 1
+        "$fn" "${rows[i]}" "${cores[0]}" & local first=$!
+        [ -z "${rows[i + 1]:-}" ] || "$fn" "${rows[i + 1]}" "${cores[1]}"
         wait "$first"
     done
 }

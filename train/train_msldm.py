@@ -120,18 +120,31 @@ def conditioned(unet) -> bool:
     return bool(getattr(unet.config, "conditioning_channels", 0))
 
 
+def grown(unet, key: str, value: int, prefix: str):
+    """The same UNet with config ``key`` set to ``value``, whose new modules (named ``prefix``...) start at zero
+    output: the result computes what ``unet`` computes. A UNet that already has a different ``value`` is refused."""
+    current = getattr(unet.config, key, 0)
+    if current == value:
+        return unet
+    if current:
+        raise ValueError(f"The UNet's {key} is {current}, not {value}: a model's {key} is fixed once it has one.")
+    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}  # _use_default_values would win
+    model = type(unet).from_config({**config, key: value})
+    missing, unexpected = model.load_state_dict(unet.state_dict(), strict=False)
+    if unexpected or any(not name.startswith(prefix) for name in missing):
+        raise RuntimeError(f"Setting {key} changed more than {prefix}: missing {missing}, unexpected {unexpected}.")
+    return model.to(unet.device, unet.dtype)
+
+
 def with_conditioning(unet, channels: int):
     """The same UNet with a (zero-initialised) conditioning input: it starts equal to ``unet``."""
-    if unet.config.conditioning_channels == channels:
-        return unet
-    if unet.config.conditioning_channels:
-        raise ValueError(f"The UNet's conditioning takes {unet.config.conditioning_channels} channels, not {channels}.")
-    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}  # _use_default_values would win
-    model = type(unet).from_config({**config, "conditioning_channels": channels})
-    missing, unexpected = model.load_state_dict(unet.state_dict(), strict=False)
-    if unexpected or any(not key.startswith("to_cond.") for key in missing):
-        raise RuntimeError(f"Adding conditioning changed more than to_cond: missing {missing}, unexpected {unexpected}.")
-    return model.to(unet.device, unet.dtype)
+    return grown(unet, "conditioning_channels", channels, "to_cond.")
+
+
+def with_full_rate_path(unet, channels: int):
+    """The same UNet with a frame-rate refinement (``FullRatePath``, zero-initialised output): it starts equal to
+    ``unet`` and can then learn the frame-level detail its unpatcher cannot output."""
+    return grown(unet, "full_rate_channels", channels, "full_rate.")
 
 
 def parameter_groups(unet, cfg: dict) -> list[dict]:
@@ -297,6 +310,9 @@ def build_unet(args, recipe: dict, cfg: dict, kind: ModelKind, num_stems: int, v
     in_channels = num_stems * vae.config.latent_channels
     if args.init_from:
         unet = initial_unet(args, kind, in_channels, num_stems, vae.config.latent_channels)
+        if (cfg.get("model") or {}).get("full_rate_channels"):
+            unet = with_full_rate_path(unet, int(cfg["model"]["full_rate_channels"]))
+            logger.info("Added a frame-rate path of %d channels to the pipeline's UNet", unet.config.full_rate_channels)
     else:
         unet = new_unet(recipe, cfg, kind, in_channels, num_stems, vae)
     if cfg.get("conditioning"):

@@ -304,6 +304,36 @@ class Unpatcher(CheckpointableBlock):
         return x
 
 
+class FullRatePath(CheckpointableBlock):
+    """A refinement at the latent frame rate, after the unpatcher: two ResNet blocks of `channels` on the noisy
+    input and the coarse output side by side, and a zero-initialised conv whose output is added to the coarse one
+    (so a model given the path starts equal to the one without it).
+
+    Why: the patcher folds `patch_factor` frames into channels after a ResNet block to `channels / patch_factor`
+    channels, and the unpatcher comes back through as few, so everything the network outputs at frame level lies
+    in a space of about 3 x that many dimensions per frame (the bundled small model: 48 of its 256). EDM's
+    denoiser is `c_skip x + c_out F`: what F cannot output, the noise in `x` keeps, and sampling ends with latents
+    whose frame-to-frame detail is the initial noise's (a buzz at the frame rate and its harmonics, a
+    high-frequency floor). This path lets F reach every channel of every frame.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, channels: int, num_groups: int, mapping_features: int):
+        super().__init__()
+        self.blocks = nn.ModuleList([
+            ResnetBlock1d(in_channels + out_channels, channels, num_groups, mapping_features),
+            ResnetBlock1d(channels, channels, num_groups, mapping_features),
+        ])
+        self.to_out = nn.Conv1d(channels, out_channels, kernel_size=3, padding=1)
+        nn.init.zeros_(self.to_out.weight)
+        nn.init.zeros_(self.to_out.bias)
+
+    def forward(self, sample: torch.Tensor, coarse: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([sample.to(coarse.dtype), coarse], dim=1)
+        for block in self.blocks:
+            h = self.run(block, h, mapping)
+        return coarse + self.to_out(h)
+
+
 class DownBlock1d(CheckpointableBlock):
     """Strided conv, ResNet blocks and an optional transformer; every block's output is a skip."""
 
@@ -454,6 +484,10 @@ class MultiSourceUNet1DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             none and is told about given stems by imputation only. The input enters through a zero-initialised
             patch convolution added after the patcher, so a model converted from an unconditioned one starts equal
             to it.
+        full_rate_channels (`int`, defaults to 0): Width of an optional refinement at the latent frame rate after
+            the unpatcher (`FullRatePath`: two ResNet blocks on the noisy input and the coarse output, added through
+            a zero-initialised conv). 0 (the paper's model) has none: its frame-level output is limited to the
+            unpatcher's `channels / patch_factor` channels. A model given the path starts equal to the one without.
     """
 
     _supports_gradient_checkpointing = True
@@ -482,6 +516,7 @@ class MultiSourceUNet1DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         mapping_features: int | None = None,
         window_frames: int | None = 1024,
         conditioning_channels: int = 0,
+        full_rate_channels: int = 0,
     ):
         super().__init__()
         # Store the level lists as lists, as they come back from config.json, whatever sequence type was passed.
@@ -555,6 +590,10 @@ class MultiSourceUNet1DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             for i in reversed(range(num_levels))
         )
         self.to_out = Unpatcher(channels, out_channels, patch_blocks, patch_factor, mapping_features)
+        self.full_rate = None
+        if full_rate_channels:
+            self.full_rate = FullRatePath(in_channels, out_channels, full_rate_channels, resnet_groups,
+                                          mapping_features)
 
     @property
     def length_multiple(self) -> int:
@@ -621,6 +660,8 @@ class MultiSourceUNet1DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         for up in self.upsamples:
             x = up(x, skips.pop(), mapping)
         x = self.to_out(x + patched, mapping)
+        if self.full_rate is not None:
+            x = self.full_rate(sample, x, mapping)
 
         if not return_dict:
             return (x,)
