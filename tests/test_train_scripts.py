@@ -267,6 +267,27 @@ def test_msldm_learns_trained_conditioning_from_an_unconditioned_pipeline(tmp_pa
     np.testing.assert_array_equal(out.stems[0, 0], bass)
 
 
+def test_msldm_grows_a_frame_rate_path_on_a_pipeline(tmp_path, data, msldm_runs):
+    """msldm.model.full_rate_channels with --init_from: the pipeline's UNet gets the zero-initialised frame-rate
+    path, every old weight kept; the path trains, and the exported pipeline loads and generates with it."""
+    pipeline = msldm_runs / "straight" / "pipeline"
+    sets = UNET_SET + ["msldm.model={full_rate_channels: 8}", "msldm.use_ema=false", "msldm.lr_warmup_steps=0"]
+    result = launch("train_msldm.py", tmp_path / "fr", data, ["--max_steps", "2", "--init_from", str(pipeline)],
+                    sets)
+    assert "Added a frame-rate path of 8 channels" in result.stderr
+    trained = load_file(tmp_path / "fr" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    base = load_file(pipeline / "unet" / "diffusion_pytorch_model.safetensors")
+    assert set(trained) - set(base) and all(k.startswith("full_rate.") for k in set(trained) - set(base))
+    assert trained["full_rate.to_out.weight"].abs().max() > 0  # zero at the start, learnt in two steps
+    from mslddm import MultiSourceLatentPipeline
+
+    pipe = MultiSourceLatentPipeline.from_pretrained(tmp_path / "fr" / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.unet.config.full_rate_channels == 8
+    out = pipe(num_inference_steps=2, audio_length_in_s=0.5, generator=torch.Generator().manual_seed(0))
+    assert np.isfinite(out.stems).all()
+
+
 def test_non_finite_loss_stops_before_the_weights_change(tmp_path, data, vae_runs):
     """Infinite training sigmas (log-normal mean 200) make the loss NaN at the first step after a resume: the run
     stops with one sentence naming the step and the last good checkpoint, which is left as it was."""
