@@ -84,3 +84,9 @@ def test_the_path_lets_the_output_reach_every_channel_of_a_frame():
     with torch.no_grad():
         grown.full_rate.to_out.weight.normal_(0, 0.1)
     assert frame_jacobian_rank(grown) == 32
+
+
+@pytest.mark.parametrize("channels", [-8, 6, 2.5])
+def test_a_width_the_path_cannot_have_is_named(channels):
+    with pytest.raises(ValueError, match="full_rate_channels must be 0 .* multiple of resnet_groups=4"):
+        narrow_model(full_rate_channels=channels)

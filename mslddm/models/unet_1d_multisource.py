@@ -591,6 +591,9 @@ class MultiSourceUNet1DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         )
         self.to_out = Unpatcher(channels, out_channels, patch_blocks, patch_factor, mapping_features)
         self.full_rate = None
+        if not isinstance(full_rate_channels, int) or full_rate_channels < 0 or full_rate_channels % resnet_groups:
+            raise ValueError(f"full_rate_channels must be 0 (no frame-rate path) or a positive multiple of "
+                             f"resnet_groups={resnet_groups}, got {full_rate_channels!r}.")
         if full_rate_channels:
             self.full_rate = FullRatePath(in_channels, out_channels, full_rate_channels, resnet_groups,
                                           mapping_features)
