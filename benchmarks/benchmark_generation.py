@@ -42,48 +42,61 @@ def snr_db(reference, estimate) -> float:
     return float(10 * np.log10(np.sum(reference**2) / max(np.sum((reference - estimate) ** 2), 1e-30)))
 
 
-def measure(preset, device, batch, seconds, sampler, steps, dtype, repeats, snr=False, compile_unet=False):
+def measure(preset, device, batch, seconds, sampler, steps, dtype, repeats, snr=False, compile_unet=False,
+            pipeline=None):
+    """One row. ``pipeline``: a pipeline folder loaded as ``mslddm generate`` loads it (``devices.load_pipeline``
+    with ``dtype`` and its default compile policy), instead of the random-weight ``preset``. ``sampler`` ``decode``:
+    the decoding alone (the physical floor of any sampler). ``first_call_s`` is the first generation of the row's
+    settings in this process: allocations, kernel selection and any compilation."""
     import time
 
     import torch
 
-    from mslddm.factory import build_pipeline
+    if pipeline:
+        from mslddm.devices import load_pipeline
 
-    pipe = build_pipeline(preset).to(device=device, dtype=getattr(torch, dtype))
-    if compile_unet:  # the UNet only where it pays (GPUs), the VAE's activations everywhere
-        pipe.enable_compile(unet=device.startswith("cuda"))
+        pipe, device, dtype = load_pipeline(pipeline, device, dtype)
+        preset = os.path.basename(os.path.normpath(pipeline))
+    else:
+        from mslddm.factory import build_pipeline
+
+        pipe = build_pipeline(preset).to(device=device, dtype=getattr(torch, dtype))
+        if compile_unet:  # the UNet only where it pays (GPUs), the VAE's activations everywhere
+            pipe.enable_compile(unet=device.startswith("cuda"))
     pipe.set_progress_bar_config(disable=True)
     gens = [torch.Generator().manual_seed(i) for i in range(batch)]
+    decode_only = sampler == "decode"
+    sampling = dict(sampler=pipe.scheduler.config.sampler, num_inference_steps=1) if decode_only else \
+        dict(sampler=sampler, num_inference_steps=steps)
 
     def sync():
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    # Warm-up (allocator, kernels), then timed runs split into sampling and decoding.
-    pipe(audio_length_in_s=seconds, num_inference_steps=2, sampler=sampler, num_samples=batch, generator=gens)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    sample_t, decode_t = [], []
-    for _ in range(repeats):
+    def generate():  # (sampling seconds, decoding seconds)
         sync()
         t0 = time.perf_counter()
-        lat = pipe(audio_length_in_s=seconds, num_inference_steps=steps, sampler=sampler, num_samples=batch,
-                   generator=gens, output_type="latent").stems
+        lat = pipe(audio_length_in_s=seconds, num_samples=batch, generator=gens, output_type="latent",
+                   **sampling).stems
         sync()
         t1 = time.perf_counter()
         pipe.decode_latents(lat.flatten(1, 2))
         sync()
-        sample_t.append(t1 - t0)
-        decode_t.append(time.perf_counter() - t1)
+        return (0.0 if decode_only else t1 - t0), time.perf_counter() - t1
+
+    first = sum(generate())  # the first call (warm-up: allocator, kernels, compilation), then the timed runs
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    sample_t, decode_t = zip(*(generate() for _ in range(repeats)))
     s, d = min(sample_t), min(decode_t)
     peak = _peak_mib(device)
     params = sum(p.numel() for p in pipe.unet.parameters()) + sum(p.numel() for p in pipe.vae.parameters())
     row = {"preset": preset + (" +compile" if compile_unet else ""), "params_M": params / 1e6, "device": device,
-           "dtype": dtype, "batch": batch, "sampler": f"{sampler} x{steps}",
-           "evals": pipe.scheduler.sampling_settings(sampler, steps).model_evaluations,
+           "dtype": dtype, "batch": batch, "sampler": "decode only" if decode_only else f"{sampler} x{steps}",
+           "evals": 0 if decode_only else pipe.scheduler.sampling_settings(sampler, steps).model_evaluations,
            "sample_s": s / batch, "decode_s": d / batch, "song_s": (s + d) / batch, "rtf": seconds * batch / (s + d),
-           "songs_per_s": batch / (s + d), "peak_MiB": peak, "snr_db": None}
-    if snr and dtype != "float32":
+           "songs_per_s": batch / (s + d), "peak_MiB": peak, "snr_db": None, "first_call_s": first}
+    if snr and dtype != "float32" and not decode_only:
         kwargs = dict(audio_length_in_s=seconds, num_inference_steps=steps, sampler=sampler, num_samples=batch)
         low = pipe(generator=[torch.Generator().manual_seed(i) for i in range(batch)], **kwargs).stems
         exact = pipe.to(dtype=torch.float32)(generator=[torch.Generator().manual_seed(i) for i in range(batch)],
@@ -141,7 +154,9 @@ def measure_reference(device, batch, seconds, steps, repeats, **unused):
             x = x + (sigmas[i + 1] - sigmas[i]) * unet(x, t)
         return x
 
+    start = time.perf_counter()
     sample(2)
+    first = time.perf_counter() - start
     sample_t, decode_t = [], []
     for _ in range(repeats):
         sync()
@@ -159,7 +174,7 @@ def measure_reference(device, batch, seconds, steps, repeats, **unused):
     return {"preset": "reference msldm (UNet1d + DAC decoder)", "params_M": params / 1e6, "device": device,
             "dtype": "float32", "batch": batch, "sampler": f"euler x{steps}", "evals": steps, "sample_s": s / batch,
             "decode_s": d / batch, "song_s": (s + d) / batch, "rtf": seconds * batch / (s + d),
-            "songs_per_s": batch / (s + d), "peak_MiB": _peak_mib(device), "snr_db": None}
+            "songs_per_s": batch / (s + d), "peak_MiB": _peak_mib(device), "snr_db": None, "first_call_s": first}
 
 
 def _loads(module: str) -> bool:
@@ -177,20 +192,49 @@ def sampler_specs(specs) -> list[tuple[str, int]]:
 
     pairs = []
     for spec in specs:
+        if spec == "decode":  # the decoding alone: the floor under every sampler
+            pairs.append(("decode", 0))
+            continue
         sampler, _, steps = spec.partition(":")
         if sampler not in SAMPLERS or not all(s.isdigit() and int(s) > 0 for s in steps.split("/")):
             raise SystemExit(f"--samplers {spec!r}: expected SAMPLER:STEPS[/STEPS...] with SAMPLER one of "
-                             f"{', '.join(SAMPLERS)}, e.g. consistency:1/2/4/8.")
+                             f"{', '.join(SAMPLERS)}, e.g. consistency:1/2/4/8, or decode (the decoding alone).")
         pairs += [(sampler, int(s)) for s in steps.split("/")]
     return pairs
 
 
+def fad_columns(items) -> dict:
+    """``["[FOLDER@]SAMPLER:STEPS=results.json", ...]`` -> ``{(folder name or None, "SAMPLER xSTEPS"): "F [lo, hi]"}``,
+    the mix FAD of an `mslddm evaluate` run (its total-generation task) with its bootstrap interval."""
+    found = {}
+    for item in items:
+        key, sep, path = item.partition("=")
+        folder, _, spec = key.rpartition("@")
+        sampler, _, steps = spec.partition(":")
+        if not sep or not sampler or not steps.isdigit():
+            raise SystemExit(f"--fad {item!r}: expected [FOLDER@]SAMPLER:STEPS=RESULTS_JSON.")
+        try:
+            mix = json.load(open(path))["total"]["fad_interval"]["mix"]
+            value, low, high = mix["value"], mix["low"], mix["high"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise SystemExit(f"--fad {item!r}: no mix FAD with an interval in {path} ({error!r}).")
+        name = os.path.basename(os.path.normpath(folder)) if folder else None
+        found[(name, f"{sampler} x{steps}")] = f"{value:.2f} [{low:.2f}, {high:.2f}]"
+    return found
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    p.add_argument("--presets", nargs="+", default=None, help="random-weight presets (default: tiny small)")
+    p.add_argument("--pipelines", nargs="+", default=[], metavar="FOLDER",
+                   help="pipeline folders, loaded as `mslddm generate` loads them (dtype and compile auto unless "
+                        "--dtypes says otherwise)")
+    p.add_argument("--fad", action="append", default=[], metavar="[FOLDER@]SAMPLER:STEPS=RESULTS_JSON",
+                   help="a mix FAD column for the rows of that sampler and steps (of that pipeline folder), read from "
+                        "an `mslddm evaluate` results.json; repeat")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "float16", "bfloat16"],
-                   help="weight dtypes of the pipeline rows")
+    p.add_argument("--dtypes", nargs="+", default=["float32"], choices=["auto", "float32", "float16", "bfloat16"],
+                   help="weight dtypes of the preset rows (and of the --pipelines rows, whose default is auto)")
     p.add_argument("--reference", action="store_true",
                    help="also time the reference implementation of the paper's models (the `reference` extra)")
     p.add_argument("--snr", action="store_true", help="SNR of every non-float32 row's stems against float32")
@@ -213,6 +257,8 @@ def main():
         fn = measure_reference if spec.pop("reference", False) else measure
         print(json.dumps(fn(**spec)))
         return
+    presets = args.presets if args.presets is not None else ([] if args.pipelines else ["tiny", "small"])
+    fads = fad_columns(args.fad)
     specs = []
     for sampler, steps in sampler_specs(args.samplers):
         for batch in args.batch_sizes:
@@ -220,7 +266,11 @@ def main():
                           repeats=args.repeats)
             if args.reference and sampler == "euler":
                 specs.append(dict(reference=True, **common))
-            for preset in args.presets:
+            for folder in args.pipelines:
+                for dtype in args.dtypes if "--dtypes" in sys.argv else ["auto"]:
+                    specs.append(dict(preset=None, pipeline=folder, sampler=sampler, dtype=dtype, snr=args.snr,
+                                      **common))
+            for preset in presets:
                 for dtype in args.dtypes:
                     for compiled in (False, True) if args.compile else (False,):
                         specs.append(dict(preset=preset, sampler=sampler, dtype=dtype, snr=args.snr,
@@ -241,7 +291,11 @@ def main():
     print(f"\n{args.seconds:g}-s songs of 4 stems; torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPU cores visible\n")
     cols = ["preset", "params_M", "device", "dtype", "batch", "sampler", "evals", "sample_s", "decode_s", "song_s",
-            "rtf", "songs_per_s", "peak_MiB"]
+            "rtf", "songs_per_s", "peak_MiB", "first_call_s"]
+    if fads:
+        cols.append("mix_fad [95%]")
+        for r in rows:
+            r["mix_fad [95%]"] = fads.get((r["preset"], r["sampler"]), fads.get((None, r["sampler"])))
     reference = {(r["batch"], r["sampler"]): r["song_s"] for r in rows if r["preset"].startswith("reference")}
     if reference:
         cols.append("vs_reference")

