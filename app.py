@@ -7,6 +7,7 @@ network when the pipeline is a local folder (the default: the bundled pipeline, 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -69,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most variations per request [env MSLDDM_MAX_VARIATIONS]")
     p.add_argument("--max-queue", type=int, default=_env("MSLDDM_MAX_QUEUE", 16, int),
                    help="requests that may wait in the queue; one samples at a time [env MSLDDM_MAX_QUEUE]")
+    p.add_argument("--student", default=_env("MSLDDM_STUDENT", None),
+                   help="a consistency-distilled student of the pipeline (a pipeline folder from train/distill.py), "
+                        "the page's fast option: the consistency sampler runs it; default: the folder NAME-consistency "
+                        "beside a local pipeline folder NAME, if there is one; 'none': no student [env MSLDDM_STUDENT]")
     p.add_argument("--lora-dir", default=_env("MSLDDM_LORA_DIR", None),
                    help="folder of LoRA adapter folders (mslddm finetune's OUT/lora) offered in a menu, those that "
                         "fit the pipeline; default: a loras/ folder beside a local pipeline folder, if there is one "
@@ -107,6 +112,37 @@ def _adapters(args, pipe) -> dict:
     return found
 
 
+def _student(args, pipe):
+    """``(unet, folder)`` of the distilled student (``--student``, default: ``NAME-consistency`` beside a local
+    pipeline folder), or ``(None, "")``; a student of other stems, latents or VAE is left out with a sentence."""
+    from mslddm.devices import load_pipeline
+
+    folder = args.student
+    if folder is None and Path(str(args.pipeline)).is_dir():
+        sibling = Path(str(args.pipeline)).resolve()
+        sibling = sibling.parent / f"{sibling.name}-consistency"
+        folder = str(sibling) if (sibling / "model_index.json").is_file() else None
+    if folder in (None, "", "none"):
+        return None, ""
+    try:
+        student, _, _ = load_pipeline(folder, args.device, args.dtype, args.compile)
+    except Exception as error:  # noqa: BLE001 - the page still serves the pipeline without its fast option
+        print(f"--student {folder}: could not be loaded ({error}); the page has no fast option.", file=sys.stderr)
+        return None, ""
+    def settings(config):  # a model's configuration as saved, without the loader's bookkeeping (_name_or_path)
+        return json.loads(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}))
+
+    fits = (list(student.stem_names) == list(pipe.stem_names)
+            and student.unet.config.in_channels == pipe.unet.config.in_channels
+            and settings(student.vae.config) == settings(pipe.vae.config))
+    if not fits:
+        print(f"--student {folder}: its stems, latents or VAE differ from the pipeline's; the page has no fast "
+              "option.", file=sys.stderr)
+        return None, ""
+    print(f"Distilled student (the consistency sampler): {folder}", file=sys.stderr)
+    return student.unet, folder
+
+
 def main(argv=None) -> int:
     sys.path.insert(0, str(HERE))  # `space` is a folder next to this file, here and on the Space
     args = build_parser().parse_args(argv)
@@ -136,7 +172,9 @@ def main(argv=None) -> int:
     limits = Limits(max_duration_s=args.max_duration, max_upload_s=args.max_upload, max_song_s=args.max_song,
                     max_steps=args.max_steps,
                     max_variations=args.max_variations, max_file_size=args.max_file_size)
-    studio = Studio(pipe, str(args.pipeline), limits, workdir=args.workdir, loras=loras)
+    student, student_folder = _student(args, pipe)
+    studio = Studio(pipe, str(args.pipeline), limits, workdir=args.workdir, loras=loras, student=student,
+                    student_name=student_folder)
     demo = build_demo(studio, examples_dir=args.examples)
     demo.queue(max_size=args.max_queue, default_concurrency_limit=1)
     # SIGTERM (container stop, CI teardown) ends the server as Ctrl-C does: Gradio closes it, and its shutdown

@@ -112,11 +112,15 @@ class Studio:
     everybody's are removed after ``ttl_s`` and at exit. Gradio serves its own copies of the outputs."""
 
     def __init__(self, pipe, pipeline_name: str = "", limits: Limits | None = None,
-                 workdir: str | None = None, ttl_s: float = 3600.0, loras: Mapping[str, str] | None = None):
+                 workdir: str | None = None, ttl_s: float = 3600.0, loras: Mapping[str, str] | None = None,
+                 student=None, student_name: str = ""):
         self.pipe = pipe
+        # A consistency-distilled student of the pipeline (its UNet; docs/distillation.md): the page's fast option,
+        # sampled whenever the visitor picks the consistency sampler; None: that sampler runs the pipeline's UNet.
+        self.student, self.student_name = student, student_name
         self.loras = dict(loras or {})  # the LoRA adapters a visitor may pick, by name (mslddm.pipelines.lora)
         self._lora_names = {name: f"page_{i}" for i, name in enumerate(self.loras)}  # peft's names for them
-        self._lora_lock = threading.Lock()  # one adapter setting per sampling
+        self._lora_lock = threading.Lock()  # one adapter setting (and one UNet: the student's or not) per sampling
         self._loaded: set[str] = set()
         self.pipeline_name = pipeline_name or getattr(pipe, "_name_or_path", "") or "pipeline"
         self.limits = limits or Limits()
@@ -190,7 +194,7 @@ class Studio:
         audio = deliver(result.stems, result.sample_rate, self.stem_names, fmt, length,
                         {n: in_format(u, fmt, length) for n, u in decoded.items()})
         settings = {
-            "pipeline": self.public_pipeline_name, "given": {n: Path(p).name for n, p in given.items()},
+            "pipeline": self._pipeline_record(sampling.sampler), "given": {n: Path(p).name for n, p in given.items()},
             "silent": [n for n in self.stem_names if n not in given and n not in to_generate], **_lora_record(adapter),
         }
         return self._write(result, audio, fmt, seeds, settings, seconds, mixer, notes, progress, session,
@@ -241,13 +245,19 @@ class Studio:
                         {n: takes[n] for n in sounding}, dict.fromkeys(sounding, end),
                         fade_s=CONTINUATION_FADE_SAMPLES / result.sample_rate)
         settings = {
-            "pipeline": self.public_pipeline_name, "given": {},
+            "pipeline": self._pipeline_record(sampling.sampler), "given": {},
             "silent": [n for n in self.stem_names if n not in sounding], "extended_from_s": round(length_s, 3),
             **_lora_record(adapter),
         }
         note = f"the first {length_s:.1f} s are the variation you extended, the last {float(extend_s):g} s are new"
         return self._write(result, audio, fmt, [seed], settings, seconds, mixer, [note], progress, session,
                            normalise)
+
+    def _pipeline_record(self, sampler: str) -> str:
+        """The pipeline a render names: the student's folder when the student sampled it."""
+        if self.uses_student(sampler):
+            return Path(self.student_name).name or "distilled student"
+        return self.public_pipeline_name
 
     @property
     def can_separate(self) -> bool:
@@ -406,15 +416,37 @@ class Studio:
             note = f"the {name} upload ({length_s:.1f} s) was padded with silence to {duration_s:g} s"
         return stem, decoded, note
 
+    def uses_student(self, sampler: str | None) -> bool:
+        """Whether ``sampler`` runs the distilled student (the consistency sampler, on a page that has one)."""
+        return self.student is not None and sampler == "consistency"
+
     def _timed_sample(self, kwargs: dict, progress: Callable | None, adapter: tuple | None = None):
-        """The pipeline run (with ``adapter``, ``(name, strength)`` or None: the base) and its wall-clock seconds.
-        Sampling keeps no state in the pipeline, so calls may overlap (calls of a page with adapters take turns:
-        the adapter is set on the pipeline); the page's queue (``concurrency_id="sampling"`` in ``ui.py``) still
-        runs one at a time, for the device's memory."""
-        with self._adapter(adapter):
+        """The pipeline run (with ``adapter``, ``(name, strength)`` or None: the base; with the student's UNet for
+        the consistency sampler) and its wall-clock seconds. Sampling keeps no state in the pipeline, so calls may
+        overlap (calls of a page with adapters or a student take turns: they are set on the pipeline); the page's
+        queue (``concurrency_id="sampling"`` in ``ui.py``) still runs one at a time, for the device's memory."""
+        if self.uses_student(kwargs.get("sampler")) and adapter is not None:
+            raise user_error("LoRA adapters are made for the pipeline's own UNet, not for the distilled student "
+                             "that the consistency sampler runs: pick another sampler, or no adapter.")
+        with self._adapter(adapter), self._student(self.uses_student(kwargs.get("sampler"))):
             tic = time.perf_counter()
             result = self._sample(kwargs, progress)
             return result, time.perf_counter() - tic
+
+    @contextlib.contextmanager
+    def _student(self, wanted: bool):
+        """The pipeline with the student's UNet in place of its own while ``wanted`` (the adapters' lock held)."""
+        if self.student is None:
+            yield
+            return
+        with self._lora_lock if not self.loras else contextlib.nullcontext():  # _adapter holds it with adapters
+            own = self.pipe.unet
+            if wanted:
+                self.pipe.unet = self.student
+            try:
+                yield
+            finally:
+                self.pipe.unet = own
 
     def _check_lora(self, lora: str | None, scale: float | None) -> tuple | None:
         """``(name, strength)`` of a picked adapter, None for the base; an unknown name or a strength off the

@@ -100,6 +100,14 @@ class Page:
         return [self.gains[n] for n in self.uploads] + [self.mutes[n] for n in self.uploads] + [self.normalise]
 
 
+FAST_LABEL = "Consistency: the distilled student, fast (1-8 steps)"
+
+
+def sampler_label(studio: Studio, sampler: str) -> str:
+    """The sampler menu's label: the consistency sampler is the page's fast option when it has a student."""
+    return FAST_LABEL if studio.uses_student(sampler) else SAMPLERS[sampler]
+
+
 def build_demo(studio: Studio, examples_dir: str | None = None, title: str = "mslddm") -> gr.Blocks:
     """The Blocks of the page for ``studio``'s pipeline (stems named by its config)."""
     # Cached example outputs belong to this pipeline and this code: keep them with the studio's files (removed at
@@ -151,8 +159,8 @@ def _layout(studio: Studio, title: str) -> Page:
     with gr.Row():
         duration = gr.Slider(0.5, lim.max_duration_s, value=min(DEFAULT_DURATION_S, lim.max_duration_s), step=0.5,
                              label="Duration (s)", elem_id="duration")
-        sampler = gr.Dropdown([(label, k) for k, label in SAMPLERS.items()], value=start.sampler, label="Sampler",
-                              elem_id="sampler")
+        sampler = gr.Dropdown([(sampler_label(studio, k), k) for k in SAMPLERS], value=start.sampler,
+                              label="Sampler", elem_id="sampler")
         # Empty in the page's config (so that an API call that names only a sampler gets that sampler's own
         # defaults, as in Python and the CLI); the page fills in the defaults when it loads and on every change.
         # No minimum / maximum: Gradio's own check says "Value 0 is less than minimum value 1." without naming the
