@@ -58,9 +58,13 @@ def measure(preset, device, batch, seconds, sampler, steps, dtype, repeats, snr=
         pipe, device, dtype = load_pipeline(pipeline, device, dtype)
         preset = os.path.basename(os.path.normpath(pipeline))
     else:
+        from mslddm.devices import resolve_dtype
         from mslddm.factory import build_pipeline
 
-        pipe = build_pipeline(preset).to(device=device, dtype=getattr(torch, dtype))
+        pipe = build_pipeline(preset)
+        if dtype == "auto":  # as `mslddm generate` would pick for a pipeline of this size
+            dtype = str(resolve_dtype("auto", device, sum(p.numel() for p in pipe.unet.parameters()))).split(".")[-1]
+        pipe = pipe.to(device=device, dtype=getattr(torch, dtype))
         if compile_unet:  # the UNet only where it pays (GPUs), the VAE's activations everywhere
             pipe.enable_compile(unet=device.startswith("cuda"))
     pipe.set_progress_bar_config(disable=True)
@@ -233,8 +237,8 @@ def main():
                    help="a mix FAD column for the rows of that sampler and steps (of that pipeline folder), read from "
                         "an `mslddm evaluate` results.json; repeat")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtypes", nargs="+", default=["float32"], choices=["auto", "float32", "float16", "bfloat16"],
-                   help="weight dtypes of the preset rows (and of the --pipelines rows, whose default is auto)")
+    p.add_argument("--dtypes", nargs="+", default=None, choices=["auto", "float32", "float16", "bfloat16"],
+                   help="weight dtypes (default: float32 for the preset rows, auto for the --pipelines rows)")
     p.add_argument("--reference", action="store_true",
                    help="also time the reference implementation of the paper's models (the `reference` extra)")
     p.add_argument("--snr", action="store_true", help="SNR of every non-float32 row's stems against float32")
@@ -267,11 +271,11 @@ def main():
             if args.reference and sampler == "euler":
                 specs.append(dict(reference=True, **common))
             for folder in args.pipelines:
-                for dtype in args.dtypes if "--dtypes" in sys.argv else ["auto"]:
+                for dtype in args.dtypes or ["auto"]:
                     specs.append(dict(preset=None, pipeline=folder, sampler=sampler, dtype=dtype, snr=args.snr,
                                       **common))
             for preset in presets:
-                for dtype in args.dtypes:
+                for dtype in args.dtypes or ["float32"]:
                     for compiled in (False, True) if args.compile else (False,):
                         specs.append(dict(preset=preset, sampler=sampler, dtype=dtype, snr=args.snr,
                                           compile_unet=compiled, **common))
