@@ -113,8 +113,9 @@ def _adapters(args, pipe) -> dict:
 
 
 def _student(args, pipe):
-    """``(unet, folder)`` of the distilled student (``--student``, default: ``NAME-consistency`` beside a local
-    pipeline folder), or ``(None, "")``; a student of other stems, latents or VAE is left out with a sentence."""
+    """``(pipeline, folder)`` of the distilled student (``--student``, default: ``NAME-consistency`` beside a local
+    pipeline folder; its UNet and its scheduler's plan are what the page runs), or ``(None, "")``; a student of
+    other stems, latents or VAE is left out with a sentence."""
     from mslddm.devices import load_pipeline
 
     folder = args.student
@@ -140,7 +141,7 @@ def _student(args, pipe):
               "option.", file=sys.stderr)
         return None, ""
     print(f"Distilled student (the consistency sampler): {folder}", file=sys.stderr)
-    return student.unet, folder
+    return student, folder
 
 
 def main(argv=None) -> int:

@@ -189,22 +189,26 @@ def _loads(module: str) -> bool:
         return False
 
 
-def sampler_specs(specs) -> list[tuple[str, int]]:
-    """``["euler:150", "consistency:1/2/4/8"]`` -> ``[("euler", 150), ("consistency", 1), ("consistency", 2), ...]``;
-    a sampler not in the table, or steps that are not positive integers, stop with one sentence."""
+def sampler_specs(specs) -> list[tuple[str, int, str | None]]:
+    """``["euler:150", "student@consistency:1/2/4/8"]`` -> ``[("euler", 150, None), ("consistency", 1, "student"),
+    ("consistency", 2, "student"), ...]``: a ``FOLDER@`` prefix runs the spec on that ``--pipelines`` folder only (its
+    name), as a teacher and its student are compared in one run; a sampler not in the table, or steps that are not
+    positive integers, stop with one sentence."""
     from mslddm.schedulers.sampler_table import SAMPLERS
 
-    pairs = []
+    triples = []
     for spec in specs:
-        if spec == "decode":  # the decoding alone: the floor under every sampler
-            pairs.append(("decode", 0))
+        folder, _, rest = spec.rpartition("@")
+        only = os.path.basename(os.path.normpath(folder)) if folder else None
+        if rest == "decode":  # the decoding alone: the floor under every sampler
+            triples.append(("decode", 0, only))
             continue
-        sampler, _, steps = spec.partition(":")
+        sampler, _, steps = rest.partition(":")
         if sampler not in SAMPLERS or not all(s.isdigit() and int(s) > 0 for s in steps.split("/")):
-            raise SystemExit(f"--samplers {spec!r}: expected SAMPLER:STEPS[/STEPS...] with SAMPLER one of "
+            raise SystemExit(f"--samplers {spec!r}: expected [FOLDER@]SAMPLER:STEPS[/STEPS...] with SAMPLER one of "
                              f"{', '.join(SAMPLERS)}, e.g. consistency:1/2/4/8, or decode (the decoding alone).")
-        pairs += [(sampler, int(s)) for s in steps.split("/")]
-    return pairs
+        triples += [(sampler, int(s), only) for s in steps.split("/")]
+    return triples
 
 
 def fad_columns(items) -> dict:
@@ -264,17 +268,24 @@ def main():
     presets = args.presets if args.presets is not None else ([] if args.pipelines else ["tiny", "small"])
     fads = fad_columns(args.fad)
     specs = []
-    for sampler, steps in sampler_specs(args.samplers):
+    triples = sampler_specs(args.samplers)
+    names = {os.path.basename(os.path.normpath(f)) for f in args.pipelines}
+    unknown = sorted({only for _, _, only in triples if only is not None} - names)
+    if unknown:
+        raise SystemExit(f"--samplers names {', '.join(unknown)}, which is not among --pipelines ({', '.join(sorted(names)) or 'none'}).")
+    for sampler, steps, only in triples:
         for batch in args.batch_sizes:
             common = dict(device=args.device, batch=batch, seconds=args.seconds, steps=steps,
                           repeats=args.repeats)
-            if args.reference and sampler == "euler":
+            if args.reference and sampler == "euler" and only is None:
                 specs.append(dict(reference=True, **common))
             for folder in args.pipelines:
+                if only is not None and os.path.basename(os.path.normpath(folder)) != only:
+                    continue
                 for dtype in args.dtypes or ["auto"]:
                     specs.append(dict(preset=None, pipeline=folder, sampler=sampler, dtype=dtype, snr=args.snr,
                                       **common))
-            for preset in presets:
+            for preset in presets if only is None else ():
                 for dtype in args.dtypes or ["float32"]:
                     for compiled in (False, True) if args.compile else (False,):
                         specs.append(dict(preset=preset, sampler=sampler, dtype=dtype, snr=args.snr,

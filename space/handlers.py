@@ -115,9 +115,13 @@ class Studio:
                  workdir: str | None = None, ttl_s: float = 3600.0, loras: Mapping[str, str] | None = None,
                  student=None, student_name: str = ""):
         self.pipe = pipe
-        # A consistency-distilled student of the pipeline (its UNet; docs/distillation.md): the page's fast option,
-        # sampled whenever the visitor picks the consistency sampler; None: that sampler runs the pipeline's UNet.
-        self.student, self.student_name = student, student_name
+        # A consistency-distilled student of the pipeline (docs/distillation.md): the page's fast option, sampled
+        # whenever the visitor picks the consistency sampler; None: that sampler runs the pipeline's UNet. Its
+        # pipeline (a folder from train/distill.py, loaded) brings its scheduler, whose plan is the student's own
+        # (its sigma_min); a bare UNet is sampled with the pipeline's scheduler.
+        self.student = getattr(student, "unet", student)
+        self.student_scheduler = getattr(student, "scheduler", None)
+        self.student_name = student_name
         self.loras = dict(loras or {})  # the LoRA adapters a visitor may pick, by name (mslddm.pipelines.lora)
         self._lora_names = {name: f"page_{i}" for i, name in enumerate(self.loras)}  # peft's names for them
         self._lora_lock = threading.Lock()  # one adapter setting (and one UNet: the student's or not) per sampling
@@ -435,18 +439,21 @@ class Studio:
 
     @contextlib.contextmanager
     def _student(self, wanted: bool):
-        """The pipeline with the student's UNet in place of its own while ``wanted`` (the adapters' lock held)."""
+        """The pipeline with the student's UNet (and scheduler, if it came with one) in place of its own while
+        ``wanted`` (the adapters' lock held)."""
         if self.student is None:
             yield
             return
         with self._lora_lock if not self.loras else contextlib.nullcontext():  # _adapter holds it with adapters
-            own = self.pipe.unet
+            own, own_scheduler = self.pipe.unet, self.pipe.scheduler
             if wanted:
                 self.pipe.unet = self.student
+                if self.student_scheduler is not None:  # (a scheduler has a length: no `or` here)
+                    self.pipe.scheduler = self.student_scheduler
             try:
                 yield
             finally:
-                self.pipe.unet = own
+                self.pipe.unet, self.pipe.scheduler = own, own_scheduler
 
     def _check_lora(self, lora: str | None, scale: float | None) -> tuple | None:
         """``(name, strength)`` of a picked adapter, None for the base; an unknown name or a strength off the

@@ -162,6 +162,8 @@ def test_the_export_is_a_consistency_pipeline_and_the_teacher_is_untouched(runs,
     folder = base / "straight" / "pipeline"
     config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     assert (config["sampler"], config["num_inference_steps"]) == ("consistency", 4)
+    teacher_config = json.loads((teacher_and_latents[0] / "scheduler" / "scheduler_config.json").read_text())
+    assert config["sigma_min"] == 0.4 and teacher_config["sigma_min"] == 0.01  # the student's plan stops at 0.4
     card = (folder / "README.md").read_text()
     assert str(teacher_and_latents[0]) in card and "Consistency distillation steps: 4" in card
     exported = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
@@ -257,8 +259,9 @@ def test_the_benchmark_takes_a_students_steps_as_one_spec():
         from benchmark_generation import sampler_specs
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
-    assert sampler_specs(["euler:50", "consistency:1/2/4/8"]) == [
-        ("euler", 50), ("consistency", 1), ("consistency", 2), ("consistency", 4), ("consistency", 8)]
+    assert sampler_specs(["euler:50", "runs/student/@consistency:1/2/4/8"]) == [
+        ("euler", 50, None), ("consistency", 1, "student"), ("consistency", 2, "student"), ("consistency", 4, "student"),
+        ("consistency", 8, "student")]
     with pytest.raises(SystemExit, match="SAMPLER:STEPS"):
         sampler_specs(["consistency:4/0"])
 
@@ -271,7 +274,7 @@ def test_the_benchmark_has_a_decode_only_floor_and_reads_fad_from_an_evaluation(
         from benchmark_generation import fad_columns, sampler_specs
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
-    assert sampler_specs(["decode", "consistency:4"]) == [("decode", 0), ("consistency", 4)]
+    assert sampler_specs(["decode", "consistency:4"]) == [("decode", 0, None), ("consistency", 4, None)]
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"total": {"fad_interval": {"mix": {"value": 30.654, "low": 28.06, "high": 33.45}}}}))
     assert fad_columns([f"euler:50={results}", f"runs/student/@consistency:4={results}"]) == {

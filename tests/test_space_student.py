@@ -74,6 +74,27 @@ def test_the_consistency_sampler_runs_the_student_and_the_others_the_pipelines_u
     assert json.loads(zipfile.ZipFile(slow.zip_path).read("settings.json"))["pipeline"] == "tiny"
 
 
+def test_a_student_folder_brings_its_own_plan(tmp_path):
+    """A student's pipeline carries its scheduler (the distillation recipe's student_sigma_min): the page samples
+    the student with that plan, as `mslddm generate --pipeline STUDENT` does, and the pipeline's own afterwards."""
+    from mslddm import EDMScheduler
+
+    student = tiny_pipeline()
+    student.unet = tiny_student()
+    student.scheduler = EDMScheduler.from_config(student.scheduler.config, sampler="consistency", sigma_min=0.8)
+    student.set_progress_bar_config(disable=True)
+    studio = Studio(tiny_pipeline(), "tiny", Limits(max_duration_s=4, max_steps=10), workdir=str(tmp_path),
+                    student=student, student_name="tiny-consistency")
+    teacher_scheduler = studio.pipe.scheduler
+    fast = rendered(run(studio, "consistency", steps=4))
+    assert studio.pipe.scheduler is teacher_scheduler and studio.pipe.unet is not student.unet
+    own_plan = student(audio_length_in_s=1.0, num_inference_steps=4, sampler="consistency", s_churn=0.0,
+                       generator=[torch.Generator().manual_seed(3)], output_type="np").stems[0]
+    teacher_plan = direct(student.unet, "consistency", 4)  # the same UNet on the teacher's plan (sigma_min 0.01)
+    assert np.abs(fast - own_plan).max() < 1e-4 < np.abs(own_plan - teacher_plan).max() / 10
+    studio.close()
+
+
 def test_an_adapter_with_the_student_is_a_sentence(studio):
     with pytest.raises(gr.Error, match="LoRA adapters are made for the pipeline's own UNet, not for the distilled"):
         run(studio, "consistency", lora="band", lora_scale=1.0)
@@ -99,9 +120,9 @@ def test_app_finds_the_student_beside_the_pipeline(tmp_path, capsys):
     student = tiny_pipeline()
     student.unet = tiny_student()
     student.save_pretrained(tmp_path / "mine-consistency")
-    unet, folder = app._student(args, pipe)
+    found, folder = app._student(args, pipe)
     assert folder == str(tmp_path / "mine-consistency")
-    torch.testing.assert_close(dict(unet.state_dict()), dict(student.unet.state_dict()))
+    torch.testing.assert_close(dict(found.unet.state_dict()), dict(student.unet.state_dict()))
     assert app._student(argparse.Namespace(**{**vars(args), "student": "none"}), pipe) == (None, "")
     other = tiny_pipeline(["bass", "drums", "keys"])
     other.save_pretrained(tmp_path / "other")

@@ -188,8 +188,10 @@ def set_up(args) -> Distillation:
     torch.manual_seed(seed)
     student, ema, optimizer, lr_schedule = build_optimization(accelerator, cfg, student_unet(args, teacher, cfg))
     c = teacher.scheduler.config
+    student_sigma_min = cfg.get("student_sigma_min")
     scheduler = EDMScheduler.from_config(c, sampler="consistency", s_churn=None,
-                                         num_inference_steps=int(cfg.get("student_steps", 4)))
+                                         num_inference_steps=int(cfg.get("student_steps", 4)),
+                                         sigma_min=float(student_sigma_min or c.sigma_min))
     sigmas = consistency.distillation_sigmas(int(cfg["num_scales"]), c.sigma_min, c.sigma_max, c.rho)
     t = Distillation(args, recipe, cfg, accelerator, teacher, student, ema, optimizer, lr_schedule, scheduler,
                      sigmas.to(accelerator.device), train_set)

@@ -145,6 +145,7 @@ def distill_section() -> dict:
         "ema_decay": real(0.0, 1.0, high_open=True), "num_scales": integer(2),
         "teacher_solver": choice("heun", "euler"), "distance": choice("pseudo_huber", "l2"), "huber_c": POSITIVE,
         "weighting": choice("uniform", "inverse_step"), "student_steps": integer(1),
+        "student_sigma_min": optional(POSITIVE),
         "conditioning": {"given_probability": PROBABILITY, "total_probability": PROBABILITY,
                          "continuation_probability": PROBABILITY},
     }
