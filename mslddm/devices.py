@@ -55,6 +55,19 @@ def resolve_dtype(name: str | None, device: str, unet_parameters: int):
     return torch.float32
 
 
+def resolve_vae_dtype(name: str | None, device: str, unet_dtype):
+    """The VAE's dtype: the UNet's, except for ``"auto"`` (None) on a CPU with native bfloat16, where the VAE is
+    bfloat16 whatever the UNet's size. Decoding is one pass over every audio sample, and at the bundled pipeline's
+    size it is most of a few-step song's time: bfloat16 decodes a 12-s song in 0.13-0.17 s against 0.21 s (the
+    distilled student's 4 steps: 0.24-0.28 s per song against 0.32 s), at about 42 dB SNR to float32, while its
+    small UNet gains nothing (docs/benchmarks.md, docs/distillation.md)."""
+    import torch
+
+    if name in (None, "", "auto") and str(device) == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return unet_dtype
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes in bfloat16 natively (oneDNN's check: AVX512-BF16 or AMX)."""
     import torch
@@ -138,13 +151,16 @@ def use_free_cores(threads: int | None = None) -> int:
 
 
 def load_pipeline(path, device: str = "auto", dtype: str | None = "auto", compile: str | None = "auto"):
-    """A pipeline from a folder or Hub id on ``device`` in the dtype :func:`resolve_dtype` picks, compiled for
+    """A pipeline from a folder or Hub id on ``device`` in the dtype :func:`resolve_dtype` picks (its VAE in
+    :func:`resolve_vae_dtype`'s; the name returned then says both, e.g. ``"float32 (VAE bfloat16)"``), compiled for
     generation where :func:`resolve_compile` says so; returns ``(pipe, device, dtype_name)``.
 
     The dtype is chosen from the UNet's size read off the weights' headers and passed to ``from_pretrained``: the
     weights load in it, where casting a loaded pipeline with ``.to(dtype)`` makes diffusers warn on every model."""
     from mslddm import MultiSourceLatentPipeline
     from mslddm.hub import resolve_pretrained_path
+
+    from pathlib import Path
 
     device = resolve_device(device)
     if device == "cpu":
@@ -156,10 +172,15 @@ def load_pipeline(path, device: str = "auto", dtype: str | None = "auto", compil
         parameters = sum(p.numel() for p in probe.unet.parameters())
         del probe
     chosen = resolve_dtype(dtype, device, parameters)
-    pipe = MultiSourceLatentPipeline.from_pretrained(folder, dtype=chosen)
+    vae_dtype = resolve_vae_dtype(dtype, device, chosen) if (Path(folder) / "vae").is_dir() else chosen
+    dtypes = chosen if vae_dtype == chosen else {"vae": vae_dtype, "default": chosen}
+    pipe = MultiSourceLatentPipeline.from_pretrained(folder, dtype=dtypes)
     pipe._name_or_path = str(path)
     if device != "cpu":
         pipe = pipe.to(device)
     if resolve_compile(compile, parameters):  # the UNet only when asked for, on a GPU (not measured yet)
         pipe.enable_compile(unet=compile == "on" and device.startswith("cuda"))
-    return pipe, device, str(chosen).replace("torch.", "")
+    name = str(chosen).replace("torch.", "")
+    if vae_dtype != chosen:
+        name += f" (VAE {str(vae_dtype).replace('torch.', '')})"
+    return pipe, device, name

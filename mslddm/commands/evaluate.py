@@ -115,9 +115,10 @@ def add_protocol_arguments(parser):
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
     parser.add_argument(
         "--dtype",
-        choices=("float32", "float16", "bfloat16"),
+        choices=("float32", "float16", "bfloat16", "auto"),
         default="float32",
-        help="model weights' precision (sampling math stays float32)",
+        help="model weights' precision (sampling math stays float32); auto: as `mslddm generate` loads the pipeline "
+             "by default (mslddm.devices.load_pipeline), to score what users get",
     )
 
 
@@ -256,7 +257,12 @@ def evaluate_one(args, pipeline: str, out, reuse: bool = False) -> dict:
     def load_pipeline():
         from mslddm import MultiSourceLatentPipeline
 
-        pipe = MultiSourceLatentPipeline.from_pretrained(pipeline, dtype=getattr(torch, args.dtype)).to(device)
+        if args.dtype == "auto":
+            from mslddm.devices import load_pipeline as load_as_generate_does
+
+            pipe = load_as_generate_does(pipeline, device, "auto", "off")[0]
+        else:
+            pipe = MultiSourceLatentPipeline.from_pretrained(pipeline, dtype=getattr(torch, args.dtype)).to(device)
         if lora:
             pipe.load_lora_weights(lora, scale=scale)
         return pipe
