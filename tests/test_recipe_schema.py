@@ -67,3 +67,16 @@ def test_max_steps_below_one_is_refused(steps):
     with pytest.raises(RecipeError, match=f"--max_steps must be at least 1, got {steps}"):
         load_run_recipe(args, "msldm")
     assert Path(RECIPE_DIR).is_dir()
+
+
+def test_the_sigma80_recipe_is_the_ablation_row_it_names():
+    """small-cpu-sigma80 (the accumulating run of issue 24) is train/run_ablations.sh's row `sigma-80`: the
+    frame-rate recipe with these four overrides, so runs of either continue each other."""
+    import re
+
+    script = (Path(__file__).resolve().parents[1] / "train" / "run_ablations.sh").read_text()
+    row = re.search(r'\[sigma-80\]="small-cpu-fullrate ([^"]*)"', script).group(1)
+    overrides = re.findall(r"--set (\S+)", row)
+    assert len(overrides) == 4
+    named, row_recipe = load_recipe("small-cpu-sigma80"), load_recipe("small-cpu-fullrate", overrides)
+    assert named["msldm"] == row_recipe["msldm"] and named["msldm"]["scheduler"]["sigma_max"] == 80
