@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def resolve_device(name: str | None = "auto") -> str:
     """``"auto"`` (or None): CUDA when there is a GPU, else Apple's MPS when available, else the CPU; any other
@@ -82,7 +84,6 @@ def saved_unet_parameters(folder) -> int | None:
     """The UNet's parameter count read from the headers of ``folder/unet/*.safetensors`` (no weights loaded);
     None when the folder has no safetensors UNet."""
     import math
-    from pathlib import Path
 
     from safetensors import safe_open
 
@@ -159,8 +160,6 @@ def load_pipeline(path, device: str = "auto", dtype: str | None = "auto", compil
     weights load in it, where casting a loaded pipeline with ``.to(dtype)`` makes diffusers warn on every model."""
     from mslddm import MultiSourceLatentPipeline
     from mslddm.hub import resolve_pretrained_path
-
-    from pathlib import Path
 
     device = resolve_device(device)
     if device == "cpu":
