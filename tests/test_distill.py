@@ -225,13 +225,17 @@ def test_a_conditioned_teacher_and_its_student_read_the_same_given_stems():
     ("no teacher", "is not a pipeline folder (it has no model_index.json)"),
     ("other vae", "were encoded by another VAE than the teacher's"),
     ("other stems", "but the teacher generates ['bass', 'drums', 'guitar', 'piano']"),
+    ("plan past sigma_max", "distill.student_sigma_min (5) must be below the teacher's sigma_max (3)"),
 ])
 def test_a_bad_teacher_or_mismatched_latents_is_one_sentence(case, sentence, tmp_path, teacher_and_latents, capsys):
     from mslddm.training.runner import run_main
 
     teacher, latents = teacher_and_latents
+    extra = []
     if case == "no teacher":
         teacher = tmp_path / "missing"
+    elif case == "plan past sigma_max":
+        extra = ["--set", "distill.student_sigma_min=5"]
     else:
         shutil.copytree(latents, tmp_path / "latents")
         latents = tmp_path / "latents"
@@ -242,7 +246,7 @@ def test_a_bad_teacher_or_mismatched_latents_is_one_sentence(case, sentence, tmp
             header["stems"] = ["drums", "bass", "guitar", "piano"]
         (latents / "latents.json").write_text(json.dumps(header))
     argv = ["--config", "distill-tiny", "--output_dir", str(tmp_path / "run"), "--teacher", str(teacher),
-            "--latents", str(latents)]
+            "--latents", str(latents), *extra]
     with pytest.raises(SystemExit) as stopped:
         run_main(distill_script().main, argv)
     assert stopped.value.code == 1

@@ -181,6 +181,10 @@ def set_up(args) -> Distillation:
     cfg["latents"] = args.latents or cfg.get("latents")
     teacher = load_teacher(args.teacher)  # both checked before the run folder is taken
     header = check_latents(cfg["latents"], teacher, args.teacher)
+    student_sigma_min, sigma_max = cfg.get("student_sigma_min"), float(teacher.scheduler.config.sigma_max)
+    if student_sigma_min is not None and not student_sigma_min < sigma_max:
+        raise ValueError(f"distill.student_sigma_min ({student_sigma_min:g}) must be below the teacher's sigma_max "
+                         f"({sigma_max:g}): the student's plan runs from sigma_max down to it.")
     accelerator = make_accelerator(args, cfg)
     teacher.to(accelerator.device)
     seed, segment = int(recipe.get("seed", 0)), int(cfg["segment_frames"])
@@ -188,7 +192,6 @@ def set_up(args) -> Distillation:
     torch.manual_seed(seed)
     student, ema, optimizer, lr_schedule = build_optimization(accelerator, cfg, student_unet(args, teacher, cfg))
     c = teacher.scheduler.config
-    student_sigma_min = cfg.get("student_sigma_min")
     scheduler = EDMScheduler.from_config(c, sampler="consistency", s_churn=None,
                                          num_inference_steps=int(cfg.get("student_steps", 4)),
                                          sigma_min=float(student_sigma_min or c.sigma_min))
