@@ -14,6 +14,7 @@ _EXPORTS = {
     "SpectralSourceVAE": "mslddm.models.autoencoder_spectral",
     "MultiSourceUNet1DModel": "mslddm.models.unet_1d_multisource",
     "IndependentSourceUNet1DModel": "mslddm.models.unet_1d_independent",
+    "MultiSourceTransformer1DModel": "mslddm.models.transformer_1d_multisource",
     "EDMScheduler": "mslddm.schedulers.scheduling_edm",
     "MultiSourcePipelineBase": "mslddm.pipelines.pipeline_base",
     "MultiSourceLatentPipeline": "mslddm.pipelines.pipeline_multisource_latent",

@@ -22,6 +22,7 @@ COMMANDS = {
     "separate": "mslddm.commands.separate",
     "finetune": "mslddm.commands.finetune",
     "export": "mslddm.commands.export",
+    "calibrate-levels": "mslddm.commands.calibrate_levels",
     "convert-original": "mslddm.commands.convert_original",
     "convert-msdm": "mslddm.commands.convert_msdm",
 }

@@ -67,15 +67,23 @@ def stem_levels(clips: Sequence[np.ndarray], stem_names: Sequence[str], sample_r
     return {name: round(float(np.median(values)), 2) for name, values in levels.items()}
 
 
-def check_stem_levels(stem_levels_dbfs: Mapping[str, float], stem_names: Sequence[str]) -> dict[str, float]:
-    """Validates a pipeline's recorded levels: one finite number per stem name."""
+def check_stem_levels(stem_levels_dbfs: Mapping[str, float], stem_names: Sequence[str],
+                      key: str = "stem_levels_dbfs", limit: float = float("inf"), unit: str = "dBFS"
+                      ) -> dict[str, float]:
+    """Validates a pipeline's recorded levels (or gains, ``key``): one finite number per stem name, within
+    ``+-limit``."""
     unknown = sorted(set(stem_levels_dbfs) - set(stem_names))
     if unknown:
-        raise ValueError(f"stem_levels_dbfs names unknown stem(s) {unknown}; the stems are {list(stem_names)}.")
-    bad = {k: v for k, v in stem_levels_dbfs.items() if not isinstance(v, (int, float)) or not np.isfinite(v)}
+        raise ValueError(f"{key} names unknown stem(s) {unknown}; the stems are {list(stem_names)}.")
+    bad = {k: v for k, v in stem_levels_dbfs.items()
+           if not isinstance(v, (int, float)) or not np.isfinite(v) or abs(v) > limit}
     if bad:
-        raise ValueError(f"stem_levels_dbfs must hold finite dBFS numbers, got {bad}.")
+        within = "" if limit == float("inf") else f" within +-{limit:g}"
+        raise ValueError(f"{key} must hold finite {unit} numbers{within}, got {bad}.")
     return {k: float(v) for k, v in stem_levels_dbfs.items()}
+
+
+OUTPUT_GAIN_LIMIT_DB = 24.0  # a calibration beyond this is a broken model, not a quiet one
 
 
 STREAMING_LUFS = -14.0  # the loudness streaming services play music at: what "normalise mix" aims for

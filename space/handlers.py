@@ -121,6 +121,8 @@ class Studio:
         # (its sigma_min); a bare UNet is sampled with the pipeline's scheduler.
         self.student = getattr(student, "unet", student)
         self.student_scheduler = getattr(student, "scheduler", None)
+        # the student's own calibrated output gains (a pipeline's; None: none), not the teacher's
+        self.student_gains = getattr(student, "stem_output_gains_db", None)
         self.student_name = student_name
         self.loras = dict(loras or {})  # the LoRA adapters a visitor may pick, by name (mslddm.pipelines.lora)
         self._lora_names = {name: f"page_{i}" for i, name in enumerate(self.loras)}  # peft's names for them
@@ -446,14 +448,19 @@ class Studio:
             return
         with self._lora_lock if not self.loras else contextlib.nullcontext():  # _adapter holds it with adapters
             own, own_scheduler = self.pipe.unet, self.pipe.scheduler
+            own_gains = self.pipe.config.get("stem_output_gains_db")
             if wanted:
                 self.pipe.unet = self.student
                 if self.student_scheduler is not None:  # (a scheduler has a length: no `or` here)
                     self.pipe.scheduler = self.student_scheduler
+                if own_gains or self.student_gains:  # the student's level calibration, or none
+                    self.pipe.register_to_config(stem_output_gains_db=self.student_gains)
             try:
                 yield
             finally:
                 self.pipe.unet, self.pipe.scheduler = own, own_scheduler
+                if own_gains or self.student_gains:
+                    self.pipe.register_to_config(stem_output_gains_db=own_gains)
 
     def _check_lora(self, lora: str | None, scale: float | None) -> tuple | None:
         """``(name, strength)`` of a picked adapter, None for the base; an unknown name or a strength off the

@@ -95,6 +95,31 @@ def test_a_student_folder_brings_its_own_plan(tmp_path):
     studio.close()
 
 
+def test_each_model_brings_its_own_level_calibration(tmp_path):
+    """The teacher's stem_output_gains_db are the teacher's: the student is sampled with its own (here none), and
+    the teacher's come back for the next sampler (calibrate-levels measures each pipeline with its sampler)."""
+    from mslddm import EDMScheduler, MultiSourceLatentPipeline
+
+    base = tiny_pipeline()
+    teacher = MultiSourceLatentPipeline(vae=base.vae, unet=base.unet, scheduler=base.scheduler, stem_names=STEMS,
+                                        stem_output_gains_db={"bass": 12.0, "piano": -6.0})
+    student = tiny_pipeline()
+    student.unet = tiny_student()
+    student.scheduler = EDMScheduler.from_config(student.scheduler.config, sampler="consistency", sigma_min=0.8)
+    studio = Studio(teacher, "tiny", Limits(max_duration_s=4, max_steps=10), workdir=str(tmp_path), student=student,
+                    student_name="tiny-consistency")
+    fast = rendered(run(studio, "consistency", steps=4))
+    own = student(audio_length_in_s=1.0, num_inference_steps=4, sampler="consistency", s_churn=0.0,
+                  generator=[torch.Generator().manual_seed(3)], output_type="np").stems[0]
+    assert np.abs(fast - own).max() < 1e-4
+    assert teacher.stem_output_gains_db == {"bass": 12.0, "piano": -6.0}  # back after the student's turn
+    slow = rendered(run(studio, "dpmpp_2m"))
+    plain = direct(tiny_unet(), "dpmpp_2m")
+    bass = STEMS.index("bass")
+    assert np.abs(slow[bass] - plain[bass] * 10 ** (12 / 20)).max() < 1e-3
+    studio.close()
+
+
 def test_an_adapter_with_the_student_is_a_sentence(studio):
     with pytest.raises(gr.Error, match="LoRA adapters are made for the pipeline's own UNet, not for the distilled"):
         run(studio, "consistency", lora="band", lora_scale=1.0)

@@ -226,3 +226,16 @@ def test_training_steps_overfit_one_batch():
         optimizer.step()
         history.append(loss.item())
     assert history[-1] < history[0] / 5, history
+
+
+def test_sigma_band_weight_multiplies_only_inside_the_band():
+    sigma = torch.tensor([0.1, 0.5, 1.7, 3.0, 20.0])
+    assert torch.equal(losses.sigma_band_weight(sigma, 0.5, 3.0, 4.0), torch.tensor([1.0, 4.0, 4.0, 4.0, 1.0]))
+    for low, high, weight in ((3.0, 0.5, 4.0), (-1.0, 3.0, 4.0), (0.5, 3.0, 0.0)):
+        with pytest.raises(ValueError, match="sigma_band_weight needs"):
+            losses.sigma_band_weight(sigma, low, high, weight)
+    recipe = load_recipe("small-cpu", ["msldm.sigma_band_weight={low: 0.5, high: 3.0, weight: 4.0}",
+                                       "msldm.posthoc_ema={sigma_rels: [0.05, 0.1], snapshot_steps: 500}"])
+    assert recipe["msldm"]["sigma_band_weight"]["weight"] == 4.0
+    with pytest.raises(ValueError, match="sigma_rels"):
+        load_recipe("small-cpu", ["msldm.posthoc_ema={sigma_rels: [0.5], snapshot_steps: 500}"])

@@ -111,10 +111,15 @@ def test_vae_resume_is_exact(vae_runs):
         assert torch.equal(sa["exp_avg"], sb["exp_avg"])
 
 
+# post-hoc EMA snapshots every 2 steps and the loss's sigma band ride along in the shared runs (no extra launches)
+POSTHOC_SET = ["msldm.posthoc_ema={sigma_rels: [0.1, 0.2], snapshot_steps: 2}",
+               "msldm.sigma_band_weight={low: 0.5, high: 3.0, weight: 4.0}"]
+
+
 @pytest.fixture(scope="module")
 def msldm_runs(tmp_path_factory, data, vae_runs):
     base = tmp_path_factory.mktemp("msldm")
-    sets = UNET_SET + [f"msldm.vae={vae_runs[0] / 'straight' / 'vae'}"]
+    sets = UNET_SET + POSTHOC_SET + [f"msldm.vae={vae_runs[0] / 'straight' / 'vae'}"]
     launch("train_msldm.py", base / "straight", data, ["--max_steps", "4"], sets)
     launch("train_msldm.py", base / "split", data, ["--max_steps", "2"], sets)
     launch("train_msldm.py", base / "split", data, ["--max_steps", "4", "--resume_from_checkpoint", "latest"], sets)
@@ -427,3 +432,86 @@ def test_msdm_trains_on_waveforms_resumes_exports_generates_and_separates(tmp_pa
     bad = launch("train_msldm.py", tmp_path / "bad", data, ["--max_steps", "1"], sets + ["msldm.vae=some/vae"],
                  check=False)
     assert bad.returncode == 1 and "takes no msldm.vae" in bad.stderr
+
+
+
+def test_posthoc_snapshots_are_written_and_resume_exactly(msldm_runs):
+    from mslddm.training.posthoc_ema import list_snapshots
+
+    straight, split = (list_snapshots(msldm_runs / name / "posthoc_ema") for name in ("straight", "split"))
+    assert [(step, rel) for step, rel, _ in straight] == [(2, 0.1), (2, 0.2), (4, 0.1), (4, 0.2)]
+    for (_, _, a), (_, _, b) in zip(straight, split):
+        _same_tensors(a, b)
+
+
+def test_export_builds_the_posthoc_average_and_it_generates(msldm_runs, tmp_path):
+    from mslddm import MultiSourceLatentPipeline
+    from mslddm.cli import main
+    from mslddm.training.posthoc_ema import reconstruct
+
+    run = msldm_runs / "straight"
+    out = tmp_path / "posthoc"
+    assert main(["export", str(run / "checkpoint-4"), "--out", str(out), "--posthoc-ema", "0.15"]) == 0
+    exported = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    expected, report = reconstruct(run / "posthoc_ema", 0.15, step=4)
+    assert len(report["snapshots"]) == 4
+    for name, tensor in expected.items():
+        torch.testing.assert_close(exported[name], tensor, rtol=1e-5, atol=1e-6)
+    ema = load_file(run / "checkpoint-4" / "unet_ema" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.allclose(exported[k], ema[k]) for k in expected)
+    assert "post-hoc EMA (EDM2) of the UNet weights, sigma_rel 0.15 at step 4" in (out / "README.md").read_text()
+    pipe = MultiSourceLatentPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    audio = pipe(audio_length_in_s=0.5, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).stems
+    assert np.isfinite(audio).all() and np.abs(audio).max() > 0
+
+
+def test_posthoc_export_refusals_name_the_problem(msldm_runs, tmp_path):
+    import shutil
+
+    from mslddm.cli import main
+
+    bare = tmp_path / "run"  # a run trained without snapshots: its checkpoint alone
+    shutil.copytree(msldm_runs / "straight" / "checkpoint-4", bare / "checkpoint-4")
+    with pytest.raises(SystemExit, match="holds no post-hoc EMA snapshots"):
+        main(["export", str(bare / "checkpoint-4"), "--out", str(tmp_path / "a"), "--posthoc-ema", "0.1"])
+    with pytest.raises(SystemExit, match="sigma_rel must lie in"):
+        main(["export", str(msldm_runs / "straight" / "checkpoint-4"), "--out", str(tmp_path / "b"),
+              "--posthoc-ema", "0.5"])
+    shutil.copytree(msldm_runs / "straight" / "posthoc_ema", bare / "posthoc_ema")
+    for late in bare.joinpath("posthoc_ema").glob("step-00000004-*"):
+        late.unlink()  # snapshots that end before the checkpoint
+    with pytest.raises(SystemExit, match="snapshots end before checkpoint-4"):
+        main(["export", str(bare / "checkpoint-4"), "--out", str(tmp_path / "c"), "--posthoc-ema", "0.1"])
+    assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_a_bad_sigma_band_is_named_before_the_data_is_read(tmp_path, data, vae_runs):
+    sets = UNET_SET + [f"msldm.vae={vae_runs[0] / 'straight' / 'vae'}",
+                       "msldm.sigma_band_weight={low: 3.0, high: 0.5, weight: 4.0}"]
+    result = launch("train_msldm.py", tmp_path / "bad", data, ["--max_steps", "2"], sets, check=False)
+    assert result.returncode != 0 and "sigma_band_weight needs 0 <= low < high" in result.stderr
+    assert "tracks in" not in result.stderr
+
+
+def test_msldm_trains_the_transformer_from_a_recipe_and_exports_it(tmp_path, data, vae_runs):
+    """msldm.unet_class: MultiSourceTransformer1DModel trains through the same script, checkpoints with its EMA,
+    and the exported pipeline loads and generates with the transformer."""
+    sets = [s for s in UNET_SET if not s.startswith("msldm.model=")] + [
+        "msldm.unet_class=MultiSourceTransformer1DModel",
+        "msldm.model={patch_frames: 2, width: 16, depth: 2, heads: 2}",
+        f"msldm.vae={vae_runs[0] / 'straight' / 'vae'}"]
+    launch("train_msldm.py", tmp_path / "tf", data, ["--max_steps", "2"], sets)
+    from mslddm import MultiSourceLatentPipeline
+
+    pipe = MultiSourceLatentPipeline.from_pretrained(tmp_path / "tf" / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    assert type(pipe.unet).__name__ == "MultiSourceTransformer1DModel"
+    assert pipe.unet.config.window_frames == max(16, math.ceil(0.5 * SR / pipe.vae.hop_length / 2) * 2)  # 36
+    ema = load_file(tmp_path / "tf" / "checkpoint-2" / "unet_ema" / "diffusion_pytorch_model.safetensors")
+    assert "blocks.0.to_qkv.weight" in ema
+    out = pipe(num_inference_steps=2, audio_length_in_s=0.5, generator=torch.Generator().manual_seed(0))
+    assert np.isfinite(out.stems).all()
+    bad = launch("train_msldm.py", tmp_path / "bad", data, ["--max_steps", "1"],
+                 sets[:-2] + ["msldm.unet_class=Transformer", sets[-1]], check=False)
+    assert bad.returncode != 0 and "msldm.unet_class" in bad.stderr

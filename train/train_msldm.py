@@ -34,7 +34,7 @@ from mslddm.data.datasets import (LatentSegmentDataset, MultiSourceSegmentDatase
                                    validation_segments)
 from mslddm.data.latents import load_vae
 from mslddm.kinds import DEFAULT_KIND, KINDS, MIXTURE_LATENTS, ModelKind, get_kind, kind_names
-from mslddm.models import load_unet_folder
+from mslddm.models import load_unet_folder, unet_class
 from mslddm.models.unet_1d_multisource import stem_conditioning, stem_conditioning_channels
 from mslddm.factory import unet_arguments
 from mslddm.pipelines.pipeline_multisource_diffusion import WaveformCodec
@@ -44,6 +44,7 @@ from mslddm.training import losses
 from mslddm.training.recipes import load_recipe
 from mslddm.hub import public_name
 from mslddm.training.checkpointing import STATE_FILE
+from mslddm.training.posthoc_ema import SNAPSHOT_FOLDER, PowerEMA
 from mslddm.training.runner import (clip_grad, common_arguments, export_run, load_run_recipe, log_audio, logger,
                                     lr_multiplier, make_accelerator, resume_step, stop_if_not_finite, tensorboard,
                                     TimeBudget, check_storage, run_main, validate_and_checkpoint, write_data_report)
@@ -270,10 +271,21 @@ def diffusion_sources(cfg: dict, kind: ModelKind, stem_names: list[str]) -> tupl
     return ["mix"], list(mixture_of or DEFAULT_STEMS)
 
 
-def initial_unet(args, kind: ModelKind, in_channels: int, num_stems: int, latent_channels: int):
+def denoiser_class(cfg: dict, kind: ModelKind):
+    """The network the recipe trains: the kind's UNet, or the joint model's other shape that ``msldm.unet_class``
+    names (``MultiSourceTransformer1DModel``)."""
+    name = cfg.get("unet_class")
+    if not name:
+        return kind.unet_class()
+    if kind.name != "msldm":
+        raise ValueError(f"msldm.unet_class chooses the network of model msldm, not of {kind.name}.")
+    return unet_class(name)
+
+
+def initial_unet(args, cfg: dict, kind: ModelKind, in_channels: int, num_stems: int, latent_channels: int):
     """The ``--init_from`` pipeline's UNet (fresh optimizer and EMA: later sessions build on bundled weights),
     checked against what the recipe trains."""
-    unet_cls = kind.unet_class()
+    unet_cls = denoiser_class(cfg, kind)
     unet = load_unet_folder(args.init_from, subfolder="unet")
     if not isinstance(unet, unet_cls):
         raise ValueError(f"--init_from {args.init_from}: its UNet is a {type(unet).__name__}, but the recipe "
@@ -287,9 +299,9 @@ def initial_unet(args, kind: ModelKind, in_channels: int, num_stems: int, latent
 
 def new_unet(recipe: dict, cfg: dict, kind: ModelKind, in_channels: int, num_stems: int, vae):
     """A fresh UNet of the recipe's preset (with the recipe's ``msldm.model`` laid over it)."""
-    unet_cls = kind.unet_class()
-    unet_kwargs = {**unet_arguments(recipe["preset"], in_channels, kind.preset_key), **cfg.get("model", {}),
-                   "in_channels": in_channels}
+    unet_cls = denoiser_class(cfg, kind)
+    preset = unet_arguments(recipe["preset"], in_channels, kind.preset_key) if unet_cls is kind.unet_class() else {}
+    unet_kwargs = {**preset, **cfg.get("model", {}), "in_channels": in_channels}
     if kind.independent_sources:
         unet_kwargs["num_sources"] = num_stems
     if "window_frames" not in unet_kwargs:
@@ -309,7 +321,7 @@ def build_unet(args, recipe: dict, cfg: dict, kind: ModelKind, num_stems: int, v
     """The UNet to train: initial or new, with the conditioning input when the recipe trains partial generation."""
     in_channels = num_stems * vae.config.latent_channels
     if args.init_from:
-        unet = initial_unet(args, kind, in_channels, num_stems, vae.config.latent_channels)
+        unet = initial_unet(args, cfg, kind, in_channels, num_stems, vae.config.latent_channels)
         if (cfg.get("model") or {}).get("full_rate_channels"):
             unet = with_full_rate_path(unet, int(cfg["model"]["full_rate_channels"]))
             logger.info("Added a frame-rate path of %d channels to the pipeline's UNet", unet.config.full_rate_channels)
@@ -389,6 +401,19 @@ def build_optimization(accelerator, cfg: dict, unet):
     return unet, ema, optimizer, lr_schedule
 
 
+def posthoc_averages(t) -> PowerEMA | None:
+    """The recipe's post-hoc EMA averages (``msldm.posthoc_ema``), checkpointed with the run; None when unset."""
+    settings = t.cfg.get("posthoc_ema")
+    if not settings:
+        return None
+    if t.lora:
+        raise ValueError("msldm.posthoc_ema averages a full fine-tune's weights; a LoRA run trains an adapter: "
+                         "leave posthoc_ema unset.")
+    averages = PowerEMA(t.accelerator.unwrap_model(t.unet).named_parameters(), settings["sigma_rels"])
+    t.accelerator.register_for_checkpointing(averages)
+    return averages
+
+
 def validation_latents(accelerator, cfg: dict, kind: ModelKind, val_set, vae, length_multiple: int):
     """``(latents, report)``: the fixed validation segments as the UNet's input, and which segments were used."""
     val_frames = val_set.segment if cfg.get("latents") else val_set.segment // vae.hop_length
@@ -433,6 +458,7 @@ class Training:
     vae_state: dict = field(default_factory=dict)  # what the VAE's own training recorded
     val_latents: torch.Tensor | None = None
     writer: Any = None
+    posthoc: Any = None  # PowerEMA when the recipe asks for post-hoc EMA snapshots
     start_step: int = 0
     resumed: dict = field(default_factory=dict)  # the state of the checkpoint resumed from
     loader: Any = None
@@ -448,7 +474,8 @@ class Training:
 
     def ema_unet(self):
         """A UNet holding the EMA weights (a clean config: EMAModel.save_pretrained adds its own keys)."""
-        model = self.kind.unet_class().from_config(self.accelerator.unwrap_model(self.unet).config)
+        trained = self.accelerator.unwrap_model(self.unet)
+        model = type(trained).from_config(trained.config)
         self.ema.copy_to(model.parameters())
         return model.to(self.accelerator.device)
 
@@ -495,6 +522,9 @@ def set_up(args) -> Training:
     logger.info("%d process(es) (%s), batch %d per process", accelerator.num_processes,
                 accelerator.distributed_type, int(cfg["batch_size"]))
     check_vae_setting(args, cfg, kind)
+    if cfg.get("sigma_band_weight"):  # named before the data is read, not at the first step
+        band = cfg["sigma_band_weight"]
+        losses.sigma_band_weight(torch.ones(1), band["low"], band["high"], band["weight"])
     vae = frozen_vae(recipe, cfg, kind, accelerator.device)
     train_set, stem_names, data_info = training_data(recipe, cfg, vae, "train", True, seed)
     val_set, val_stems, val_info = training_data(recipe, cfg, vae, recipe["data"].get("validation_split", "validation"),
@@ -508,6 +538,7 @@ def set_up(args) -> Training:
     unet, ema, optimizer, lr_schedule = build_optimization(accelerator, cfg, unet)
     training = Training(args, recipe, cfg, kind, accelerator, vae, unet, ema, optimizer, lr_schedule, scheduler,
                         train_set, stem_names, mixture_of)
+    training.posthoc = posthoc_averages(training)  # registered before the resume loads the checkpoint
     training.val_latents = prepare_run(training, val_set, data_info, val_info)
     return training
 
@@ -557,7 +588,11 @@ def training_step(t: Training, batch: torch.Tensor, step: int) -> tuple[torch.Te
     with accelerator.autocast():
         denoised = losses.edm_denoise(t.unet, x0 + sigma[:, None, None] * noise, sigma, sigma_data,
                                       clip=config.clip_denoised, conditioning=cond)
-        loss = losses.edm_training_loss(denoised, x0, sigma, sigma_data, weight=weight)
+        loss = losses.edm_training_loss(denoised, x0, sigma, sigma_data, weight=weight, reduce=False)
+        band = t.cfg.get("sigma_band_weight")
+        if band:
+            loss = loss * losses.sigma_band_weight(sigma, band["low"], band["high"], band["weight"]).to(loss)
+        loss = loss.mean()
     t.optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)
     grad_norm = clip_grad(accelerator, t.unet.parameters(), t.cfg.get("grad_clip"))
@@ -591,6 +626,10 @@ def train_loop(t: Training) -> None:
         loss, grad_norm = training_step(t, batch, step)
         step += 1
         last = step == max_steps or budget.expired()
+        if t.posthoc is not None:
+            t.posthoc.step(step)
+            if (step % int(cfg["posthoc_ema"]["snapshot_steps"]) == 0 or last) and accelerator.is_main_process:
+                t.posthoc.save_snapshots(Path(t.args.output_dir) / SNAPSHOT_FOLDER, step)
         if step % int(cfg.get("log_every", 10)) == 0 or last:
             logs = {"train/loss": accelerator.gather(loss.detach()[None]).mean().item(), "train/grad_norm": grad_norm,
                     "train/lr": t.lr_schedule.get_last_lr()[0]}

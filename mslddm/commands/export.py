@@ -14,6 +14,9 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, help="pipeline folder to write")
     parser.add_argument("--ema", action="store_true", default=True, help="export the EMA UNet weights")
     parser.add_argument("--no-ema", dest="ema", action="store_false", help="export the raw UNet weights")
+    parser.add_argument("--posthoc-ema", type=float, default=None, metavar="SIGMA_REL",
+                        help="export the post-hoc EMA of this relative length (e.g. 0.05-0.15), built from the run's "
+                             "snapshots up to the checkpoint's step (a run trained with msldm.posthoc_ema)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                         help="weight dtype of the export (default: as trained)")
     parser.add_argument("--description", default=None,
@@ -94,7 +97,7 @@ def _export(checkpoint, args) -> None:
                            description=args.description)
             return
         export_pipeline(checkpoint, args.out, ema=args.ema, dtype=args.dtype, push_to_hub=args.push_to_hub,
-                        description=args.description)
+                        description=args.description, posthoc_ema=args.posthoc_ema)
     except ValueError as error:
         raise SystemExit(str(error)) from error
     except Exception as error:  # a full or read-only disk, in whichever shape the writer raises it

@@ -17,6 +17,7 @@ VAE_CLASSES = {
 UNET_CLASSES = {
     "MultiSourceUNet1DModel": "mslddm.models.unet_1d_multisource",
     "IndependentSourceUNet1DModel": "mslddm.models.unet_1d_independent",
+    "MultiSourceTransformer1DModel": "mslddm.models.transformer_1d_multisource",
 }
 
 

@@ -96,6 +96,17 @@ def given_audio(names: Sequence[str], given: Mapping[str, np.ndarray], gains: Ma
     return audio
 
 
+def apply_output_gains(audio: torch.Tensor, names: Sequence[str], generate: Sequence[str],
+                       gains_db: Mapping[str, float]) -> Dict[str, float]:
+    """Multiplies each generated stem by its calibrated gain, in place; returns the gains applied (dB)."""
+    applied = {}
+    for i, name in enumerate(names):
+        if name in generate and gains_db.get(name):
+            audio[:, i] *= 10.0 ** (gains_db[name] / 20.0)
+            applied[name] = float(gains_db[name])
+    return applied
+
+
 def restore_upload_level(audio: torch.Tensor, names: Sequence[str], generate: Sequence[str],
                          gains: Mapping[str, np.ndarray]) -> Dict[str, object]:
     """Gives the generated stems back at the upload's level, in place: a continued stem by the inverse of its own

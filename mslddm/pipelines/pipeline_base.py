@@ -152,6 +152,12 @@ class MultiSourcePipelineBase(DiffusionPipeline, MultiSourceLoraLoaderMixin):
         return int(self.config.sample_rate)
 
     @property
+    def stem_output_gains_db(self) -> Optional[Dict[str, float]]:
+        """The calibrated gain of each generated stem in dB (``None`` when the pipeline records none)."""
+        gains = self.config.get("stem_output_gains_db")
+        return dict(gains) if gains else None
+
+    @property
     def stem_levels_dbfs(self) -> Optional[Dict[str, float]]:
         """The stems' training levels in dBFS (``None`` when the pipeline does not record them)."""
         levels = self.config.get("stem_levels_dbfs")
@@ -235,6 +241,7 @@ class MultiSourcePipelineBase(DiffusionPipeline, MultiSourceLoraLoaderMixin):
                 names = " or ".join(sorted(f"{m}.{c}" for m, c in allowed))
                 raise PipelineLoadError(f"model_index.json of {str(folder)!r} puts {entry!r} in the {slot!r} slot; "
                                         f"this pipeline needs {names} there.")
+            importlib.import_module(entry[0])  # one of mslddm's own: diffusers loads only imported modules
 
     def _check_loaded_weights(self, name_or_path) -> None:
         for name, module in self.modules_with_weights.items():
@@ -691,6 +698,9 @@ class MultiSourcePipelineBase(DiffusionPipeline, MultiSourceLoraLoaderMixin):
         audio = self.decode_latents(latents)[..., :length]
         if audio.shape[-1] < length:
             audio = torch.nn.functional.pad(audio, (0, length - audio.shape[-1]))
+        if self.stem_output_gains_db:  # the calibrated level, before the band follows the upload's
+            sampling["output_gain_db"] = known_part.apply_output_gains(audio, self.stem_names, generate,
+                                                                       self.stem_output_gains_db)
         if gains:
             sampling["levels"] = known_part.restore_upload_level(audio, self.stem_names, generate, gains)
         known_part.restore_given(audio, self.stem_names, given, given_length, generate)

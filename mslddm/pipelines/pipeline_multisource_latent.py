@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, Mapping, Optional, Sequence, Union
 
-from ..loudness import check_stem_levels
+from ..loudness import OUTPUT_GAIN_LIMIT_DB, check_stem_levels
 from ..models.autoencoder_source import SourceVAE
 from ..models.autoencoder_spectral import SpectralSourceVAE
 from ..models.unet_1d_independent import IndependentSourceUNet1DModel
@@ -35,10 +35,14 @@ class MultiSourceLatentPipeline(MultiSourcePipelineBase):
         stem_levels_dbfs: the level (gated RMS, :mod:`mslddm.loudness`) each stem has in the training data; when
             recorded, given stems are set to it before encoding and the generated band is given back at the
             level of the upload (``match_levels``). Folders saved without it generate as before.
+        stem_output_gains_db: a gain in dB per stem applied to every generated stem after decoding, measured by
+            ``mslddm calibrate-levels`` (the model's generated stems against its training levels, with its default
+            sampler): what the sampled latents lose in level comes back. Absent: no gain.
     """
 
     model_cpu_offload_seq = "vae->unet->vae"
-    model_kinds = {"MultiSourceUNet1DModel": "msldm", "IndependentSourceUNet1DModel": "isldm"}
+    model_kinds = {"MultiSourceUNet1DModel": "msldm", "IndependentSourceUNet1DModel": "isldm",
+                   "MultiSourceTransformer1DModel": "msldm"}
 
     def __init__(
         self,
@@ -48,6 +52,7 @@ class MultiSourceLatentPipeline(MultiSourcePipelineBase):
         stem_names: Optional[Sequence[str]] = None,
         sample_rate: Optional[int] = None,
         stem_levels_dbfs: Optional[Mapping[str, float]] = None,
+        stem_output_gains_db: Optional[Mapping[str, float]] = None,
     ):
         super().__init__()
         stem_names = list(stem_names or DEFAULT_STEMS)
@@ -55,6 +60,9 @@ class MultiSourceLatentPipeline(MultiSourcePipelineBase):
                                scheduler=scheduler)
         if stem_levels_dbfs is not None:  # only when recorded: folders saved without it keep their model_index.json
             self.register_to_config(stem_levels_dbfs=check_stem_levels(stem_levels_dbfs, stem_names))
+        if stem_output_gains_db is not None:
+            self.register_to_config(stem_output_gains_db=check_stem_levels(
+                stem_output_gains_db, stem_names, "stem_output_gains_db", OUTPUT_GAIN_LIMIT_DB, "dB"))
 
     @classmethod
     def component_classes(cls) -> Dict[str, set]:

@@ -270,10 +270,39 @@ def export_adapter(checkpoint, out, dtype: str | None = "float16", push_to_hub: 
     return Path(out)
 
 
+def _posthoc_unet(checkpoint: Path, state: dict, sigma_rel: float, dtype):
+    """The checkpoint's UNet with the post-hoc EMA of ``sigma_rel`` (the run's snapshots up to its step) loaded in
+    float32, then cast to ``dtype``; and the model card's phrase for it."""
+    import torch
+
+    from mslddm.models import load_unet_folder
+    from mslddm.training.posthoc_ema import SNAPSHOT_FOLDER, reconstruct
+
+    step = int(state.get("step", checkpoint.name.rpartition("-")[2]))
+    weights, report = reconstruct(checkpoint.parent / SNAPSHOT_FOLDER, sigma_rel, step=step)
+    if not report["snapshots"][-1].startswith(f"step-{step:08d}-"):  # weights after the last snapshot are unknown
+        raise ValueError(f"The run's post-hoc EMA snapshots end before {checkpoint.name} (last: "
+                         f"{report['snapshots'][-1]}): export a checkpoint at a snapshot step.")
+    unet = load_unet_folder(checkpoint / "unet")
+    names = dict(unet.named_parameters())
+    if set(weights) != {n for n, p in names.items() if p.requires_grad}:
+        raise ValueError(f"The post-hoc EMA snapshots of {checkpoint.parent} do not hold this UNet's parameters.")
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            names[name].copy_(tensor)
+    if dtype is not None:
+        unet = unet.to(dtype)
+    phrase = (f"post-hoc EMA (EDM2) of the UNet weights, sigma_rel {sigma_rel:g} at step {step}, from "
+              f"{len(report['snapshots'])} snapshots")
+    return unet, phrase
+
+
 def export_pipeline(checkpoint, out, ema: bool = True, dtype: Optional[str] = None, push_to_hub: Optional[str] = None,
-                    description: Optional[str] = None):
+                    description: Optional[str] = None, posthoc_ema: Optional[float] = None):
     """Builds the pipeline folder ``out`` from a diffusion checkpoint (``unet_ema/`` when ``ema`` and present, else
-    ``unet/``), with a model card from its ``training_state.json``; optionally uploads it. Returns the pipeline."""
+    ``unet/``; with ``posthoc_ema`` the post-hoc EMA of that ``sigma_rel`` from the run's snapshots up to the
+    checkpoint's step), with a model card from its ``training_state.json``; optionally uploads it. Returns the
+    pipeline."""
     import torch
 
     from mslddm import EDMScheduler
@@ -290,7 +319,11 @@ def export_pipeline(checkpoint, out, ema: bool = True, dtype: Optional[str] = No
     weights_dtype = getattr(torch, dtype) if dtype else None
     kind = get_kind(state.get("kind"))  # checkpoints written before kinds were recorded are MSLDM's
     vae = load_vae_folder(checkpoint / "vae", dtype=weights_dtype) if kind.uses_vae else None
-    pipe = kind.build_pipeline(vae=vae, unet=load_unet_folder(unet_dir, dtype=weights_dtype),
+    if posthoc_ema is not None:
+        unet, weights = _posthoc_unet(checkpoint, state, posthoc_ema, weights_dtype)
+    else:
+        unet = load_unet_folder(unet_dir, dtype=weights_dtype)
+    pipe = kind.build_pipeline(vae=vae, unet=unet,
                                scheduler=EDMScheduler.from_pretrained(checkpoint / "scheduler"),
                                stem_names=state.get("stem_names"), mixture_of=state.get("mixture_of"),
                                stem_levels_dbfs=state.get("stem_levels_dbfs"))

@@ -118,6 +118,15 @@ def edm_training_loss(denoised: torch.Tensor, clean: torch.Tensor, sigma: torch.
     return per_item.mean() if reduce else per_item
 
 
+def sigma_band_weight(sigma: torch.Tensor, low: float, high: float, weight: float) -> torch.Tensor:
+    """A per-item factor on top of EDM's lambda(sigma): ``weight`` for sigma in ``[low, high]``, 1 elsewhere."""
+    if not 0.0 <= low < high or weight <= 0:
+        raise ValueError(f"sigma_band_weight needs 0 <= low < high and weight > 0, got low {low}, high {high}, "
+                         f"weight {weight}.")
+    inside = (sigma >= low) & (sigma <= high)
+    return torch.where(inside, torch.full_like(sigma, float(weight)), torch.ones_like(sigma))
+
+
 def edm_denoise(model, noisy: torch.Tensor, sigma: torch.Tensor, sigma_data: float,
                 clip: float | None = None, conditioning: torch.Tensor | None = None) -> torch.Tensor:
     """``D(x; sigma)`` for a batch of per-item sigmas ``(B,)``: the sampler's :class:`Denoiser`, with gradients."""

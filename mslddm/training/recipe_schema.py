@@ -121,16 +121,27 @@ def _scheduler_section() -> dict:
     return {name: (lambda value: None) for name in names}
 
 
+def _joint_networks() -> Check:
+    """The networks model msldm may train (its UNet, or the transformer of the same interface)."""
+    return choice("MultiSourceUNet1DModel", "MultiSourceTransformer1DModel")
+
+
 def msldm_section() -> dict:
     return {
         **_TRAINING,
-        "vae": PATH, "latents": PATH, "segment_frames": integer(1), "lr_warmup_steps": integer(0),
+        "vae": PATH, "latents": PATH, "segment_frames": integer(1), "unet_class": optional(_joint_networks()), "lr_warmup_steps": integer(0),
         "lr_decay_start": optional(integer(0)), "lr_decay_steps": integer(0), "lr_final_ratio": real(0.0, 1.0),
         "use_ema": FLAG, "ema_decay": real(0.0, 1.0, high_open=True), "validation_steps": integer(1),
         "validation_sampler": TEXT, "scheduler": _scheduler_section(),
         "conditioning": {"given_probability": PROBABILITY, "total_probability": PROBABILITY,
                          "continuation_probability": PROBABILITY, "learning_rate": optional(real(0.0))},
         # A LoRA adapter on the --init_from pipeline's frozen UNet (docs/finetune.md); null: every weight trains.
+        # Post-hoc EMA (EDM2): power-function averages of the weights, written every snapshot_steps, from which
+        # `mslddm export CHECKPOINT --posthoc-ema SIGMA_REL` builds any other length (docs/ablations.md).
+        "posthoc_ema": OptionalSection({"sigma_rels": number_list(item=real(0.0, 0.28, low_open=True, high_open=True)),
+                                        "snapshot_steps": integer(1)}),
+        # Extra loss weight on the noise levels in [low, high] (docs/ablations.md, "Loss weighting"); null: EDM's.
+        "sigma_band_weight": OptionalSection({"low": real(0.0), "high": POSITIVE, "weight": POSITIVE}),
         "lora": OptionalSection({"rank": integer(1), "alpha": optional(POSITIVE), "dropout": real(0.0, 1.0),
                                  "target_modules": optional(of_type(list, "a list of module names"))}),
     }

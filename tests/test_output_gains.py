@@ -1,0 +1,78 @@
+"""Calibrated output gains: ``stem_output_gains_db`` scales every generated stem after decoding (never a given
+one), survives save/load, and ``mslddm calibrate-levels`` measures it as the training level minus the generated
+level, so that a calibrated pipeline's stems come out at the level it records."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_pipeline
+from mslddm import MultiSourceLatentPipeline
+from mslddm.loudness import stem_levels
+
+SR = 16000
+GAINS = {"bass": 6.0, "drums": -3.0, "guitar": 0.0, "piano": 12.0}
+
+
+def with_gains(gains=GAINS, levels=None):
+    pipe = tiny_pipeline()
+    return MultiSourceLatentPipeline(vae=pipe.vae, unet=pipe.unet, scheduler=pipe.scheduler,
+                                     stem_names=pipe.stem_names, sample_rate=SR, stem_levels_dbfs=levels,
+                                     stem_output_gains_db=gains)
+
+
+def generate(pipe, **kwargs):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(num_inference_steps=2, audio_length_in_s=0.5, generator=torch.Generator().manual_seed(0), **kwargs)
+
+
+def test_gains_scale_the_generated_stems_and_not_a_given_one():
+    plain, gained = with_gains(gains=None), with_gains()
+    a, b = generate(plain), generate(gained)
+    for i, name in enumerate(plain.stem_names):
+        np.testing.assert_allclose(b.stems[:, i], a.stems[:, i] * 10 ** (GAINS[name] / 20), rtol=1e-4, atol=1e-7)
+    assert b.sampling["output_gain_db"] == {"bass": 6.0, "drums": -3.0, "piano": 12.0}
+    take = (0.1 * np.sin(2 * np.pi * 220 * np.arange(SR // 2) / SR)).astype(np.float32)
+    partial = generate(gained, stems={"piano": take}, input_sample_rate=SR)
+    np.testing.assert_array_equal(partial.stems[0, plain.stem_names.index("piano")], take)  # the take untouched
+
+
+def test_gains_survive_save_and_load_and_bad_ones_are_named(tmp_path):
+    with_gains().save_pretrained(tmp_path / "p")
+    assert json.loads((tmp_path / "p" / "model_index.json").read_text())["stem_output_gains_db"] == GAINS
+    assert MultiSourceLatentPipeline.from_pretrained(tmp_path / "p").stem_output_gains_db == GAINS
+    with pytest.raises(ValueError, match="stem_output_gains_db names unknown stem"):
+        with_gains({"vocals": 3.0})
+    with pytest.raises(ValueError, match=r"within \+-24"):
+        with_gains({"bass": 40.0})
+
+
+def test_calibrate_levels_measures_and_records_the_gain(tmp_path, capsys):
+    from mslddm.cli import main
+
+    folder = tmp_path / "p"
+    levels = {"bass": -20.0, "drums": -22.0, "guitar": -24.0, "piano": -26.0}
+    with_gains(gains={"bass": 5.0}, levels=levels).save_pretrained(folder)  # an old calibration is measured past
+    assert main(["calibrate-levels", "--pipeline", str(folder), "--clips", "3", "--seconds", "0.5",
+                 "--batch-size", "2", "--write"]) == 0
+    assert "| bass | -20.0 |" in capsys.readouterr().out
+    pipe = MultiSourceLatentPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    gains = pipe.stem_output_gains_db
+    assert set(gains) == set(levels) and all(abs(g) > 0.1 for g in gains.values())
+    clips = [pipe(num_inference_steps=pipe.scheduler.config.num_inference_steps, audio_length_in_s=0.5,
+                  generator=torch.Generator().manual_seed(1_000_000 + i)).stems[0] for i in range(3)]
+    measured = stem_levels(clips, pipe.stem_names, SR)  # the calibration's own clips, now gained
+    for name in levels:
+        assert measured[name] == pytest.approx(levels[name], abs=0.15)
+
+
+def test_calibrate_levels_needs_training_levels(tmp_path):
+    from mslddm.cli import main
+
+    with_gains(gains=None).save_pretrained(tmp_path / "p")
+    with pytest.raises(SystemExit, match="records no training levels"):
+        main(["calibrate-levels", "--pipeline", str(tmp_path / "p"), "--clips", "1", "--seconds", "0.5"])
+    assert "stem_output_gains_db" not in json.loads((tmp_path / "p" / "model_index.json").read_text())
