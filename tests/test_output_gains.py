@@ -37,6 +37,11 @@ def test_gains_scale_the_generated_stems_and_not_a_given_one():
     take = (0.1 * np.sin(2 * np.pi * 220 * np.arange(SR // 2) / SR)).astype(np.float32)
     partial = generate(gained, stems={"piano": take}, input_sample_rate=SR)
     np.testing.assert_array_equal(partial.stems[0, plain.stem_names.index("piano")], take)  # the take untouched
+    gained.set_progress_bar_config(disable=True)
+    continued = gained(stems={"bass": take}, input_sample_rate=SR, extend_s=0.25, num_inference_steps=2,
+                       generator=torch.Generator().manual_seed(0))
+    assert "bass" not in continued.sampling["output_gain_db"]  # its take sets a continued stem's level
+    assert continued.sampling["output_gain_db"] == {"drums": -3.0, "piano": 12.0}
 
 
 def test_gains_survive_save_and_load_and_bad_ones_are_named(tmp_path):

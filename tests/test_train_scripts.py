@@ -486,11 +486,15 @@ def test_posthoc_export_refusals_name_the_problem(msldm_runs, tmp_path):
     assert not any((tmp_path / name).exists() for name in "abc")
 
 
-def test_a_bad_sigma_band_is_named_before_the_data_is_read(tmp_path, data, vae_runs):
-    sets = UNET_SET + [f"msldm.vae={vae_runs[0] / 'straight' / 'vae'}",
-                       "msldm.sigma_band_weight={low: 3.0, high: 0.5, weight: 4.0}"]
+@pytest.mark.parametrize("setting, sentence", [
+    ("msldm.sigma_band_weight={low: 3.0, high: 0.5, weight: 4.0}", "sigma_band_weight needs 0 <= low < high"),
+    ("msldm.posthoc_ema={sigma_rels: [0.05]}", "msldm.posthoc_ema needs sigma_rels, snapshot_steps; it lacks "
+                                               "snapshot_steps"),
+])
+def test_a_bad_band_or_posthoc_setting_is_named_before_the_data_is_read(tmp_path, data, vae_runs, setting, sentence):
+    sets = UNET_SET + [f"msldm.vae={vae_runs[0] / 'straight' / 'vae'}", setting]
     result = launch("train_msldm.py", tmp_path / "bad", data, ["--max_steps", "2"], sets, check=False)
-    assert result.returncode != 0 and "sigma_band_weight needs 0 <= low < high" in result.stderr
+    assert result.returncode != 0 and sentence in result.stderr
     assert "tracks in" not in result.stderr
 
 

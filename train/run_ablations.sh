@@ -30,6 +30,8 @@ declare -A ROW=(
     [sigma-band]="small-cpu --set msldm.sigma_band_weight.low=0.5 --set msldm.sigma_band_weight.high=3.0 --set msldm.sigma_band_weight.weight=4.0"
     # EDM2's post-hoc EMA: power-function averages (sigma_rel 0.05 and 0.10) written every 500 steps, any length
     # exported afterwards (`mslddm export RUN/checkpoint-N --posthoc-ema SIGMA_REL`)
+    # (its pipeline-fp16 is the ordinary EMA, 0.999: the control; the lengths are exported from its last checkpoint
+    # with `mslddm export ... --posthoc-ema 0.05 / 0.10 / 0.20` and scored with `mslddm evaluate`)
     [posthoc-ema]="small-cpu --set msldm.posthoc_ema.sigma_rels=[0.05,0.10] --set msldm.posthoc_ema.snapshot_steps=500"
     # the second network shape at equal cost: a transformer over 8-frame patches, and the UNet for the same minutes,
     # both from scratch (no pipeline holds the transformer's weights); rows in SCRATCH take no --init_from
@@ -43,16 +45,16 @@ for name in "${rows[@]}"; do [ -n "${ROW[$name]:-}" ] || { echo "unknown row '$n
 mkdir -p "$out"
 
 train_row() {  # train_row NAME CORE
-    local name=$1 core=$2 recipe extra left start
+    local name=$1 core=$2 recipe extra left
     read -r recipe extra <<< "${ROW[$name]}"
-    start="--set msldm.learning_rate=1.2e-4 --set msldm.lr_warmup_steps=0 --init_from $init"
-    [ -z "${SCRATCH[$name]:-}" ] || start=""
+    local start=(--set msldm.learning_rate=1.2e-4 --set msldm.lr_warmup_steps=0 --init_from "$init")
+    [ -z "${SCRATCH[$name]:-}" ] || start=()
     left=$("$py" train/minutes_left.py "$out/$name" "$minutes")
     [ "$left" = 0.0 ] && [ -d "$out/$name/pipeline-fp16" ] && return 0
     # shellcheck disable=SC2086
     OMP_NUM_THREADS=1 taskset -c "$core" "$py" -m accelerate.commands.launch --quiet --num_processes 1 --cpu \
         train/train_msldm.py --config "$recipe" --output_dir "$out/$name" --data_root "$data" \
-        --set msldm.vae="$init" --set msldm.latents="$latents" $start $extra --time_budget_minutes "$left" \
+        --set msldm.vae="$init" --set msldm.latents="$latents" "${start[@]}" $extra --time_budget_minutes "$left" \
         --resume_from_checkpoint latest > "$out/$name.train.log" 2>&1
     "$py" -m mslddm export "$out/$name" --out "$out/$name/pipeline-fp16" --dtype float16 --overwrite \
         >> "$out/$name.train.log" 2>&1
@@ -79,7 +81,7 @@ pairwise() {  # pairwise FUNCTION: runs it on the rows two at a time, one per co
         wait "$first"
     done
 }
-echo "== training ${rows[*]}: $minutes single-core minutes each, from $init"
+echo "== training ${rows[*]}: $minutes single-core minutes each, from $init (rows from scratch: its VAE only)"
 pairwise train_row
 echo "== scoring"
 pairwise score_row

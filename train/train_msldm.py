@@ -44,7 +44,7 @@ from mslddm.training import losses
 from mslddm.training.recipes import load_recipe
 from mslddm.hub import public_name
 from mslddm.training.checkpointing import STATE_FILE
-from mslddm.training.posthoc_ema import SNAPSHOT_FOLDER, PowerEMA
+from mslddm.training.posthoc_ema import SNAPSHOT_FOLDER, PowerEMA, remove_later_snapshots, sigma_rel_to_gamma
 from mslddm.training.runner import (clip_grad, common_arguments, export_run, load_run_recipe, log_audio, logger,
                                     lr_multiplier, make_accelerator, resume_step, stop_if_not_finite, tensorboard,
                                     TimeBudget, check_storage, run_main, validate_and_checkpoint, write_data_report)
@@ -327,6 +327,10 @@ def build_unet(args, recipe: dict, cfg: dict, kind: ModelKind, num_stems: int, v
             logger.info("Added a frame-rate path of %d channels to the pipeline's UNet", unet.config.full_rate_channels)
     else:
         unet = new_unet(recipe, cfg, kind, in_channels, num_stems, vae)
+    if not hasattr(unet.config, "full_rate_channels") and (cfg.get("conditioning") or (
+            cfg.get("model") or {}).get("full_rate_channels")):
+        raise ValueError(f"msldm.conditioning and msldm.model.full_rate_channels grow the UNet; the recipe trains a "
+                         f"{type(unet).__name__}: leave them unset.")
     if cfg.get("conditioning"):
         if not kind.trains_conditioning:
             raise ValueError(f"msldm.conditioning (trained partial generation) is for model msldm, not {kind.name}.")
@@ -399,6 +403,21 @@ def build_optimization(accelerator, cfg: dict, unet):
     if ema is not None:
         ema.to(accelerator.device)
     return unet, ema, optimizer, lr_schedule
+
+
+def check_sections(cfg: dict) -> None:
+    """The loss band and the post-hoc EMA settings, complete and valid, before the data is read."""
+    for section, keys in (("sigma_band_weight", ("low", "high", "weight")),
+                          ("posthoc_ema", ("sigma_rels", "snapshot_steps"))):
+        missing = [k for k in keys if cfg.get(section) and k not in cfg[section]]
+        if missing:
+            raise ValueError(f"msldm.{section} needs {', '.join(keys)}; it lacks {', '.join(missing)}.")
+    if cfg.get("sigma_band_weight"):
+        band = cfg["sigma_band_weight"]
+        losses.sigma_band_weight(torch.ones(1), band["low"], band["high"], band["weight"])
+    if cfg.get("posthoc_ema"):
+        for sigma_rel in cfg["posthoc_ema"]["sigma_rels"]:
+            sigma_rel_to_gamma(sigma_rel)
 
 
 def posthoc_averages(t) -> PowerEMA | None:
@@ -522,9 +541,7 @@ def set_up(args) -> Training:
     logger.info("%d process(es) (%s), batch %d per process", accelerator.num_processes,
                 accelerator.distributed_type, int(cfg["batch_size"]))
     check_vae_setting(args, cfg, kind)
-    if cfg.get("sigma_band_weight"):  # named before the data is read, not at the first step
-        band = cfg["sigma_band_weight"]
-        losses.sigma_band_weight(torch.ones(1), band["low"], band["high"], band["weight"])
+    check_sections(cfg)
     vae = frozen_vae(recipe, cfg, kind, accelerator.device)
     train_set, stem_names, data_info = training_data(recipe, cfg, vae, "train", True, seed)
     val_set, val_stems, val_info = training_data(recipe, cfg, vae, recipe["data"].get("validation_split", "validation"),
@@ -621,6 +638,9 @@ def train_loop(t: Training) -> None:
     accelerator, cfg, max_steps = t.accelerator, t.cfg, int(t.cfg["max_steps"])
     validation, step = {}, t.start_step
     t.unet.train()
+    if t.posthoc is not None and accelerator.is_main_process:  # a resume from an earlier checkpoint: its trajectory
+        for path in remove_later_snapshots(Path(t.args.output_dir) / SNAPSHOT_FOLDER, step):
+            logger.info("Removed %s (after the step resumed from)", path.name)
     budget = TimeBudget(accelerator, t.args.time_budget_minutes, t.start_step, t.resumed)
     for batch in t.loader:
         loss, grad_norm = training_step(t, batch, step)

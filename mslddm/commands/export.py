@@ -92,6 +92,8 @@ def _export(checkpoint, args) -> None:
     from mslddm.training.storage import free_bytes, human_bytes, storage_problem
 
     try:
+        if (checkpoint / "lora").is_dir() and args.posthoc_ema is not None:
+            raise ValueError(f"{checkpoint} holds a LoRA adapter: --posthoc-ema averages a full run's UNet weights.")
         if (checkpoint / "lora").is_dir():  # a LoRA run: its adapter (float16 unless --dtype says otherwise)
             export_adapter(checkpoint, args.out, dtype=args.dtype or "float16", push_to_hub=args.push_to_hub,
                            description=args.description)

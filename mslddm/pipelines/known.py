@@ -97,11 +97,13 @@ def given_audio(names: Sequence[str], given: Mapping[str, np.ndarray], gains: Ma
 
 
 def apply_output_gains(audio: torch.Tensor, names: Sequence[str], generate: Sequence[str],
-                       gains_db: Mapping[str, float]) -> Dict[str, float]:
-    """Multiplies each generated stem by its calibrated gain, in place; returns the gains applied (dB)."""
+                       gains_db: Mapping[str, float], given: Sequence[str] = ()) -> Dict[str, float]:
+    """Multiplies each generated stem by its calibrated gain, in place; returns the gains applied (dB). A continued
+    stem (``given`` and generated) keeps its level: its take anchors it, and the gain was measured on stems
+    generated from nothing."""
     applied = {}
     for i, name in enumerate(names):
-        if name in generate and gains_db.get(name):
+        if name in generate and name not in given and gains_db.get(name):
             audio[:, i] *= 10.0 ** (gains_db[name] / 20.0)
             applied[name] = float(gains_db[name])
     return applied

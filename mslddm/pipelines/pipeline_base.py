@@ -700,7 +700,7 @@ class MultiSourcePipelineBase(DiffusionPipeline, MultiSourceLoraLoaderMixin):
             audio = torch.nn.functional.pad(audio, (0, length - audio.shape[-1]))
         if self.stem_output_gains_db:  # the calibrated level, before the band follows the upload's
             sampling["output_gain_db"] = known_part.apply_output_gains(audio, self.stem_names, generate,
-                                                                       self.stem_output_gains_db)
+                                                                       self.stem_output_gains_db, list(given))
         if gains:
             sampling["levels"] = known_part.restore_upload_level(audio, self.stem_names, generate, gains)
         known_part.restore_given(audio, self.stem_names, given, given_length, generate)

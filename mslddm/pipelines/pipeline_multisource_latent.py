@@ -37,7 +37,8 @@ class MultiSourceLatentPipeline(MultiSourcePipelineBase):
             level of the upload (``match_levels``). Folders saved without it generate as before.
         stem_output_gains_db: a gain in dB per stem applied to every generated stem after decoding, measured by
             ``mslddm calibrate-levels`` (the model's generated stems against its training levels, with its default
-            sampler): what the sampled latents lose in level comes back. Absent: no gain.
+            sampler): what the sampled latents lose in level comes back. Absent: no gain. Not applied to
+            ``output_type="latent"`` nor to a continued stem (its take sets its level).
     """
 
     model_cpu_offload_seq = "vae->unet->vae"

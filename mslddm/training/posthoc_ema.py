@@ -46,11 +46,13 @@ def profile_products(t_a: np.ndarray, gamma_a: np.ndarray, t_b: np.ndarray, gamm
 def posthoc_coefficients(steps: Sequence[int], gammas: Sequence[float], target_step: int,
                          target_gamma: float) -> np.ndarray:
     """Coefficients ``x`` such that ``sum_i x_i profile(steps[i], gammas[i])`` is the least-squares closest to
-    ``profile(target_step, target_gamma)``."""
+    ``profile(target_step, target_gamma)``, scaled to sum to 1 (as EDM2 does: the result is an average of
+    weights, whose scale a least-squares residual would otherwise change by up to a few percent)."""
     steps, gammas = np.asarray(steps, dtype=np.float64), np.asarray(gammas, dtype=np.float64)
     gram = profile_products(steps[:, None], gammas[:, None], steps[None, :], gammas[None, :])
     rhs = profile_products(steps, gammas, float(target_step), float(target_gamma))
-    return np.linalg.lstsq(gram, rhs, rcond=None)[0]
+    coefficients = np.linalg.lstsq(gram, rhs, rcond=None)[0]
+    return coefficients / coefficients.sum()  # an average: the weights keep their scale
 
 
 class PowerEMA:
@@ -80,10 +82,17 @@ class PowerEMA:
         return {"sigma_rels": self.sigma_rels, "averages": self.averages}
 
     def load_state_dict(self, state: dict) -> None:
+        """The checkpoint's averages, on the device of the parameters they follow (accelerate loads them on the
+        CPU)."""
         if [float(s) for s in state["sigma_rels"]] != self.sigma_rels:
             raise ValueError(f"The checkpoint's post-hoc EMA kept sigma_rel {state['sigma_rels']}, the recipe asks "
                              f"for {self.sigma_rels}: resume with the recipe it was trained with.")
-        self.averages = [{name: tensor.float().clone() for name, tensor in average.items()}
+        devices = {name: p.device for name, p in self.parameters}
+        for average in state["averages"]:
+            if set(average) != set(devices):
+                raise ValueError("The checkpoint's post-hoc EMA averages other parameters than this model's: "
+                                 "resume with the recipe it was trained with.")
+        self.averages = [{name: tensor.to(devices[name], torch.float32).clone() for name, tensor in average.items()}
                          for average in state["averages"]]
 
     def save_snapshots(self, folder, t: int) -> list[Path]:
@@ -96,11 +105,29 @@ class PowerEMA:
         for sigma_rel, gamma, average in zip(self.sigma_rels, self.gammas, self.averages):
             path = folder / f"step-{t:08d}-sigma_rel-{sigma_rel:.4f}.safetensors"
             partial = path.with_name(path.name + ".partial")
-            save_file({k: v.contiguous() for k, v in average.items()}, str(partial),
+            save_file({k: v.detach().cpu().contiguous() for k, v in average.items()}, str(partial),
                       metadata={"step": str(t), "sigma_rel": repr(sigma_rel), "gamma": repr(gamma)})
             partial.replace(path)
             paths.append(path)
         return paths
+
+
+def remove_later_snapshots(folder, step: int) -> list[Path]:
+    """Deletes the snapshots after ``step`` (a run resumed from an earlier checkpoint writes them again, from
+    the trajectory it now follows); returns what was removed."""
+    removed = [path for s, _, path in list_snapshots(folder) if s > step]
+    for path in removed:
+        path.unlink()
+    return removed
+
+
+def snapshot_gamma(path: Path) -> float:
+    """The exponent a snapshot was averaged with (its metadata; the file name's sigma_rel is rounded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        gamma = (f.metadata() or {}).get("gamma")
+    return float(gamma) if gamma is not None else sigma_rel_to_gamma(float(_SNAPSHOT.match(path.name)[2]))
 
 
 def list_snapshots(folder, up_to_step: int | None = None) -> list[tuple[int, float, Path]]:
@@ -122,8 +149,8 @@ def reconstruct(folder, sigma_rel: float, step: int | None = None) -> tuple[dict
                          "train with the recipe's msldm.posthoc_ema set.")
     step = snapshots[-1][0] if step is None else step
     target_gamma = sigma_rel_to_gamma(sigma_rel)
-    coefficients = posthoc_coefficients([s for s, _, _ in snapshots],
-                                        [sigma_rel_to_gamma(r) for _, r, _ in snapshots], step, target_gamma)
+    coefficients = posthoc_coefficients([s for s, _, _ in snapshots], [snapshot_gamma(p) for _, _, p in snapshots],
+                                        step, target_gamma)
     from safetensors.torch import load_file
 
     weights: dict = {}
