@@ -20,11 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latent_statistics import real_latents  # noqa: E402
 
 
-def clip_levels_db(audio):
-    """``(clips, stems, samples)`` -> mean over clips of each stem's clip RMS in dBFS (floored at -120)."""
-    import torch
+def clip_levels_db(audio, names, sample_rate):
+    """``(clips, stems, samples)`` -> each stem's mean clip level in dBFS, as `mslddm evaluate` reports it."""
+    from mslddm.evaluation.levels import level_statistics
 
-    return (10 * torch.log10(audio.float().pow(2).mean(-1).clamp_min(1e-12))).mean(0)
+    stats = level_statistics(audio.float().cpu().numpy(), names, sample_rate)
+    return [stats[name]["mean_dbfs"] for name in names]
 
 
 def main(argv=None) -> int:
@@ -53,7 +54,8 @@ def main(argv=None) -> int:
     names = list(pipe.stem_names)
     print(f"| start sigma (Euler x {args.steps}, churn {churn:g}) | level dBFS {' / '.join(n[0] for n in names)} |")
     print("|---|---|")
-    print(f"| real latents decoded | {' / '.join(f'{v:.1f}' for v in clip_levels_db(pipe.decode_latents(x0)))} |")
+    real_levels = clip_levels_db(pipe.decode_latents(x0), names, pipe.sample_rate)
+    print(f"| real latents decoded | {' / '.join(f'{v:.1f}' for v in real_levels)} |")
     for start in args.starts:
         g = torch.Generator().manual_seed(args.seed)
         x = x0 + start * torch.randn(x0.shape, generator=g)
@@ -61,7 +63,7 @@ def main(argv=None) -> int:
         with torch.no_grad():
             out = sample_euler(denoiser, x, sigmas, s_churn=churn, s_tmin=c.s_tmin, s_tmax=c.s_tmax,
                                s_noise=c.s_noise, generator=g)
-        levels = clip_levels_db(pipe.decode_latents(out))
+        levels = clip_levels_db(pipe.decode_latents(out), names, pipe.sample_rate)
         print(f"| {start:g} | {' / '.join(f'{v:.1f}' for v in levels)} |", flush=True)
     return 0
 
