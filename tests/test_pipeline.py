@@ -344,7 +344,8 @@ def test_wrong_classes_and_damaged_weights_are_refused_by_name(saved_pipeline, t
     for entry in (index["vae"], ["diffusers", "UNet2DModel"]):
         (wrong / "model_index.json").write_text(json.dumps({**index, "unet": entry}))
         with pytest.raises(PipelineLoadError, match=r"in the 'unet' slot; this pipeline needs "
-                                                    r"mslddm.models.unet_1d_independent.IndependentSourceUNet1DModel "
+                                                    r"mslddm.models.transformer_1d_multisource.MultiSourceTransformer1DModel "
+                                                    r"or mslddm.models.unet_1d_independent.IndependentSourceUNet1DModel "
                                                     r"or mslddm.models.unet_1d_multisource.MultiSourceUNet1DModel"):
             MultiSourceLatentPipeline.from_pretrained(wrong)
     damaged = tmp_path / "damaged"
