@@ -77,6 +77,11 @@ def test_calibrate_levels_measures_and_records_the_gain(tmp_path, capsys):
 def test_calibrate_levels_needs_training_levels(tmp_path):
     from mslddm.cli import main
 
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["calibrate-levels", "--pipeline", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit, match="--clips and --batch-size must be at least 1"):
+        main(["calibrate-levels", "--pipeline", str(tmp_path / "nowhere"), "--clips", "0"])
+
     with_gains(gains=None).save_pretrained(tmp_path / "p")
     with pytest.raises(SystemExit, match="records no training levels"):
         main(["calibrate-levels", "--pipeline", str(tmp_path / "p"), "--clips", "1", "--seconds", "0.5"])

@@ -30,6 +30,12 @@ def add_arguments(parser):
                         help="record the gains in the pipeline's model_index.json (stem_output_gains_db)")
 
 
+def check_counts(clips: int, seconds: float, batch_size: int) -> None:
+    if clips < 1 or seconds <= 0 or batch_size < 1:
+        raise ValueError(f"--clips and --batch-size must be at least 1 and --seconds above 0, got {clips}, "
+                         f"{batch_size} and {seconds}.")
+
+
 def measure_gains(pipe, clips: int, seconds: float, batch_size: int, seed: int) -> dict:
     """``{stem: {"training_dbfs", "generated_dbfs", "gain_db"}}``: the pipeline's raw output (any recorded gains
     left off) against its training levels."""
@@ -41,9 +47,7 @@ def measure_gains(pipe, clips: int, seconds: float, batch_size: int, seed: int) 
     if not levels:
         raise ValueError("This pipeline records no training levels (stem_levels_dbfs): there is nothing to "
                          "calibrate its output against. Export it from a training run that measured them.")
-    if clips < 1 or seconds <= 0 or batch_size < 1:
-        raise ValueError(f"--clips and --batch-size must be at least 1 and --seconds above 0, got {clips}, "
-                         f"{batch_size} and {seconds}.")
+    check_counts(clips, seconds, batch_size)
     recorded = pipe.stem_output_gains_db
     pipe.register_to_config(stem_output_gains_db=None)  # measure the model itself
     try:
@@ -75,6 +79,7 @@ def measure_gains(pipe, clips: int, seconds: float, batch_size: int, seed: int) 
 def write_gains(folder, gains: dict) -> None:
     """Stores ``{stem: dB}`` as ``stem_output_gains_db`` in ``folder/model_index.json`` (written whole, then
     renamed: a killed write leaves the old file)."""
+    from mslddm.files import durable_replace
     from mslddm.loudness import OUTPUT_GAIN_LIMIT_DB, check_stem_levels
 
     path = Path(folder) / "model_index.json"
@@ -83,19 +88,23 @@ def write_gains(folder, gains: dict) -> None:
                                                       "stem_output_gains_db", OUTPUT_GAIN_LIMIT_DB, "dB")
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(index, indent=2) + "\n")
-    partial.replace(path)
+    durable_replace(partial, path)
 
 
 def run(args) -> int:
-    from mslddm import MultiSourceLatentPipeline
-    from mslddm.hub import resolve_pretrained_path
-
-    folder = resolve_pretrained_path(args.pipeline)
-    if args.write and not (Path(folder) / "model_index.json").is_file():
-        raise SystemExit(f"{args.pipeline} is not a pipeline folder with a model_index.json to record gains in.")
     import torch
 
-    pipe = MultiSourceLatentPipeline.from_pretrained(folder, dtype=torch.float32)  # as `mslddm evaluate` scores it
+    from mslddm import MultiSourceLatentPipeline
+    from mslddm.hub import PipelineLoadError, resolve_pretrained_path
+
+    try:
+        check_counts(args.clips, args.seconds, args.batch_size)  # before any loading
+        folder = resolve_pretrained_path(args.pipeline)
+        if args.write and not (Path(folder) / "model_index.json").is_file():
+            raise SystemExit(f"{args.pipeline} is not a pipeline folder with a model_index.json to record gains in.")
+        pipe = MultiSourceLatentPipeline.from_pretrained(folder, dtype=torch.float32)  # as `mslddm evaluate` does
+    except (PipelineLoadError, ValueError) as error:
+        raise SystemExit(str(error)) from None
     pipe.set_progress_bar_config(disable=True)
     try:
         result = measure_gains(pipe, args.clips, args.seconds, args.batch_size, args.seed)

@@ -99,6 +99,8 @@ class PowerEMA:
         """One float32 safetensors file per ``sigma_rel`` at step ``t`` (written whole, then renamed)."""
         from safetensors.torch import save_file
 
+        from mslddm.files import durable_replace
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
@@ -107,7 +109,7 @@ class PowerEMA:
             partial = path.with_name(path.name + ".partial")
             save_file({k: v.detach().cpu().contiguous() for k, v in average.items()}, str(partial),
                       metadata={"step": str(t), "sigma_rel": repr(sigma_rel), "gamma": repr(gamma)})
-            partial.replace(path)
+            durable_replace(partial, path)
             paths.append(path)
         return paths
 
