@@ -15,6 +15,7 @@ import sys
 COMMANDS = {
     "generate": "mslddm.commands.generate",
     "make-dataset": "mslddm.commands.make_dataset",
+    "augment-dataset": "mslddm.commands.augment_dataset",
     "encode-latents": "mslddm.commands.encode_latents",
     "evaluate": "mslddm.commands.evaluate",
     "compare": "mslddm.commands.compare",
@@ -29,7 +30,7 @@ COMMANDS = {
 
 
 # The extra that installs a command's optional dependencies (pip install "mslddm[EXTRA]").
-EXTRAS = {"make-dataset": "data", "evaluate": "eval", "compare": "eval", "finetune": "train"}
+EXTRAS = {"make-dataset": "data", "augment-dataset": "eval", "evaluate": "eval", "compare": "eval", "finetune": "train"}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -86,3 +86,76 @@ def test_calibrate_levels_needs_training_levels(tmp_path):
     with pytest.raises(SystemExit, match="records no training levels"):
         main(["calibrate-levels", "--pipeline", str(tmp_path / "p"), "--clips", "1", "--seconds", "0.5"])
     assert "stem_output_gains_db" not in json.loads((tmp_path / "p" / "model_index.json").read_text())
+
+
+def adapter_with(folder, gains=None, levels=None):
+    """The tiny adapter, recording ``gains`` (and the songs' ``levels``) as calibrate-levels --lora would."""
+    from conftest import tiny_adapter
+
+    folder = tiny_adapter(folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config.update({k: v for k, v in {"stem_output_gains_db": gains, "stem_levels_dbfs": levels}.items() if v})
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_an_adapters_gains_are_in_force_while_it_is_active_by_its_strength(tmp_path):
+    own = {"bass": 2.0, "drums": 8.0, "guitar": -4.0, "piano": 0.0}
+    folder = adapter_with(tmp_path / "a", gains=own)
+    pipe = with_gains()
+    pipe.load_lora_weights(folder, adapter_name="mine")
+    assert pipe.stem_output_gains_db == own
+    assert generate(pipe).sampling["output_gain_db"] == {"bass": 2.0, "drums": 8.0, "guitar": -4.0}  # 0 dB: none
+    pipe.set_adapters("mine", 0.5)  # half way between the base's gain and the adapter's, in dB
+    assert pipe.stem_output_gains_db == {"bass": 4.0, "drums": 2.5, "guitar": -2.0, "piano": 6.0}
+    pipe.disable_lora()
+    assert pipe.stem_output_gains_db == GAINS
+    pipe.enable_lora()
+    pipe.set_adapters("mine", 1.0)
+    with pipe.raw_output_levels():  # what calibrate-levels measures: no gain at all
+        assert pipe.stem_output_gains_db is None and "output_gain_db" not in generate(pipe).sampling
+    pipe.unload_lora_weights()
+    assert pipe.stem_output_gains_db == GAINS  # not fused: the base pipeline, its own gains
+    pipe.load_lora_weights(folder, adapter_name="again")
+    pipe.delete_adapters("again")
+    assert pipe.stem_output_gains_db == GAINS
+    pipe.load_lora_weights(adapter_with(tmp_path / "b"))  # an adapter without gains keeps the base's
+    assert pipe.stem_output_gains_db == GAINS
+
+
+def test_a_fused_adapters_gains_stay_with_the_fused_weights(tmp_path):
+    own = {"bass": 2.0, "drums": 8.0, "guitar": -4.0, "piano": 0.0}
+    pipe = with_gains()
+    pipe.load_lora_weights(adapter_with(tmp_path / "a", gains=own))
+    pipe.fuse_lora(lora_scale=0.5)
+    half = {"bass": 4.0, "drums": 2.5, "guitar": -2.0, "piano": 6.0}
+    assert pipe.stem_output_gains_db == half
+    pipe.unload_lora_weights()  # the fused weights stay, and the gains they need
+    assert pipe.stem_output_gains_db == half
+    pipe.save_pretrained(tmp_path / "fused")
+    assert MultiSourceLatentPipeline.from_pretrained(tmp_path / "fused").stem_output_gains_db == half
+
+
+def test_calibrate_levels_of_an_adapter_records_its_gains_beside_it(tmp_path, capsys):
+    from mslddm.cli import main
+
+    folder = tmp_path / "p"
+    with_gains(gains={"bass": 5.0}, levels={"bass": -20.0, "drums": -20.0, "guitar": -20.0, "piano": -20.0}
+               ).save_pretrained(folder)
+    songs = {"bass": -30.0, "drums": -25.0, "guitar": -28.0, "piano": -26.0}
+    adapter = adapter_with(tmp_path / "a", levels=songs)
+    assert main(["calibrate-levels", "--pipeline", str(folder), "--lora", str(adapter), "--clips", "3",
+                 "--seconds", "0.5", "--batch-size", "2", "--write"]) == 0
+    assert "| bass | -30.0 |" in capsys.readouterr().out  # against the adapter's songs, not the pipeline's data
+    assert "stem_output_gains_db" in json.loads((adapter / "adapter_config.json").read_text())
+    assert json.loads((folder / "model_index.json").read_text())["stem_output_gains_db"] == {"bass": 5.0}
+    pipe = MultiSourceLatentPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(adapter)
+    clips = [pipe(num_inference_steps=pipe.scheduler.config.num_inference_steps, audio_length_in_s=0.5,
+                  generator=torch.Generator().manual_seed(1_000_000 + i)).stems[0] for i in range(3)]
+    measured = stem_levels(clips, pipe.stem_names, SR)
+    for name in songs:
+        assert measured[name] == pytest.approx(songs[name], abs=0.15)
+    with pytest.raises(SystemExit, match="is not a LoRA adapter folder"):
+        main(["calibrate-levels", "--pipeline", str(folder), "--lora", str(tmp_path), "--clips", "1"])

@@ -40,21 +40,32 @@ declare -A ROW=(
     [sigma-80]="small-cpu-fullrate --set msldm.scheduler.training_sigma_distribution=log_normal --set msldm.scheduler.training_log_normal_mean=0.5 --set msldm.scheduler.training_log_normal_std=1.5 --set msldm.scheduler.sigma_max=80"
 )
 declare -A SCRATCH=([unet-scratch]=1 [transformer]=1)  # the recipe's own learning rate and warm-up, init's VAE only
+# rows that train on other data: "DATA LATENTS". `augmented`: the training songs and one copy of each with every stem
+# through its own effect chain (EQ, drive, compression, room; levels kept), made and encoded first if missing:
+#   mslddm augment-dataset data/synth data/synth-aug && mslddm encode-latents data/synth-aug --vae INIT runs/latents-aug
+ROW[augmented]="small-cpu"
+declare -A ROW_DATA=([augmented]="${AUG_DATA:-data/synth-aug} ${AUG_LATENTS:-runs/latents-aug}")
 rows=(${ROWS:-continued sigma-lognormal segment-832 conditioning})
 for name in "${rows[@]}"; do [ -n "${ROW[$name]:-}" ] || { echo "unknown row '$name': one of ${!ROW[*]}"; exit 2; }; done
 mkdir -p "$out"
 
 train_row() {  # train_row NAME CORE
-    local name=$1 core=$2 recipe extra left
+    local name=$1 core=$2 recipe extra left row_data=$data row_latents=$latents
     read -r recipe extra <<< "${ROW[$name]}"
+    [ -z "${ROW_DATA[$name]:-}" ] || read -r row_data row_latents <<< "${ROW_DATA[$name]}"
+    if [ "$row_data" != "$data" ]; then
+        OMP_NUM_THREADS=1 taskset -c "$core" "$py" -m mslddm augment-dataset "$data" "$row_data" > "$out/$name.data.log" 2>&1
+        [ -f "$row_latents/latents.json" ] || OMP_NUM_THREADS=1 taskset -c "$core" "$py" -m mslddm encode-latents \
+            "$row_data" --vae "$init" "$row_latents" --batch-size 16 --quiet >> "$out/$name.data.log" 2>&1
+    fi
     local start=(--set msldm.learning_rate=1.2e-4 --set msldm.lr_warmup_steps=0 --init_from "$init")
     [ -z "${SCRATCH[$name]:-}" ] || start=()
     left=$("$py" train/minutes_left.py "$out/$name" "$minutes")
     [ "$left" = 0.0 ] && [ -d "$out/$name/pipeline-fp16" ] && return 0
     # shellcheck disable=SC2086
     OMP_NUM_THREADS=1 taskset -c "$core" "$py" -m accelerate.commands.launch --quiet --num_processes 1 --cpu \
-        train/train_msldm.py --config "$recipe" --output_dir "$out/$name" --data_root "$data" \
-        --set msldm.vae="$init" --set msldm.latents="$latents" "${start[@]}" $extra --time_budget_minutes "$left" \
+        train/train_msldm.py --config "$recipe" --output_dir "$out/$name" --data_root "$row_data" \
+        --set msldm.vae="$init" --set msldm.latents="$row_latents" "${start[@]}" $extra --time_budget_minutes "$left" \
         --resume_from_checkpoint latest > "$out/$name.train.log" 2>&1
     "$py" -m mslddm export "$out/$name" --out "$out/$name/pipeline-fp16" --dtype float16 --overwrite \
         >> "$out/$name.train.log" 2>&1

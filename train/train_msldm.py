@@ -524,7 +524,8 @@ class Training:
             from mslddm.pipelines.lora import write_adapter
 
             write_adapter(folder / "lora", self.accelerator.unwrap_model(self.unet), LORA_ADAPTER,
-                          base_pipeline=public_name(self.args.init_from), stem_names=self.stem_names)
+                          base_pipeline=public_name(self.args.init_from), stem_names=self.stem_names,
+                          extra={"stem_levels_dbfs": self.levels} if self.levels else None)
             return
         self.accelerator.unwrap_model(self.unet).save_pretrained(folder / "unet")
         if self.ema is not None:

@@ -8,6 +8,10 @@ evaluation's), each stem's median gated level (:func:`mslddm.loudness.stem_level
 ``stem_levels_dbfs`` was recorded with) against its training level. ``--write`` stores the gains in the folder's
 ``model_index.json`` (nothing else changes); without it the table is printed only. See docs/ablations.md, "Where
 the level is lost".
+
+With ``--lora ADAPTER`` the pipeline generates with the adapter at strength 1, against the levels of the songs the
+adapter was trained on (its ``adapter_config.json``), and ``--write`` records the gains there: the pipeline applies
+them while the adapter is active (docs/finetune.md).
 """
 
 from __future__ import annotations
@@ -26,8 +30,12 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, default=4, help="clips generated at once (default 4)")
     parser.add_argument("--seed", type=int, default=1_000_000,
                         help="clip i uses seed SEED + i (default 1000000: apart from the evaluation's 0 + i)")
+    parser.add_argument("--lora", default=None, metavar="ADAPTER",
+                        help="calibrate a LoRA adapter of the pipeline (at strength 1) against its training songs' "
+                             "levels; --write records the gains in its adapter_config.json")
     parser.add_argument("--write", action="store_true",
-                        help="record the gains in the pipeline's model_index.json (stem_output_gains_db)")
+                        help="record the gains in the pipeline's model_index.json (stem_output_gains_db), or with "
+                             "--lora in the adapter's adapter_config.json")
 
 
 def check_counts(clips: int, seconds: float, batch_size: int) -> None:
@@ -36,28 +44,24 @@ def check_counts(clips: int, seconds: float, batch_size: int) -> None:
                          f"{batch_size} and {seconds}.")
 
 
-def measure_gains(pipe, clips: int, seconds: float, batch_size: int, seed: int) -> dict:
+def measure_gains(pipe, clips: int, seconds: float, batch_size: int, seed: int, levels: dict | None = None) -> dict:
     """``{stem: {"training_dbfs", "generated_dbfs", "gain_db"}}``: the pipeline's raw output (any recorded gains
-    left off) against its training levels."""
+    left off; adapters as loaded) against ``levels`` (default: the pipeline's training levels)."""
     import torch
 
     from mslddm.loudness import OUTPUT_GAIN_LIMIT_DB, stem_levels
 
-    levels = pipe.stem_levels_dbfs
+    levels = levels or pipe.stem_levels_dbfs
     if not levels:
         raise ValueError("This pipeline records no training levels (stem_levels_dbfs): there is nothing to "
                          "calibrate its output against. Export it from a training run that measured them.")
     check_counts(clips, seconds, batch_size)
-    recorded = pipe.stem_output_gains_db
-    pipe.register_to_config(stem_output_gains_db=None)  # measure the model itself
-    try:
+    with pipe.raw_output_levels():  # measure the model itself
         audio = []
         for start in range(0, clips, batch_size):
             count = min(batch_size, clips - start)
             generators = [torch.Generator().manual_seed(seed + start + i) for i in range(count)]
             audio.extend(pipe(num_samples=count, audio_length_in_s=seconds, generator=generators).stems)
-    finally:
-        pipe.register_to_config(stem_output_gains_db=recorded)
     names = [n for n in pipe.stem_names if n in levels]
     try:
         generated = stem_levels([clip[[pipe.stem_names.index(n) for n in names]] for clip in audio], names,
@@ -76,19 +80,30 @@ def measure_gains(pipe, clips: int, seconds: float, batch_size: int, seed: int) 
     return result
 
 
-def write_gains(folder, gains: dict) -> None:
-    """Stores ``{stem: dB}`` as ``stem_output_gains_db`` in ``folder/model_index.json`` (written whole, then
-    renamed: a killed write leaves the old file)."""
+def write_gains(folder, gains: dict, file: str = "model_index.json") -> None:
+    """Stores ``{stem: dB}`` as ``stem_output_gains_db`` in ``folder/file`` (a pipeline's ``model_index.json``
+    or an adapter's ``adapter_config.json``; written whole, then renamed: a killed write leaves the old file)."""
     from mslddm.files import durable_replace
     from mslddm.loudness import OUTPUT_GAIN_LIMIT_DB, check_stem_levels
 
-    path = Path(folder) / "model_index.json"
+    path = Path(folder) / file
     index = json.loads(path.read_text())
     index["stem_output_gains_db"] = check_stem_levels(gains, index.get("stem_names", list(gains)),
                                                       "stem_output_gains_db", OUTPUT_GAIN_LIMIT_DB, "dB")
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(index, indent=2) + "\n")
     durable_replace(partial, path)
+
+
+def _adapter_folder(path) -> Path:
+    """A local adapter folder (the gains are recorded in it): its weights and its adapter_config.json."""
+    from mslddm.pipelines.lora import ADAPTER_CONFIG_NAME, LORA_WEIGHT_NAME
+
+    folder = Path(path)
+    if not (folder / LORA_WEIGHT_NAME).is_file() or not (folder / ADAPTER_CONFIG_NAME).is_file():
+        raise ValueError(f"--lora {path} is not a LoRA adapter folder (with {LORA_WEIGHT_NAME} and "
+                         f"{ADAPTER_CONFIG_NAME}).")
+    return folder
 
 
 def run(args) -> int:
@@ -102,12 +117,21 @@ def run(args) -> int:
         folder = resolve_pretrained_path(args.pipeline)
         if args.write and not (Path(folder) / "model_index.json").is_file():
             raise SystemExit(f"{args.pipeline} is not a pipeline folder with a model_index.json to record gains in.")
+        adapter = _adapter_folder(args.lora) if args.lora else None
         pipe = MultiSourceLatentPipeline.from_pretrained(folder, dtype=torch.float32)  # as `mslddm evaluate` does
-    except (PipelineLoadError, ValueError) as error:
+        levels = None
+        if adapter is not None:
+            from mslddm.pipelines.lora import read_adapter_config
+
+            pipe.load_lora_weights(adapter)
+            levels = read_adapter_config(adapter).get("stem_levels_dbfs")
+            if not levels:
+                print(f"The adapter {args.lora} records no training levels: calibrated against the pipeline's.")
+    except (PipelineLoadError, ValueError, OSError, ModuleNotFoundError) as error:
         raise SystemExit(str(error)) from None
     pipe.set_progress_bar_config(disable=True)
     try:
-        result = measure_gains(pipe, args.clips, args.seconds, args.batch_size, args.seed)
+        result = measure_gains(pipe, args.clips, args.seconds, args.batch_size, args.seed, levels)
     except ValueError as error:
         raise SystemExit(str(error)) from None
     settings = pipe.scheduler.sampling_settings(None, None, None)
@@ -118,8 +142,9 @@ def run(args) -> int:
         print(f"| {name} | {row['training_dbfs']:.1f} | {row['generated_dbfs']:.1f} | {row['gain_db']:+.1f} |")
     gains = {name: row["gain_db"] for name, row in result.items()}
     if args.write:
-        write_gains(folder, gains)
-        print(f"Recorded stem_output_gains_db in {Path(folder) / 'model_index.json'}")
+        target, file = (adapter, "adapter_config.json") if adapter is not None else (folder, "model_index.json")
+        write_gains(target, gains, file)
+        print(f"Recorded stem_output_gains_db in {Path(target) / file}")
     else:
         print("Not recorded (pass --write to store them in the pipeline).")
     return 0

@@ -51,6 +51,9 @@ def add_arguments(parser):
                                                          "(auto: cuda when available)")
     parser.add_argument("--check", action="store_true", help="only check the songs and print what would be "
                                                              "trained on; write nothing")
+    parser.add_argument("--calibrate-clips", type=int, default=16,
+                        help="after training, generate this many 12-s clips with the result and record the gains "
+                             "that bring its stems to the songs' levels (mslddm calibrate-levels; 0: skip)")
 
 
 def run(args) -> int:
@@ -95,8 +98,44 @@ def _run(args) -> int:
     # 4. Train (and export), in a process of its own
     code = _train(args, out, pipeline, recipe)
     if code == 0:
+        # 5. Calibrate the result's output levels against the songs'
+        _calibrate(args, out, pipeline)
         _say_where(args, out)
     return code
+
+
+def _calibrate(args, out: Path, pipeline: Path) -> None:
+    """Records the gains that bring the fine-tuned stems to the songs' levels (``mslddm calibrate-levels``: in
+    the adapter's ``adapter_config.json``, or the full fine-tune's ``model_index.json``). A model too broken to
+    calibrate keeps no gain, with the sentence why; the result is still written."""
+    if args.calibrate_clips <= 0:
+        return
+    import torch
+
+    from mslddm import MultiSourceLatentPipeline
+    from mslddm.commands.calibrate_levels import measure_gains, write_gains
+    from mslddm.pipelines.lora import read_adapter_config
+
+    print(f"Calibrating the output levels on {args.calibrate_clips} generated clips", flush=True)
+    if args.mode == "lora":
+        target, file = out / "lora", "adapter_config.json"
+        pipe = MultiSourceLatentPipeline.from_pretrained(pipeline, dtype=torch.float32)
+        pipe.load_lora_weights(target)
+        levels = read_adapter_config(target).get("stem_levels_dbfs")
+    else:
+        target, file = out / "pipeline", "model_index.json"
+        pipe = MultiSourceLatentPipeline.from_pretrained(target, dtype=torch.float32)
+        levels = None
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        result = measure_gains(pipe, args.calibrate_clips, 12.0, 4, 1_000_000, levels)
+    except ValueError as error:
+        print(f"No output gains recorded: {error}", flush=True)
+        return
+    write_gains(target, {name: row["gain_db"] for name, row in result.items()}, file)
+    print("Output gains (dB), recorded in " + str(target / file) + ": " + ", ".join(
+        f"{name} {row['gain_db']:+.1f} ({row['generated_dbfs']:.1f} -> {row['training_dbfs']:.1f} dBFS)"
+        for name, row in result.items()), flush=True)
 
 
 def _check_numbers(args) -> None:
@@ -105,7 +144,8 @@ def _check_numbers(args) -> None:
 
     if args.mode == "full" and (args.rank is not None or args.alpha is not None):
         raise SystemExit("--rank and --alpha are LoRA's: leave them out with --mode full.")
-    checks = {"--rank": (args.rank, 1), "--max_steps": (args.max_steps, 1), "--num-processes": (args.num_processes, 1)}
+    checks = {"--rank": (args.rank, 1), "--max_steps": (args.max_steps, 1), "--num-processes": (args.num_processes, 1),
+              "--calibrate-clips": (args.calibrate_clips, 0)}
     for flag, (value, least) in checks.items():
         if value is not None and value < least:
             raise SystemExit(f"{flag} must be at least {least}, got {value}.")

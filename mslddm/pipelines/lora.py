@@ -7,7 +7,9 @@ An adapter is a small folder beside the base pipeline, never a copy of it::
 
     ADAPTER/pytorch_lora_weights.safetensors   keys unet.<module>.lora_{A,B}.weight; peft's LoraConfig in the
                                                header (diffusers' format: diffusers' loaders read it too)
-    ADAPTER/adapter_config.json                the base pipeline, its stems, rank, alpha and target modules
+    ADAPTER/adapter_config.json                the base pipeline, its stems, rank, alpha and target modules, the
+                                               training songs' levels and (``mslddm calibrate-levels --lora``) the
+                                               output gains its stems need
     ADAPTER/README.md                          the model card (training's export writes it)
 """
 
@@ -140,11 +142,49 @@ def write_adapter(folder: str | os.PathLike, unet, adapter_name: str = "default"
     return folder
 
 
+def lora_layer_state(unet) -> tuple[dict[str, float], bool, set[str]]:
+    """``(scales, disabled, merged)`` of a UNet's LoRA layers as peft holds them: each active adapter's strength
+    (1: as trained), whether the layers are switched off, and the adapters merged into the weights."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in unet.modules():
+        if isinstance(module, BaseTunerLayer) and getattr(module, "scaling", None):
+            scales = {}
+            for name in module.active_adapters:
+                if name in module.scaling and module.r.get(name):
+                    base = module.lora_alpha[name] / (module.r[name] ** 0.5 if module.use_rslora.get(name) else
+                                                      module.r[name])
+                    scales[name] = float(module.scaling[name] / base)
+            return scales, bool(module.disable_adapters), set(module.merged_adapters)
+    return {}, False, set()
+
+
+def blend_output_gains(base: dict | None, adapters: dict[str, dict], scales: dict[str, float]) -> dict | None:
+    """The output gain of each stem while adapters are active: the base pipeline's gain moved towards each active
+    adapter's recorded gain by its strength (``base + scale * (adapter - base)`` in dB; at strength 1 one adapter's
+    own, at 0 the base's). Adapters that record no gain leave the base's."""
+    moved = {name: gains for name, gains in adapters.items() if gains and name in scales}
+    if not moved:
+        return base
+    stems = set(base or {}).union(*(gains.keys() for gains in moved.values()))
+    blended = {}
+    for stem in stems:
+        start = float((base or {}).get(stem, 0.0))
+        blended[stem] = round(start + sum(scales[name] * (float(gains.get(stem, start)) - start)
+                                          for name, gains in moved.items()), 2)
+    return blended
+
+
 class MultiSourceLoraLoaderMixin(LoraBaseMixin):
     r"""Loads LoRA adapters into the pipeline's ``unet`` (diffusers' ``LoraBaseMixin`` with one loadable module):
     ``load_lora_weights``, ``unload_lora_weights``, ``fuse_lora`` / ``unfuse_lora``, ``set_adapters``,
     ``disable_lora`` / ``enable_lora``, ``delete_adapters``, ``get_active_adapters`` and ``get_list_adapters``
-    behave as in diffusers."""
+    behave as in diffusers.
+
+    An adapter that records ``stem_output_gains_db`` (``mslddm calibrate-levels --lora``: the gains that bring its
+    stems to its training songs' levels) replaces the pipeline's own calibrated gains while it is active, blended
+    by its strength (:func:`blend_output_gains`); ``fuse_lora`` then ``unload_lora_weights`` records the blend in
+    the pipeline's config, so a pipeline saved fused keeps it."""
 
     _lora_loadable_modules = ("unet",)
     unet_name = "unet"
@@ -184,9 +224,45 @@ class MultiSourceLoraLoaderMixin(LoraBaseMixin):
             base = f" (it was made for {config['base_pipeline']})" if config.get("base_pipeline") else ""
             raise ValueError(f"The LoRA adapter {shown} does not fit this pipeline's UNet{base}: {first}") from None
         name = adapter_name or next(iter(set(self.unet.peft_config) - before))
+        self._adapter_output_gains()[name] = config.get("stem_output_gains_db") or None
         if float(scale) != 1.0:
             self.set_adapters(name, float(scale))
         return name
+
+    def _adapter_output_gains(self) -> dict[str, dict | None]:
+        """The recorded output gains of the adapters loaded, by adapter name."""
+        if "_lora_output_gains" not in self.__dict__:
+            self.__dict__["_lora_output_gains"] = {}
+        return self.__dict__["_lora_output_gains"]
+
+    def lora_output_gains(self, base: dict | None) -> dict | None:
+        """The output gains in force: ``base`` (the pipeline's own) unless adapters with recorded gains are active
+        and switched on (merged ones count: their weights are in the UNet)."""
+        adapters = self._adapter_output_gains()
+        if not adapters or not hasattr(self.unet, "peft_config"):
+            return base
+        scales, disabled, merged = lora_layer_state(self.unet)
+        if disabled:  # peft takes merged weights out again before its next forward
+            return base
+        return blend_output_gains(base, adapters, scales)  # fuse_lora's lora_scale is in the layers' scaling
+
+    def unload_lora_weights(self):
+        """Removes the adapters (the base weights come back bit for bit, unless fused: then the fused weights stay,
+        and so do the output gains they need, now in the pipeline's config)."""
+        scales, _, merged = lora_layer_state(self.unet) if hasattr(self.unet, "peft_config") else ({}, False, set())
+        if merged:  # at the strength they were fused with
+            gains = blend_output_gains(self.config.get("stem_output_gains_db"), self._adapter_output_gains(),
+                                       {name: scales.get(name, 1.0) for name in merged})
+            if gains is not None:
+                self.register_to_config(stem_output_gains_db=gains)
+        super().unload_lora_weights()
+        self._adapter_output_gains().clear()
+
+    def delete_adapters(self, adapter_names: list[str] | str):
+        """Deletes adapters (as diffusers does), with their recorded output gains."""
+        super().delete_adapters(adapter_names)
+        for name in [adapter_names] if isinstance(adapter_names, str) else adapter_names:
+            self._adapter_output_gains().pop(name, None)
 
     @classmethod
     def save_lora_weights(cls, save_directory: str | os.PathLike,

@@ -153,9 +153,24 @@ class MultiSourcePipelineBase(DiffusionPipeline, MultiSourceLoraLoaderMixin):
 
     @property
     def stem_output_gains_db(self) -> Optional[Dict[str, float]]:
-        """The calibrated gain of each generated stem in dB (``None`` when the pipeline records none)."""
+        """The calibrated gain of each generated stem in dB (``None`` when none applies): the pipeline's own, or
+        while a LoRA adapter that records its own is active, that one (blended by its strength); none inside
+        :meth:`raw_output_levels`."""
+        if self.__dict__.get("_raw_output_levels"):
+            return None
         gains = self.config.get("stem_output_gains_db")
+        gains = self.lora_output_gains(dict(gains) if gains else None)
         return dict(gains) if gains else None
+
+    @contextlib.contextmanager
+    def raw_output_levels(self):
+        """Within it, generated stems come out at the level the model makes them: no calibrated output gain (the
+        pipeline's or an adapter's). What ``mslddm calibrate-levels`` measures."""
+        self.__dict__["_raw_output_levels"] = True
+        try:
+            yield self
+        finally:
+            self.__dict__["_raw_output_levels"] = False
 
     @property
     def stem_levels_dbfs(self) -> Optional[Dict[str, float]]:
