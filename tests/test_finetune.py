@@ -54,9 +54,9 @@ def one_thread(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
-def finetune(data, out, *flags, steps=2):
+def finetune(data, out, *flags, steps=2, calibrate=0):
     args = ["finetune", str(data), "--pipeline", str(TINY), "--out", str(out), "--stem-map", "keys=piano",
-            "--max_steps", str(steps), *map(str, flags)]
+            "--max_steps", str(steps), "--calibrate-clips", str(calibrate), *map(str, flags)]
     for item in TINY_SET:
         args += ["--set", item]
     return main(args)
@@ -80,7 +80,7 @@ def lora_run(tmp_path_factory, songs):
     mp.setenv("OMP_NUM_THREADS", "1")
     assert finetune(songs, base / "split", "--rank", 4, steps=2) == 0
     assert finetune(songs, base / "split", "--rank", 4, steps=4) == 0
-    assert finetune(songs, base / "straight", "--rank", 4, steps=4) == 0
+    assert finetune(songs, base / "straight", "--rank", 4, steps=4, calibrate=2) == 0
     mp.undo()
     return base
 
@@ -108,6 +108,15 @@ def test_lora_finetune_exports_a_small_adapter_with_a_card_naming_base_data_and_
     record = json.loads((out / "finetune.json").read_text())
     assert record["mode"] == "lora" and record["lora"] == {"rank": 4, "alpha": 4.0}
     assert record["data"]["missing_stems"] == {"guitar": ["song1"]}
+
+
+def test_the_finetune_calibrates_the_adapters_output_levels_against_the_songs(lora_run):
+    config = json.loads((lora_run / "straight" / "lora" / "adapter_config.json").read_text())
+    levels = config["stem_levels_dbfs"]  # the training songs' levels, measured by the training
+    assert set(levels) == {"bass", "drums", "guitar", "piano"} and all(-60 < v < 0 for v in levels.values())
+    gains = config["stem_output_gains_db"]  # what brings the adapted pipeline's stems to them
+    assert set(gains) == set(levels) and all(abs(g) <= 24 for g in gains.values())
+    assert "stem_output_gains_db" not in json.loads((lora_run / "split" / "lora" / "adapter_config.json").read_text())
 
 
 def test_a_resumed_lora_run_is_the_straight_run(lora_run):
