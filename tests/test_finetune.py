@@ -117,6 +117,8 @@ def test_the_finetune_calibrates_the_adapters_output_levels_against_the_songs(lo
     gains = config["stem_output_gains_db"]  # what brings the adapted pipeline's stems to them
     assert set(gains) == set(levels) and all(abs(g) <= 24 for g in gains.values())
     assert "stem_output_gains_db" not in json.loads((lora_run / "split" / "lora" / "adapter_config.json").read_text())
+    card = (lora_run / "straight" / "lora" / "README.md").read_text()
+    assert "## Output levels" in card and f"| bass | {levels['bass']:.1f} |" in card
 
 
 def test_a_resumed_lora_run_is_the_straight_run(lora_run):

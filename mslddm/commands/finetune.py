@@ -133,6 +133,16 @@ def _calibrate(args, out: Path, pipeline: Path) -> None:
         print(f"No output gains recorded: {error}", flush=True)
         return
     write_gains(target, {name: row["gain_db"] for name, row in result.items()}, file)
+    card = target / "README.md"
+    if card.is_file():  # the model card says what was measured and recorded
+        rows = "\n".join(f"| {name} | {row['training_dbfs']:.1f} | {row['generated_dbfs']:.1f} | {row['gain_db']:+.1f} |"
+                         for name, row in result.items())
+        card.write_text(card.read_text().rstrip("\n") + (
+            f"\n\n## Output levels\n\nMeasured on {args.calibrate_clips} generated clips of 12 s (the pipeline's default "
+            "sampler, seeds from 1000000), each stem's median gated level against the training songs'; the gain is "
+            f"recorded in `{file}` (`stem_output_gains_db`) and applied to generated stems"
+            + (" while the adapter is active, by its strength" if args.mode == "lora" else "") + ".\n\n"
+            "| stem | songs (dBFS) | generated (dBFS) | gain (dB) |\n|---|---|---|---|\n" + rows + "\n"))
     print("Output gains (dB), recorded in " + str(target / file) + ": " + ", ".join(
         f"{name} {row['gain_db']:+.1f} ({row['generated_dbfs']:.1f} -> {row['training_dbfs']:.1f} dBFS)"
         for name, row in result.items()), flush=True)

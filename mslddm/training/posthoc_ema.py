@@ -73,10 +73,11 @@ class PowerEMA:
         """Moves every average towards the current weights: ``beta = (1 - 1/t)^(gamma + 1)`` (``t`` = 1 copies)."""
         if t < 1:
             raise ValueError(f"PowerEMA steps are 1-based, got {t}.")
+        current = [p.detach().float() for _, p in self.parameters]
         for gamma, average in zip(self.gammas, self.averages):
             beta = (1.0 - 1.0 / t) ** (gamma + 1.0)
-            for name, p in self.parameters:
-                average[name].lerp_(p.detach().float(), 1.0 - beta)
+            # one fused kernel over every tensor (a Python loop per parameter was most of the step's cost)
+            torch._foreach_lerp_([average[name] for name, _ in self.parameters], current, 1.0 - beta)
 
     def state_dict(self) -> dict:
         return {"sigma_rels": self.sigma_rels, "averages": self.averages}
