@@ -108,6 +108,10 @@ def test_an_adapters_gains_are_in_force_while_it_is_active_by_its_strength(tmp_p
     assert generate(pipe).sampling["output_gain_db"] == {"bass": 2.0, "drums": 8.0, "guitar": -4.0}  # 0 dB: none
     pipe.set_adapters("mine", 0.5)  # half way between the base's gain and the adapter's, in dB
     assert pipe.stem_output_gains_db == {"bass": 4.0, "drums": 2.5, "guitar": -2.0, "piano": 6.0}
+    pipe.set_adapters("mine", 2.0)  # the page's strongest: further along, within the +-24 dB a gain may have
+    assert pipe.stem_output_gains_db == {"bass": -2.0, "drums": 19.0, "guitar": -8.0, "piano": -12.0}
+    pipe.set_adapters("mine", 5.0)
+    assert pipe.stem_output_gains_db["drums"] == 24.0 and pipe.stem_output_gains_db["piano"] == -24.0
     pipe.disable_lora()
     assert pipe.stem_output_gains_db == GAINS
     pipe.enable_lora()

@@ -162,7 +162,10 @@ def lora_layer_state(unet) -> tuple[dict[str, float], bool, set[str]]:
 def blend_output_gains(base: dict | None, adapters: dict[str, dict], scales: dict[str, float]) -> dict | None:
     """The output gain of each stem while adapters are active: the base pipeline's gain moved towards each active
     adapter's recorded gain by its strength (``base + scale * (adapter - base)`` in dB; at strength 1 one adapter's
-    own, at 0 the base's). Adapters that record no gain leave the base's."""
+    own, at 0 the base's; beyond 1 further, up to the +-24 dB any recorded gain may have). Adapters that record no
+    gain leave the base's."""
+    from ..loudness import OUTPUT_GAIN_LIMIT_DB
+
     moved = {name: gains for name, gains in adapters.items() if gains and name in scales}
     if not moved:
         return base
@@ -170,8 +173,8 @@ def blend_output_gains(base: dict | None, adapters: dict[str, dict], scales: dic
     blended = {}
     for stem in stems:
         start = float((base or {}).get(stem, 0.0))
-        blended[stem] = round(start + sum(scales[name] * (float(gains.get(stem, start)) - start)
-                                          for name, gains in moved.items()), 2)
+        gain = start + sum(scales[name] * (float(gains.get(stem, start)) - start) for name, gains in moved.items())
+        blended[stem] = round(min(max(gain, -OUTPUT_GAIN_LIMIT_DB), OUTPUT_GAIN_LIMIT_DB), 2)
     return blended
 
 
