@@ -71,3 +71,16 @@ def test_bad_arguments_are_named(data, tmp_path, flags, message):
         main(["augment-dataset", str(tmp_path), str(tmp_path / "aug2")])
     with pytest.raises(SystemExit, match="overlap"):
         main(["augment-dataset", str(data), str(data / "aug")])
+
+
+def test_an_unreadable_stem_is_named_and_the_finished_copies_are_kept(data, tmp_path):
+    import shutil
+
+    songs = tmp_path / "songs"
+    shutil.copytree(data, songs)
+    (songs / "train" / "Track00002" / "piano.wav").write_bytes(b"RIFF but not audio")
+    out = tmp_path / "aug"
+    with pytest.raises(SystemExit, match=r"Track00002/piano\.wav could not be read"):
+        main(["augment-dataset", str(songs), str(out)])
+    assert (out / "train" / "Track00001-aug0" / "bass.wav").is_file()  # the song before it is finished
+    assert not (out / "train" / "Track00002-aug0").exists()  # the broken one is not passed off as done

@@ -15,7 +15,6 @@ from pathlib import Path
 
 HELP = "copies of a dataset's training songs with each stem through a seeded effect chain"
 SPLITS = ("train", "validation", "test")
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
 
 def add_arguments(parser):
@@ -62,17 +61,22 @@ def augment_song(song: Path, target: Path, seed: int, gain_db: float) -> None:
 
     from mslddm.audio import rms_db
     from mslddm.data.augment import draw_chain, set_level
+    from mslddm.data.tracks import AUDIO_EXTENSIONS
 
     partial = target.with_name(target.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     for file in sorted(song.iterdir()):
-        if file.suffix.lower() not in AUDIO_SUFFIXES:
+        if file.suffix.lower() not in AUDIO_EXTENSIONS:
             if file.is_file():
                 (partial / file.name).write_bytes(file.read_bytes())
             continue
         if file.stem.lower() in ("mix", "mixture"):
             continue
-        audio, rate = sf.read(str(file), dtype="float32", always_2d=True)
+        try:
+            audio, rate = sf.read(str(file), dtype="float32", always_2d=True)
+        except Exception as error:  # noqa: BLE001 - a truncated or foreign file: one sentence, nothing half-written
+            raise SystemExit(f"{file} could not be read ({type(error).__name__}: {error}). Replace or remove it and "
+                             "run again: the copies already made are kept.") from None
         stem_seed = zlib.crc32(f"{seed}/{file.stem.lower()}".encode())
         rng = np.random.default_rng(stem_seed)
         out = np.stack([draw_chain(stem_seed)(channel, rate) for channel in audio.T], axis=1)

@@ -95,6 +95,31 @@ def write_gains(folder, gains: dict, file: str = "model_index.json") -> None:
     durable_replace(partial, path)
 
 
+def load_for_calibration(folder, adapter=None):
+    """``(pipe, levels)``: the pipeline in float32 as `mslddm evaluate` scores it (with ``adapter`` loaded at
+    strength 1), progress bars off, and the levels to calibrate against: the adapter's training songs' when it
+    records them, else None (the pipeline's own)."""
+    import torch
+
+    from mslddm import MultiSourceLatentPipeline
+    from mslddm.pipelines.lora import read_adapter_config
+
+    pipe = MultiSourceLatentPipeline.from_pretrained(folder, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    if adapter is None:
+        return pipe, None
+    pipe.load_lora_weights(adapter)
+    return pipe, read_adapter_config(adapter).get("stem_levels_dbfs")
+
+
+def record_gains(result: dict, folder, adapter=None) -> Path:
+    """Writes the measured gains where they apply: the adapter's ``adapter_config.json``, else the pipeline's
+    ``model_index.json``; returns that file."""
+    target, file = (Path(adapter), "adapter_config.json") if adapter is not None else (Path(folder), "model_index.json")
+    write_gains(target, {name: row["gain_db"] for name, row in result.items()}, file)
+    return target / file
+
+
 def _adapter_folder(path) -> Path:
     """A local adapter folder (the gains are recorded in it): its weights and its adapter_config.json."""
     from mslddm.pipelines.lora import ADAPTER_CONFIG_NAME, LORA_WEIGHT_NAME
@@ -107,9 +132,6 @@ def _adapter_folder(path) -> Path:
 
 
 def run(args) -> int:
-    import torch
-
-    from mslddm import MultiSourceLatentPipeline
     from mslddm.hub import PipelineLoadError, resolve_pretrained_path
 
     try:
@@ -118,18 +140,11 @@ def run(args) -> int:
         if args.write and not (Path(folder) / "model_index.json").is_file():
             raise SystemExit(f"{args.pipeline} is not a pipeline folder with a model_index.json to record gains in.")
         adapter = _adapter_folder(args.lora) if args.lora else None
-        pipe = MultiSourceLatentPipeline.from_pretrained(folder, dtype=torch.float32)  # as `mslddm evaluate` does
-        levels = None
-        if adapter is not None:
-            from mslddm.pipelines.lora import read_adapter_config
-
-            pipe.load_lora_weights(adapter)
-            levels = read_adapter_config(adapter).get("stem_levels_dbfs")
-            if not levels:
-                print(f"The adapter {args.lora} records no training levels: calibrated against the pipeline's.")
+        pipe, levels = load_for_calibration(folder, adapter)
+        if adapter is not None and not levels:
+            print(f"The adapter {args.lora} records no training levels: calibrated against the pipeline's.")
     except (PipelineLoadError, ValueError, OSError, ModuleNotFoundError) as error:
         raise SystemExit(str(error)) from None
-    pipe.set_progress_bar_config(disable=True)
     try:
         result = measure_gains(pipe, args.clips, args.seconds, args.batch_size, args.seed, levels)
     except ValueError as error:
@@ -140,11 +155,8 @@ def run(args) -> int:
     print("| stem | training level (dBFS) | generated (dBFS) | gain (dB) |\n|---|---|---|---|")
     for name, row in result.items():
         print(f"| {name} | {row['training_dbfs']:.1f} | {row['generated_dbfs']:.1f} | {row['gain_db']:+.1f} |")
-    gains = {name: row["gain_db"] for name, row in result.items()}
     if args.write:
-        target, file = (adapter, "adapter_config.json") if adapter is not None else (folder, "model_index.json")
-        write_gains(target, gains, file)
-        print(f"Recorded stem_output_gains_db in {Path(target) / file}")
+        print(f"Recorded stem_output_gains_db in {record_gains(result, folder, adapter)}")
     else:
         print("Not recorded (pass --write to store them in the pipeline).")
     return 0

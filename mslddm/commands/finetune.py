@@ -110,29 +110,19 @@ def _calibrate(args, out: Path, pipeline: Path) -> None:
     calibrate keeps no gain, with the sentence why; the result is still written."""
     if args.calibrate_clips <= 0:
         return
-    import torch
-
-    from mslddm import MultiSourceLatentPipeline
-    from mslddm.commands.calibrate_levels import measure_gains, write_gains
-    from mslddm.pipelines.lora import read_adapter_config
+    from mslddm.commands.calibrate_levels import load_for_calibration, measure_gains, record_gains
 
     print(f"Calibrating the output levels on {args.calibrate_clips} generated clips", flush=True)
-    if args.mode == "lora":
-        target, file = out / "lora", "adapter_config.json"
-        pipe = MultiSourceLatentPipeline.from_pretrained(pipeline, dtype=torch.float32)
-        pipe.load_lora_weights(target)
-        levels = read_adapter_config(target).get("stem_levels_dbfs")
-    else:
-        target, file = out / "pipeline", "model_index.json"
-        pipe = MultiSourceLatentPipeline.from_pretrained(target, dtype=torch.float32)
-        levels = None
-    pipe.set_progress_bar_config(disable=True)
+    lora = args.mode == "lora"
+    folder, adapter = (pipeline, out / "lora") if lora else (out / "pipeline", None)
+    pipe, levels = load_for_calibration(folder, adapter)
     try:
         result = measure_gains(pipe, args.calibrate_clips, 12.0, 4, 1_000_000, levels)
     except ValueError as error:
         print(f"No output gains recorded: {error}", flush=True)
         return
-    write_gains(target, {name: row["gain_db"] for name, row in result.items()}, file)
+    written = record_gains(result, folder, adapter)
+    target, file = written.parent, written.name
     card = target / "README.md"
     if card.is_file():  # the model card says what was measured and recorded
         rows = "\n".join(f"| {name} | {row['training_dbfs']:.1f} | {row['generated_dbfs']:.1f} | {row['gain_db']:+.1f} |"
@@ -141,9 +131,9 @@ def _calibrate(args, out: Path, pipeline: Path) -> None:
             f"\n\n## Output levels\n\nMeasured on {args.calibrate_clips} generated clips of 12 s (the pipeline's default "
             "sampler, seeds from 1000000), each stem's median gated level against the training songs'; the gain is "
             f"recorded in `{file}` (`stem_output_gains_db`) and applied to generated stems"
-            + (" while the adapter is active, by its strength" if args.mode == "lora" else "") + ".\n\n"
+            + (" while the adapter is active, by its strength" if lora else "") + ".\n\n"
             "| stem | songs (dBFS) | generated (dBFS) | gain (dB) |\n|---|---|---|---|\n" + rows + "\n"))
-    print("Output gains (dB), recorded in " + str(target / file) + ": " + ", ".join(
+    print(f"Output gains (dB), recorded in {written}: " + ", ".join(
         f"{name} {row['gain_db']:+.1f} ({row['generated_dbfs']:.1f} -> {row['training_dbfs']:.1f} dBFS)"
         for name, row in result.items()), flush=True)
 
